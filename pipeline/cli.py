@@ -1,0 +1,88 @@
+"""The ``seamline`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .errors import SeamlineError
+
+__all__ = ["main"]
+
+
+def _env_defaults() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .configio import load_yaml_config
+    from .training.config import TrainConfig
+    from .training.train import train
+
+    overrides: dict = {}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.out is not None:
+        overrides["out"] = args.out
+    if args.max_minutes is not None:
+        overrides["max_minutes"] = args.max_minutes
+    if args.data is not None:
+        overrides["data"] = {"kind": "folders", "root": args.data}
+    if args.config:
+        cfg = load_yaml_config(args.config, TrainConfig, overrides)
+    else:
+        if args.data is None:
+            raise SeamlineError("seamline train: pass --config FILE or --data DIR (a folder with images/ and labels/)")
+        from pydantic import ValidationError
+
+        from .configio import validation_message
+        from .errors import ConfigError
+
+        try:
+            cfg = TrainConfig.model_validate(overrides)
+        except ValidationError as exc:
+            raise ConfigError(validation_message("seamline train", exc)) from None
+    summary = train(cfg)
+    print(f"best AP50 {summary['best_ap50']:.3f} at epoch {summary['best_epoch']}; checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seamline", description="Very large images in, one polygon per object out.")
+    p.add_argument("--version", action="version", version=f"seamline {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an instance-segmentation model (safetensors + JSON checkpoint)")
+    t.add_argument("--config", help="training YAML (see configs/train_nuclei.yaml)")
+    t.add_argument("--data", help="folder with images/ and labels/ (instead of a config)")
+    t.add_argument("--out", help="checkpoint path (stem); writes OUT.safetensors and OUT.json")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time")
+    t.set_defaults(func=_cmd_train)
+
+    from .cli_segment import add_segment_commands
+
+    add_segment_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _env_defaults()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SeamlineError as exc:
+        print(f"seamline: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("seamline: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

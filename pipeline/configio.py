@@ -1,0 +1,52 @@
+"""YAML configuration files validated with pydantic: unknown keys are errors, with the fix in the message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .errors import ConfigError
+
+__all__ = ["load_yaml_config", "validation_message"]
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def validation_message(source: str, exc: ValidationError) -> str:
+    """One line for the first problem pydantic found, naming the key, what was expected and the fix."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown config key '{loc}'; remove it or fix its spelling (see configs/ for valid keys)"
+    got = err.get("input")
+    got_s = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"{source}: config key '{loc}': {err['msg']} (found {got_s}); fix the value"
+
+
+def load_yaml_config(path: str | Path, model: type[T], overrides: dict | None = None) -> T:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p}: not found; pass an existing YAML file (examples in configs/)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "parse error"
+        raise ConfigError(f"config file {p}: not valid YAML ({first}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: expected a mapping of keys, found {type(data).__name__}")
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(f"config file {p}", exc)) from None
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

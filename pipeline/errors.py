@@ -1,0 +1,38 @@
+"""Error types.
+
+Every error the user can cause is a :class:`SeamlineError`. Subclasses also inherit the builtin that
+describes them (rasterio's pattern), so callers may catch either. Messages are one line: what was
+expected, what was found, and the fix. The CLI prints ``str(err)`` and exits non-zero.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SeamlineError",
+    "InputError",
+    "ConfigError",
+    "ParameterError",
+    "CheckpointError",
+]
+
+
+class SeamlineError(Exception):
+    """Root of all errors that Seamline reports to the user as one line."""
+
+    exit_code = 2
+
+
+class InputError(SeamlineError, ValueError):
+    """An input file is missing, unreadable or of a kind Seamline does not process."""
+
+
+class ConfigError(SeamlineError, ValueError):
+    """A configuration file or key is invalid."""
+
+
+class ParameterError(SeamlineError, ValueError):
+    """A command-line or API parameter is out of range."""
+
+
+class CheckpointError(SeamlineError, ValueError):
+    """A model checkpoint is missing, incomplete or inconsistent with its metadata."""

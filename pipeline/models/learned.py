@@ -1,0 +1,89 @@
+"""The learned model at inference time: load a checkpoint once, predict batches, make instances."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..instances import heads_to_instances
+from ..normalize import to_model_channels
+from .checkpoint import load_metadata, load_state_dict
+from .network import build_network
+
+__all__ = ["LearnedModel", "pick_device", "SHIPPED_MODEL"]
+
+#: The nuclei model shipped in the package (trained on DSB2018, CC0; see docs/MODEL.md).
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "nuclei_unet_mbv2"
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+class LearnedModel:
+    """A network plus its post-processing, as described by the checkpoint's metadata.
+
+    ``predict_heads`` is the bare forward pass (what the benchmark compares end-to-end throughput with);
+    ``instances`` turns the heads of one tile into labels.
+    """
+
+    kind = "learned"
+
+    def __init__(self, path: str | os.PathLike[str], device: str = "auto", threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.path = str(path)
+        self.meta: dict[str, Any] = load_metadata(path)
+        self.device = pick_device(device)
+        net = build_network(self.meta)
+        state = load_state_dict(path)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            from ..errors import CheckpointError
+
+            raise CheckpointError(
+                f"checkpoint {path}: weights do not fit the architecture in its metadata "
+                f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); re-train or fix the JSON"
+            )
+        self.net = net.to(self.device).eval()
+        self.in_channels = int(self.meta["in_channels"])
+        self.post = dict(self.meta.get("postprocess", {}))
+        self.classes = list(self.meta.get("classes", ["object"]))
+        self.halo_hint = int(self.meta.get("receptive_field_px", 64))
+        self.use_amp = self.device == "cuda"
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def predict_heads(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) normalised float32 → (N, 3, H, W) float32: fg prob, boundary prob, distance."""
+        import torch
+
+        n, c, h, w = batch.shape
+        ph, pw = (-h) % 32, (-w) % 32
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
+        x = x.to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(self.device, dtype=torch.float16, enabled=self.use_amp):
+            y = torch.sigmoid(self.net(x).float())
+        return y[:, :, :h, :w].cpu().numpy()
+
+    def prepare(self, norm: np.ndarray) -> np.ndarray:
+        return to_model_channels(norm, self.in_channels)
+
+    def instances(self, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and the per-pixel score map (foreground probability) of one tile."""
+        keys = ("fg_threshold", "marker_threshold", "boundary_threshold", "min_marker_area", "min_area")
+        kw = {k: self.post[k] for k in keys if k in self.post}
+        return heads_to_instances(heads[0], heads[1], heads[2], **kw), heads[0]

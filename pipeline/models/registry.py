@@ -1,0 +1,38 @@
+"""Turn ``--model`` (``classical``, ``default``, or a checkpoint path) into a model object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .checkpoint import checkpoint_paths
+
+__all__ = ["load_model", "resolve_model_spec"]
+
+
+def resolve_model_spec(spec: str) -> str:
+    """Validate a model spec early (on the driver), returning ``classical`` or a checkpoint stem path."""
+    if spec == "classical":
+        return spec
+    if spec in ("default", "nuclei"):
+        from .learned import SHIPPED_MODEL
+
+        spec = str(SHIPPED_MODEL)
+    weights, meta = checkpoint_paths(spec)
+    if not weights.is_file() or not meta.is_file():
+        raise CheckpointError(
+            f"--model {spec}: no checkpoint there (need {weights.name} and {meta.name}); "
+            "pass 'classical', 'default', or a path written by seamline train"
+        )
+    return str(Path(weights).with_suffix(""))
+
+
+def load_model(spec: str, classical_params: dict | None = None, device: str = "auto", threads: int | None = None):
+    spec = resolve_model_spec(spec)
+    if spec == "classical":
+        from .classical import ClassicalModel
+
+        return ClassicalModel(**(classical_params or {}))
+    from .learned import LearnedModel
+
+    return LearnedModel(spec, device=device, threads=threads)

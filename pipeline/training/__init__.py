@@ -1,0 +1,3 @@
+"""Training of the instance-segmentation network (``seamline train``)."""
+
+__all__: list[str] = []

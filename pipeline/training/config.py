@@ -1,0 +1,51 @@
+"""Training configuration (``seamline train --config FILE``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["TrainConfig", "DataConfig", "ArchConfig"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    kind: Literal["folders", "geotiff"] = "folders"
+    root: str | None = None  # folders: root with images/ and labels/
+    rasters: list[str] = Field(default_factory=list)  # geotiff: scenes
+    vectors: str | None = None  # geotiff: polygons
+    limit: int | None = Field(default=None, gt=0)
+
+
+class ArchConfig(_Strict):
+    architecture: str = "Unet"
+    encoder: str = "mobilenet_v2"
+    encoder_depth: int = Field(default=5, ge=3, le=5)
+    decoder_channels: list[int] = Field(default_factory=lambda: [128, 64, 32, 16, 8])
+    in_channels: int = Field(default=3, ge=1)
+    heads: list[str] = Field(default_factory=lambda: ["foreground", "boundary", "distance"])
+
+
+class TrainConfig(_Strict):
+    data: DataConfig
+    model: ArchConfig = Field(default_factory=ArchConfig)
+    out: str = "runs/model"
+    classes: list[str] = Field(default_factory=lambda: ["object"])
+    epochs: int = Field(default=30, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    crop: int = Field(default=256, ge=64)
+    crops_per_image: int = Field(default=1, gt=0)
+    lr: float = Field(default=2e-3, gt=0)
+    val_fraction: float = Field(default=0.15, ge=0, lt=1)
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    max_minutes: float | None = None
+    receptive_field_px: int = 64
+    postprocess: dict[str, float] = Field(
+        default_factory=lambda: {"fg_threshold": 0.5, "marker_threshold": 0.5, "boundary_threshold": 0.5, "min_marker_area": 4, "min_area": 8}
+    )

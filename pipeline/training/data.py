@@ -1,0 +1,190 @@
+"""Training data: images with instance label images, or GeoTIFFs with vector labels.
+
+Two layouts are read:
+
+``folders``
+    ``images/<id>.<ext>`` and ``labels/<id>.tif`` (uint instance labels, 0 = background) — the layout of
+    DSB2018 in ``shared/data/dsb2018``. An optional ``manifest.csv`` with columns ``id, modality`` gives
+    per-modality validation figures.
+``geotiff``
+    GeoTIFF scenes plus a GeoPackage/GeoJSON of polygons; each polygon is rasterised on the scene grid as
+    one instance (in the scene's CRS, reprojected if needed).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..errors import InputError
+from ..normalize import apply_normalization, percentiles, to_model_channels
+
+__all__ = ["Sample", "load_folder_dataset", "load_geotiff_dataset", "make_targets", "split_train_val", "Augmenter"]
+
+IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+@dataclass
+class Sample:
+    """One training image: normalised (C, H, W) float32, instance labels (H, W) int32, name and modality."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    modality: str = "unknown"
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """(C, H, W) array from PNG/JPEG/TIFF."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        a = tifffile.imread(path)
+    else:
+        from PIL import Image
+
+        a = np.asarray(Image.open(path))
+    if a.ndim == 2:
+        a = a[None]
+    elif a.ndim == 3 and a.shape[-1] in (1, 2, 3, 4) and a.shape[0] not in (1, 2, 3, 4):
+        a = np.moveaxis(a, -1, 0)
+    if a.shape[0] == 4:  # RGBA: drop alpha
+        a = a[:3]
+    return a
+
+
+def load_folder_dataset(root: str | Path, in_channels: int = 3, limit: int | None = None) -> list[Sample]:
+    """Read ``root/images`` and ``root/labels`` (matching stems) into memory, normalised per image."""
+    import tifffile
+
+    root = Path(root)
+    img_dir, lab_dir = root / "images", root / "labels"
+    for d in (img_dir, lab_dir):
+        if not d.is_dir():
+            raise InputError(f"training data {d}: folder not found; expected {root}/images and {root}/labels with matching names")
+    modality: dict[str, str] = {}
+    man = root / "manifest.csv"
+    if man.is_file():
+        with man.open() as fh:
+            for row in csv.DictReader(fh):
+                modality[row["id"]] = row.get("modality", "unknown")
+    labels = {p.stem: p for p in lab_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png")}
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.stem in labels)
+    if not images:
+        raise InputError(f"training data {root}: no image in images/ has a label image of the same name in labels/")
+    if limit:
+        images = images[:limit]
+    out = []
+    for p in images:
+        img = _read_image(p)
+        lab_path = labels[p.stem]
+        lab = tifffile.imread(lab_path) if lab_path.suffix.lower() != ".png" else _read_image(lab_path)[0]
+        lab = np.asarray(lab).astype(np.int32)
+        if lab.shape != img.shape[1:]:
+            raise InputError(f"label image {lab_path}: shape {lab.shape} differs from image {img.shape[1:]}; labels must be on the image grid")
+        norm = to_model_channels(apply_normalization(img, percentiles(img)), in_channels)
+        out.append(Sample(p.stem, norm, lab, modality.get(p.stem, "unknown")))
+    return out
+
+
+def load_geotiff_dataset(rasters: list[str | Path], vectors: str | Path, in_channels: int = 3) -> list[Sample]:
+    """Rasterise vector polygons on each GeoTIFF's grid; each polygon becomes one instance."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import rasterize
+
+    gdf = gpd.read_file(vectors)
+    out = []
+    for r in rasters:
+        with rasterio.open(r) as ds:
+            img = ds.read()
+            g = gdf.to_crs(ds.crs) if (gdf.crs is not None and ds.crs is not None) else gdf
+            shapes = [(geom, i + 1) for i, geom in enumerate(g.geometry) if geom is not None and not geom.is_empty]
+            lab = rasterize(shapes, out_shape=(ds.height, ds.width), transform=ds.transform, fill=0, dtype="int32") if shapes else np.zeros((ds.height, ds.width), np.int32)
+            nodata = ds.nodata
+        norm = to_model_channels(apply_normalization(img, percentiles(img, nodata=nodata)), in_channels)
+        out.append(Sample(Path(r).stem, norm, lab, "geotiff"))
+    return out
+
+
+def split_train_val(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split stratified by modality with a fixed seed (the same split on every machine)."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    by_mod: dict[str, list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: s.name):
+        by_mod.setdefault(s.modality, []).append(s)
+    for mod in sorted(by_mod):
+        group = by_mod[mod]
+        idx = rng.permutation(len(group))
+        n_val = int(round(len(group) * val_fraction))
+        if len(group) > 1:
+            n_val = max(1, n_val)
+        val += [group[i] for i in idx[:n_val]]
+        train += [group[i] for i in idx[n_val:]]
+    return train, val
+
+
+def make_targets(labels: np.ndarray) -> np.ndarray:
+    """(3, H, W) float32 targets: foreground, boundary (edges and contacts), per-object normalised distance."""
+    from skimage.segmentation import find_boundaries
+
+    fg = labels > 0
+    bnd = find_boundaries(labels, mode="inner") & fg
+    dist = ndi.distance_transform_edt(fg & ~bnd).astype(np.float32)
+    if labels.max() > 0:
+        mx = ndi.maximum(dist, labels, index=np.arange(labels.max() + 1))
+        mx = np.asarray(mx, np.float32)
+        mx[mx == 0] = 1.0
+        dist = dist / mx[labels]
+    dist[~fg] = 0.0
+    return np.stack([fg.astype(np.float32), bnd.astype(np.float32), dist])
+
+
+class Augmenter:
+    """Random crop with scale jitter, flips, 90° rotations and intensity jitter (gain, gamma, noise)."""
+
+    def __init__(self, crop: int, seed: int, scale: tuple[float, float] = (0.75, 1.33)):
+        self.crop = crop
+        self.scale = scale
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, s: Sample) -> tuple[np.ndarray, np.ndarray]:
+        rng = self.rng
+        img, lab = s.image, s.labels
+        f = float(np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]))))
+        # Crop a region of crop/f source pixels, then resample it to crop × crop.
+        src = max(8, int(round(self.crop / f)))
+        h, w = lab.shape
+        if h < src or w < src:
+            ph, pw = max(0, src - h), max(0, src - w)
+            img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
+            lab = np.pad(lab, ((0, ph), (0, pw)), mode="constant")
+            h, w = lab.shape
+        y = int(rng.integers(0, h - src + 1))
+        x = int(rng.integers(0, w - src + 1))
+        img = img[:, y : y + src, x : x + src]
+        lab = lab[y : y + src, x : x + src]
+        if src != self.crop:
+            z = self.crop / src
+            img = ndi.zoom(img, (1, z, z), order=1)[:, : self.crop, : self.crop]
+            lab = ndi.zoom(lab, (z, z), order=0)[: self.crop, : self.crop]
+            if img.shape[1] < self.crop or img.shape[2] < self.crop:
+                ph, pw = self.crop - img.shape[1], self.crop - img.shape[2]
+                img = np.pad(img, ((0, 0), (0, ph), (0, pw)))
+                lab = np.pad(lab, ((0, ph), (0, pw)))
+        k = int(rng.integers(0, 4))
+        img, lab = np.rot90(img, k, axes=(1, 2)), np.rot90(lab, k)
+        if rng.random() < 0.5:
+            img, lab = img[:, :, ::-1], lab[:, ::-1]
+        gain = rng.uniform(0.8, 1.2)
+        gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+        img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1)
+        if rng.random() < 0.3:
+            img = np.clip(img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape), 0, 1)
+        lab = np.ascontiguousarray(lab)
+        return np.ascontiguousarray(img, dtype=np.float32), make_targets(lab)
