@@ -1,7 +1,86 @@
-"""``seamline segment``, ``evaluate`` and ``bench`` sub-commands (filled in below)."""
+"""``seamline segment`` (and the other sub-commands that work on scenes)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from pathlib import Path
 
-def add_segment_commands(sub) -> None:  # noqa: ARG001 - extended as stages land
-    return None
+__all__ = ["add_segment_commands", "build_segment_config"]
+
+
+def build_segment_config(args: argparse.Namespace):
+    """Config file first, then flags given on the command line on top."""
+    from pydantic import ValidationError
+
+    from .config import SegmentConfig
+    from .configio import load_yaml_config, validation_message
+    from .errors import ConfigError
+
+    overrides = {}
+    for key in ("model", "tile", "halo", "workers", "scheduler", "device", "batch_size"):
+        v = getattr(args, key, None)
+        if v is not None:
+            overrides[key] = v
+    if getattr(args, "keep_intermediate", False):
+        overrides["keep_intermediate"] = True
+    if args.config:
+        return load_yaml_config(args.config, SegmentConfig, overrides)
+    try:
+        return SegmentConfig.model_validate(overrides)
+    except ValidationError as exc:
+        raise ConfigError(validation_message("seamline segment", exc)) from None
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .dispatch import dask_client
+    from .errors import ParameterError
+    from .raster import inspect_raster
+    from .runner import segment_scene
+
+    cfg = build_segment_config(args)
+    # Validate every input before any work: a bad file in a batch must not leave half the outputs behind.
+    stems = {}
+    for p in args.inputs:
+        info = inspect_raster(p, cfg.pixel_size_um)
+        if info.stem in stems:
+            raise ParameterError(f"inputs {stems[info.stem]} and {p} would both write {info.stem}.*; rename one or run them separately")
+        stems[info.stem] = p
+    from .models.registry import resolve_model_spec
+
+    resolve_model_spec(cfg.model)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"--out {out}: exists and is not a folder; pass a folder path")
+    results = []
+    with dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+        for p in args.inputs:
+            s = segment_scene(p, out, cfg, client=client)
+            results.append(s)
+            print(f"{Path(p).name}: {s['objects']} objects -> {s['outputs']['parquet']}, {s['outputs']['gpkg']} "
+                  f"({s['timings_s']['total']:.1f} s, {s['megapixels_per_s']:.2f} Mpx/s)")
+    return 0
+
+
+def add_segment_commands(sub) -> None:
+    s = sub.add_parser("segment", help="segment one or more scenes into per-object polygons")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="GeoTIFF/COG or (OME-)TIFF; local path or fsspec URL")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder: <stem>.parquet, <stem>.gpkg, <stem>.json")
+    s.add_argument("--config", metavar="FILE", help="YAML config (see configs/); flags override it")
+    s.add_argument("--model", help="'classical', 'default' (shipped nuclei model) or a checkpoint path")
+    s.add_argument("--tile", type=int, help="tile size in pixels (default 1024)")
+    s.add_argument("--halo", type=int, help="context around each tile in pixels (default 64; must be < tile)")
+    s.add_argument("--workers", type=int, help="LocalCluster worker processes (default 2)")
+    s.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask scheduler instead of a LocalCluster")
+    s.add_argument("--device", help="auto, cpu or cuda")
+    s.add_argument("--batch-size", dest="batch_size", type=int, help="tiles per model call")
+    s.add_argument("--keep-intermediate", action="store_true", help="keep the zarr store and tile parts")
+    s.set_defaults(func=_cmd_segment)
+
+    try:
+        from .evaluate import add_evaluate_command
+    except ImportError:  # pragma: no cover - evaluate lands separately
+        pass
+    else:
+        add_evaluate_command(sub)

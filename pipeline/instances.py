@@ -38,10 +38,88 @@ def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     return labels
 
 
-def _watershed(surface: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _merge_shallow(w: np.ndarray, height: np.ndarray, ratio: float) -> np.ndarray:
+    """Merge neighbouring basins separated by no real neck.
+
+    Two basins are one object when the highest point of their common border (the saddle) is at least
+    ``ratio`` times the lower of their two peaks: a neck test that does not depend on the object's size,
+    so bumps along the ridge of a large object do not split it, while touching round objects (saddle
+    well below both peaks) stay apart.
+    """
+    ids = np.unique(w)
+    ids = ids[ids != 0]
+    if ids.size < 2:
+        return w
+    peak = dict(zip(ids.tolist(), np.asarray(ndi.maximum(height, w, ids)).tolist()))
+    saddle: dict[tuple[int, int], float] = {}
+    for a, b, ha, hb in (
+        (w[:, :-1], w[:, 1:], height[:, :-1], height[:, 1:]),
+        (w[:-1, :], w[1:, :], height[:-1, :], height[1:, :]),
+    ):
+        sel = (a != b) & (a > 0) & (b > 0)
+        if not sel.any():
+            continue
+        la, lb = np.minimum(a[sel], b[sel]), np.maximum(a[sel], b[sel])
+        hv = np.minimum(ha[sel], hb[sel])
+        for x, y, v in zip(la.tolist(), lb.tolist(), hv.tolist()):
+            if v > saddle.get((x, y), -np.inf):
+                saddle[(x, y)] = v
+    parent = {i: i for i in ids.tolist()}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    # Greedy: most convincing merges first; a merged basin's peak is the higher of the two.
+    order = sorted(saddle.items(), key=lambda kv: -kv[1] / max(min(peak[kv[0][0]], peak[kv[0][1]]), 1e-9))
+    for (x, y), v in order:
+        rx, ry = find(x), find(y)
+        if rx != ry and v >= ratio * min(peak[rx], peak[ry]):
+            keep, drop = min(rx, ry), max(rx, ry)
+            parent[drop] = keep
+            peak[keep] = max(peak[keep], peak[drop])
+    lut = np.zeros(int(ids.max()) + 1, w.dtype)
+    for i in ids.tolist():
+        lut[i] = find(i)
+    return lut[w]
+
+
+def _watershed(surface: np.ndarray, markers: np.ndarray, mask: np.ndarray, merge_ratio: float | None = None) -> np.ndarray:
+    """Marker watershed that gives the same labels for an object wherever it sits in the array.
+
+    scikit-image breaks ties on plateaus by the order of its global priority queue, which depends on every
+    other object in the array: the same object can be split differently in a tile and in the whole image.
+    Flooding each connected component of the mask on its own bounding-box crop makes the input, and so the
+    result, identical in both. Components with a single marker need no flooding at all (the common case);
+    components without a marker are dropped (as scikit-image does).
+    """
     from skimage.segmentation import watershed
 
-    return watershed(surface, markers, mask=mask, connectivity=1)
+    comp, n_comp = ndi.label(mask)  # 4-connectivity, as the flooding below
+    out = np.zeros(mask.shape, np.uint32)
+    if n_comp == 0:
+        return out
+    m = markers > 0
+    pair = np.unique(comp[m].astype(np.int64) * (1 << 32) + markers[m].astype(np.int64))
+    pc, pm = pair >> 32, pair & 0xFFFFFFFF
+    n_markers = np.bincount(pc, minlength=n_comp + 1)
+    lut = np.zeros(n_comp + 1, np.uint32)
+    single = n_markers == 1
+    lut[pc[single[pc]]] = pm[single[pc]]
+    out = lut[comp]
+    multi = np.nonzero(n_markers >= 2)[0]
+    if multi.size:
+        slices = ndi.find_objects(comp)
+        for c in multi:
+            sl = slices[c - 1]
+            sub = comp[sl] == c
+            w = watershed(surface[sl], np.where(sub, markers[sl], 0), mask=sub, connectivity=1)
+            if merge_ratio is not None:
+                w = _merge_shallow(w, -surface[sl], merge_ratio)
+            out[sl][sub] = w[sub].astype(np.uint32)
+    return out
 
 
 def classical_instances(
@@ -51,6 +129,7 @@ def classical_instances(
     sigma: float = 1.0,
     h: float = 1.5,
     min_area: int = 8,
+    merge_ratio: float = 0.75,
 ) -> np.ndarray:
     """Global threshold + distance-transform watershed: instances of bright objects, no weights needed.
 
@@ -62,6 +141,8 @@ def classical_instances(
     h : minimum dynamic of a distance-transform maximum to seed its own object, in pixels. Two touching
         round objects are split when their neck is at least ``h`` narrower than the smaller radius.
     min_area : objects smaller than this (pixels) are dropped.
+    merge_ratio : neighbouring basins whose saddle is at least this fraction of the lower peak (in
+        distance-transform pixels) are one object; see :func:`_merge_shallow`.
 
     Returns
     -------
@@ -78,7 +159,7 @@ def classical_instances(
     dist_q = np.round(dist * 4).astype(np.int32)
     peaks = h_maxima(dist_q, max(1, int(round(h * 4)))).astype(bool) & fg
     markers, _ = ndi.label(peaks)
-    labels = _watershed(-dist, markers, fg)
+    labels = _watershed(-dist, markers, fg, merge_ratio)
     return _drop_small(labels.astype(np.uint32, copy=False), min_area)
 
 

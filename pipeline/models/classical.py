@@ -20,9 +20,9 @@ class ClassicalModel:
     in_channels = 1
     halo_hint = 32
 
-    def __init__(self, sigma: float = 1.0, h: float = 1.5, min_area: int = 8, threshold: float | None = None,
+    def __init__(self, sigma: float = 1.0, h: float = 1.5, min_area: int = 8, merge_ratio: float = 0.75, threshold: float | None = None,
                  classes: list[str] | None = None):
-        self.sigma, self.h, self.min_area = sigma, h, min_area
+        self.sigma, self.h, self.min_area, self.merge_ratio = sigma, h, min_area, merge_ratio
         self.threshold = threshold
         self.classes = classes or ["object"]
 
@@ -38,4 +38,4 @@ class ClassicalModel:
         t = self.threshold if threshold is None else threshold
         if t is None:
             raise ValueError("classical model needs a threshold: compute scene statistics first")
-        return classical_instances(heads[0], t, sigma=self.sigma, h=self.h, min_area=self.min_area), None
+        return classical_instances(heads[0], t, sigma=self.sigma, h=self.h, min_area=self.min_area, merge_ratio=self.merge_ratio), None

@@ -1,0 +1,56 @@
+"""``seamline segment`` configuration: YAML file, then command-line flags on top. Unknown keys are errors."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import ParameterError
+
+__all__ = ["SegmentConfig", "ClassicalParams"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassicalParams(_Strict):
+    sigma: float = Field(default=1.0, ge=0)
+    h: float = Field(default=1.5, gt=0)
+    min_area: int = Field(default=8, ge=1)
+    merge_ratio: float = Field(default=0.75, gt=0, le=1)
+    threshold: float | None = None  # None: Otsu on the scene sample (normalised intensity, 0..1)
+
+
+class StatsParams(_Strict):
+    low: float = Field(default=1.0, ge=0, lt=100)
+    high: float = Field(default=99.8, gt=0, le=100)
+
+
+class SegmentConfig(_Strict):
+    """Defaults are for a 2-core, 24 GB machine; see configs/*.yaml for examples."""
+
+    model: str = "default"  # 'classical', 'default' (shipped nuclei model) or a checkpoint path
+    tile: int = 1024
+    halo: int = 64
+    workers: int = Field(default=2, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    scheduler: str | None = None  # address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
+    batch_size: int = Field(default=4, ge=1)  # tiles per model call
+    tiles_per_task: int = Field(default=4, ge=1)
+    device: str = "auto"
+    memory_limit: str = "4GB"  # per LocalCluster worker
+    class_name: str | None = None  # default: the model's class
+    pixel_size_um: tuple[float, float] | None = None  # override the TIFF's physical pixel size
+    classical: ClassicalParams = Field(default_factory=ClassicalParams)
+    stats: StatsParams = Field(default_factory=StatsParams)
+    keep_intermediate: bool = False
+    workdir: str | None = None  # default: OUT/.seamline-work/<stem>
+
+    @model_validator(mode="after")
+    def _check(self) -> "SegmentConfig":
+        from .tiling import validate_tiling
+
+        validate_tiling(self.tile, self.halo)
+        if self.stats.low >= self.stats.high:
+            raise ParameterError(f"stats.low ({self.stats.low}) must be below stats.high ({self.stats.high})")
+        return self

@@ -1,0 +1,45 @@
+"""Stage 4 plumbing: a Dask client — a LocalCluster of worker processes by default, or an existing cluster.
+
+Worker processes (not threads): the GIL would serialise the Python around the model. The model is loaded once
+per worker by :func:`pipeline.tiles.get_model`. With a GPU, annotate tile tasks with ``resources={"GPU": 1}``
+and start workers with ``--resources GPU=1`` (see infra/), one worker per GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+__all__ = ["dask_client"]
+
+
+@contextlib.contextmanager
+def dask_client(workers: int = 2, threads_per_worker: int = 1, scheduler: str | None = None,
+                memory_limit: str = "4GB") -> Iterator["distributed.Client"]:  # noqa: F821
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            from .errors import ParameterError
+
+            raise ParameterError(f"--scheduler {scheduler}: cannot connect ({exc}); check the address and that the scheduler runs") from None
+        with client:
+            yield client
+        return
+    env = {"OMP_NUM_THREADS": str(threads_per_worker), "MKL_NUM_THREADS": str(threads_per_worker),
+           "OPENBLAS_NUM_THREADS": str(threads_per_worker), "HF_HUB_OFFLINE": "1"}
+    os.environ.update({k: v for k, v in env.items() if k == "HF_HUB_OFFLINE"})
+    with dask.config.set({"distributed.worker.daemon": False, "distributed.admin.system-monitor.gil.enabled": False,
+                          "distributed.logging.distributed": "error"}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                               memory_limit=memory_limit, dashboard_address=None, silence_logs=40,
+                               worker_class="distributed.Nanny", env=env)
+        try:
+            with Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()

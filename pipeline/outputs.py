@@ -1,0 +1,282 @@
+"""Stage 7: assemble whole objects from the tile pieces and write GeoParquet, GeoPackage and a JSON summary.
+
+Memory stays bounded by one batch of rows: pieces are streamed from the per-tile part files in tile order
+(a coarse spatial sort), objects joined across seams are dissolved first (they are few), and rows are
+written in batches. Every file is written under a temporary name and renamed into place only when all three
+are complete, so a failed run leaves no file under a final name.
+
+* GeoParquet 1.1: WKB geometry, a ``bbox`` covering struct column, zstd, ≤ 100k rows per row group,
+  CRS as PROJJSON (for an image without georeferencing an engineering CRS, never omitted: omitted means lon/lat).
+* GeoPackage 1.2 (read by old and new QGIS/GDAL alike), layer ``objects``, spatial index, lowercase names;
+  for an image without georeferencing the layer uses the "Undefined Cartesian SRS" (srs_id -1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .measure import measure, output_crs
+from .raster import SceneInfo
+from .tiles import part_path
+
+__all__ = ["assemble_objects", "write_outputs", "OUTPUT_COLUMNS", "ROW_GROUP"]
+
+ROW_GROUP = 100_000
+OUTPUT_COLUMNS = ["object_id", "class", "score", "area_px", "area", "area_unit", "perimeter", "perimeter_unit",
+                  "centroid_x", "centroid_y", "tile"]
+
+
+def _read_part(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
+
+
+def _dissolve_groups(workdir: str, groups: dict[int, int]) -> dict[int, tuple[Any, int, float]]:
+    """Union the pieces of every joined object: rep key → (pixel polygon, area_px, score_sum)."""
+    import shapely
+
+    if not groups:
+        return {}
+    keys = np.fromiter(groups.keys(), np.int64, len(groups))
+    pieces: dict[int, list] = {}
+    for tile_index in np.unique(keys >> 32):
+        tab = _read_part(part_path(workdir, int(tile_index)))
+        k = tab.column("key").to_numpy()
+        sel = np.nonzero(np.isin(k, keys))[0]
+        geoms = shapely.from_wkb(tab.column("geometry").to_numpy(zero_copy_only=False)[sel])
+        ap = tab.column("area_px").to_numpy()[sel]
+        ss = tab.column("score_sum").to_numpy()[sel]
+        for kk, g, a, s in zip(k[sel].tolist(), geoms, ap.tolist(), ss.tolist()):
+            pieces.setdefault(groups[kk], []).append((g, a, s))
+    out = {}
+    for rep, ps in pieces.items():
+        geom = shapely.union_all([p[0] for p in ps], grid_size=None)
+        geom = shapely.normalize(geom)
+        if geom.geom_type == "MultiPolygon" and len(geom.geoms) == 1:
+            geom = geom.geoms[0]
+        out[rep] = (geom, sum(p[1] for p in ps), sum(p[2] for p in ps))
+    return out
+
+
+def assemble_objects(workdir: str, n_tiles: int, groups: dict[int, int], batch_rows: int = ROW_GROUP) -> Iterator[dict]:
+    """Yield batches of whole objects in tile order: dicts of ``key, geometry (pixel coords), area_px, score_sum, tile``."""
+    import shapely
+
+    dissolved = _dissolve_groups(workdir, groups)
+    buf: dict[str, list] = {"key": [], "geometry": [], "area_px": [], "score_sum": [], "tile": []}
+    for t in range(n_tiles):
+        tab = _read_part(part_path(workdir, t))
+        if tab.num_rows == 0:
+            continue
+        keys = tab.column("key").to_numpy()
+        geoms = shapely.from_wkb(tab.column("geometry").to_numpy(zero_copy_only=False))
+        ap = tab.column("area_px").to_numpy()
+        ss = tab.column("score_sum").to_numpy()
+        for k, g, a, s in zip(keys.tolist(), geoms, ap.tolist(), ss.tolist()):
+            rep = groups.get(k)
+            if rep is not None:
+                if rep != k:
+                    continue
+                g, a, s = dissolved[rep]
+            buf["key"].append(k)
+            buf["geometry"].append(g)
+            buf["area_px"].append(a)
+            buf["score_sum"].append(s)
+            buf["tile"].append(t)
+        if len(buf["key"]) >= batch_rows:
+            yield buf
+            buf = {k: [] for k in buf}
+    if buf["key"]:
+        yield buf
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".{final.stem}.{os.getpid()}.tmp{final.suffix}")
+
+
+def _geo_metadata(crs_json: dict, types: list[str], bbox: list[float]) -> bytes:
+    return json.dumps({
+        "version": "1.1.0",
+        "primary_column": "geometry",
+        "columns": {"geometry": {
+            "encoding": "WKB", "geometry_types": types, "crs": crs_json, "bbox": bbox, "edges": "planar",
+            "covering": {"bbox": {"xmin": ["bbox", "xmin"], "ymin": ["bbox", "ymin"], "xmax": ["bbox", "xmax"], "ymax": ["bbox", "ymax"]}},
+        }},
+    }).encode()
+
+
+def _arrow_batch(rows: dict[str, np.ndarray], geoms: np.ndarray):
+    import pyarrow as pa
+    import shapely
+
+    b = shapely.bounds(geoms)
+    cols = {c: rows[c] for c in OUTPUT_COLUMNS}
+    table = pa.table({
+        "object_id": pa.array(cols["object_id"], pa.int64()),
+        "class": pa.array(cols["class"], pa.string()),
+        "score": pa.array(cols["score"], pa.float32()),
+        "area_px": pa.array(cols["area_px"], pa.int64()),
+        "area": pa.array(cols["area"], pa.float64()),
+        "area_unit": pa.array(cols["area_unit"], pa.string()),
+        "perimeter": pa.array(cols["perimeter"], pa.float64()),
+        "perimeter_unit": pa.array(cols["perimeter_unit"], pa.string()),
+        "centroid_x": pa.array(cols["centroid_x"], pa.float64()),
+        "centroid_y": pa.array(cols["centroid_y"], pa.float64()),
+        "tile": pa.array(cols["tile"], pa.int32()),
+        "geometry": pa.array(shapely.to_wkb(geoms), pa.binary()),
+        "bbox": pa.StructArray.from_arrays([pa.array(b[:, i], pa.float64()) for i in range(4)], ["xmin", "ymin", "xmax", "ymax"]),
+    })
+    return table
+
+
+def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: SceneInfo, out_dir: Path, stem: str,
+                  class_name: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write ``<stem>.parquet``, ``<stem>.gpkg`` and ``<stem>.json`` atomically; returns the summary."""
+    import geopandas as gpd
+    import pyarrow.parquet as pq
+    import pyogrio
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    finals = {ext: out_dir / f"{stem}.{ext}" for ext in ("parquet", "gpkg", "json")}
+    tmps = {ext: _tmp_name(p) for ext, p in finals.items()}
+    staging = Path(workdir) / "staging.parquet"
+    crs = output_crs(info)
+    next_id = 1
+    areas: list[np.ndarray] = []
+    area_unit = "px"
+    types: set[str] = set()
+    bbox = [np.inf, np.inf, -np.inf, -np.inf]
+    writer = None
+    try:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        first_gpkg = True
+        for batch in assemble_objects(workdir, n_tiles, groups):
+            geoms_px = np.array(batch["geometry"], dtype=object)
+            m = measure(geoms_px, info)
+            n = len(geoms_px)
+            area_px = np.asarray(batch["area_px"], np.int64)
+            rows = {
+                "object_id": np.arange(next_id, next_id + n, dtype=np.int64),
+                "class": np.full(n, class_name, dtype=object),
+                "score": np.clip(np.asarray(batch["score_sum"]) / np.maximum(area_px, 1), 0, 1),
+                "area_px": area_px,
+                "tile": np.asarray(batch["tile"], np.int32),
+                **{k: v for k, v in m.items() if k != "geometry"},
+            }
+            next_id += n
+            areas.append(rows["area"])
+            area_unit = str(rows["area_unit"][0]) if n else area_unit
+            table = _arrow_batch(rows, m["geometry"])
+            import shapely
+
+            types.update(shapely.get_type_id(m["geometry"]).tolist())
+            b = shapely.total_bounds(m["geometry"])
+            bbox = [min(bbox[0], b[0]), min(bbox[1], b[1]), max(bbox[2], b[2]), max(bbox[3], b[3])]
+            if writer is None:
+                writer = pq.ParquetWriter(staging, table.schema, compression="zstd")
+            writer.write_table(table)
+            gdf = gpd.GeoDataFrame({c: rows[c] for c in OUTPUT_COLUMNS}, geometry=m["geometry"], crs=crs if info.crs_wkt else None)
+            pyogrio.write_dataframe(
+                gdf, tmps["gpkg"], layer="objects", driver="GPKG", append=not first_gpkg,
+                dataset_options={"VERSION": "1.2"} if first_gpkg else None,
+                layer_options={"SPATIAL_INDEX": "YES", "FID": "fid", "GEOMETRY_NAME": "geom"} if first_gpkg else None,
+                geometry_type="Unknown" if len(types) > 1 else None,
+            )
+            first_gpkg = False
+        if writer is not None:
+            writer.close()
+            writer = None
+        n_obj = next_id - 1
+        if first_gpkg:  # no objects: still write valid, empty files
+            empty = gpd.GeoDataFrame({c: [] for c in OUTPUT_COLUMNS}, geometry=gpd.GeoSeries([], crs=crs if info.crs_wkt else None))
+            pyogrio.write_dataframe(empty, tmps["gpkg"], layer="objects", driver="GPKG", dataset_options={"VERSION": "1.2"},
+                                    layer_options={"SPATIAL_INDEX": "YES", "FID": "fid", "GEOMETRY_NAME": "geom"}, geometry_type="Polygon")
+        if not info.crs_wkt:
+            _gpkg_undefined_cartesian(tmps["gpkg"])
+        _finish_geoparquet(staging if n_obj else None, tmps["parquet"], crs, types, bbox)
+        all_areas = np.concatenate(areas) if areas else np.zeros(0)
+        summary = {
+            **summary,
+            "objects": int(n_obj),
+            "counts_per_class": {class_name: int(n_obj)} if n_obj else {},
+            "area_unit": area_unit if n_obj else None,
+            "area_stats": _area_stats(all_areas),
+            "crs": crs.to_json_dict() if info.crs_wkt else None,
+            "outputs": {k: str(v) for k, v in finals.items()},
+        }
+        tmps["json"].write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        for ext in ("parquet", "gpkg", "json"):
+            os.replace(tmps[ext], finals[ext])
+        return summary
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+_TYPE_NAMES = {3: "Polygon", 6: "MultiPolygon", 7: "GeometryCollection"}
+
+
+def _finish_geoparquet(staging: Path | None, dest: Path, crs, types: set[int], bbox: list[float]) -> None:
+    """Copy the staged rows into the final file with complete GeoParquet 1.1 metadata (types and bbox
+    are only known once every row is written)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    crs_json = crs.to_json_dict()
+    if staging is None:
+        schema = pa.schema([("object_id", pa.int64()), ("class", pa.string()), ("score", pa.float32()),
+                            ("area_px", pa.int64()), ("area", pa.float64()), ("area_unit", pa.string()),
+                            ("perimeter", pa.float64()), ("perimeter_unit", pa.string()), ("centroid_x", pa.float64()),
+                            ("centroid_y", pa.float64()), ("tile", pa.int32()), ("geometry", pa.binary()),
+                            ("bbox", pa.struct([(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")]))])
+        schema = schema.with_metadata({b"geo": _geo_metadata(crs_json, [], [])})
+        pq.write_table(schema.empty_table(), dest, compression="zstd")
+        return
+    src = pq.ParquetFile(staging)
+    meta = _geo_metadata(crs_json, sorted(_TYPE_NAMES.get(t, "Unknown") for t in types), [float(v) for v in bbox])
+    schema = src.schema_arrow.with_metadata({b"geo": meta})
+    with pq.ParquetWriter(dest, schema, compression="zstd", write_statistics=True) as w:
+        for rb in src.iter_batches(batch_size=ROW_GROUP):
+            w.write_table(pa.Table.from_batches([rb]).cast(schema), row_group_size=ROW_GROUP)
+
+
+def _gpkg_undefined_cartesian(path: Path) -> None:
+    """Point the layer at srs_id -1 (GeoPackage's "Undefined Cartesian SRS"), as microscopy pixels are."""
+    con = sqlite3.connect(path)
+    try:
+        with con:
+            con.execute("UPDATE gpkg_geometry_columns SET srs_id = -1 WHERE table_name = 'objects'")
+            con.execute("UPDATE gpkg_contents SET srs_id = -1 WHERE table_name = 'objects'")
+    finally:
+        con.close()
+
+
+def _area_stats(a: np.ndarray) -> dict[str, float] | None:
+    if a.size == 0:
+        return None
+    q = np.percentile(a, [5, 25, 50, 75, 95])
+    return {"min": float(a.min()), "p5": float(q[0]), "p25": float(q[1]), "median": float(q[2]), "p75": float(q[3]),
+            "p95": float(q[4]), "max": float(a.max()), "mean": float(a.mean()), "sum": float(a.sum())}
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,196 @@
+"""Raster input: open and validate a GeoTIFF/COG or TIFF/OME-TIFF, read its georeferencing and pixel size.
+
+All reads are windowed (GDAL through rasterio): nothing here holds the whole raster. Paths may be local or
+fsspec URLs (``s3://``, ``gs://``, ``memory://``, ...); remote files are read through fsspec file objects
+that GDAL pulls ranges from, never downloaded whole.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["SceneInfo", "open_raster", "inspect_raster", "read_window", "SUPPORTED_DTYPES"]
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+_UNIT_TO_UM = {"nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "micrometer": 1.0,
+               "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6}
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What Seamline needs to know about an input raster (JSON-serialisable via :meth:`as_attrs`)."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs_wkt: str | None
+    transform: tuple[float, float, float, float, float, float]
+    nodata: float | None
+    pixel_size_um: tuple[float, float] | None = None
+    driver: str = "GTiff"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs_wkt is not None
+
+    @property
+    def stem(self) -> str:
+        name = Path(self.path.split("?")[0]).name
+        for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+            if name.lower().endswith(suf):
+                return name[: -len(suf)]
+        return Path(name).stem
+
+    def as_attrs(self) -> dict[str, Any]:
+        return {
+            "source": self.path, "width": self.width, "height": self.height, "count": self.count,
+            "dtype": self.dtype, "crs_wkt": self.crs_wkt, "transform": list(self.transform),
+            "nodata": self.nodata, "pixel_size_um": list(self.pixel_size_um) if self.pixel_size_um else None,
+            "driver": self.driver,
+        }
+
+    @classmethod
+    def from_attrs(cls, a: dict[str, Any]) -> "SceneInfo":
+        return cls(a["source"], a["width"], a["height"], a["count"], a["dtype"], a["crs_wkt"], tuple(a["transform"]),
+                   a["nodata"], tuple(a["pixel_size_um"]) if a.get("pixel_size_um") else None, a.get("driver", "GTiff"))
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def open_raster(path: str):
+    """Open with rasterio; fsspec URLs through an fsspec opener. Raises InputError naming the file."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    kwargs: dict[str, Any] = {}
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    if _is_url(path):
+        import fsspec
+
+        try:
+            fs, _, _ = fsspec.get_fs_token_paths(path)
+        except (ValueError, ImportError) as exc:
+            raise InputError(f"input {path}: cannot open this URL ({exc}); install the fsspec backend for its scheme") from None
+        kwargs["opener"] = fs
+        exists = fs.exists(path)
+    else:
+        exists = os.path.exists(path)
+    if not exists:
+        raise InputError(f"input {path}: file not found; check the path")
+    if not _is_url(path) and os.path.isdir(path):
+        raise InputError(f"input {path}: is a folder, expected a GeoTIFF/TIFF file; pass the image file itself")
+    if not _is_url(path) and os.path.getsize(path) == 0:
+        raise InputError(f"input {path}: file is empty (0 bytes); expected a GeoTIFF/TIFF image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = rasterio.open(path, **kwargs)
+    except RasterioIOError as exc:
+        first = str(exc).splitlines()[0][:160]
+        raise InputError(f"input {path}: not a readable GeoTIFF/TIFF ({first}); pass a GeoTIFF, COG or (OME-)TIFF file") from None
+    if ds.driver not in ("GTiff", "COG", "LIBERTIFF"):
+        ds.close()
+        raise InputError(f"input {path}: expected a GeoTIFF/TIFF, found a {ds.driver} file; convert it with gdal_translate -of COG")
+    return ds
+
+
+def _pixel_size_from_tiff(path: str) -> tuple[float, float] | None:
+    """Physical pixel size in µm from OME-XML or ImageJ metadata, else None."""
+    try:
+        import tifffile
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        if _is_url(path):
+            import fsspec
+
+            fh = fsspec.open(path, "rb").open()
+        else:
+            fh = open(path, "rb")
+        with fh, tifffile.TiffFile(fh) as tif:
+            if tif.is_ome and tif.ome_metadata:
+                return _ome_pixel_size(tif.ome_metadata)
+            ij = tif.imagej_metadata
+            if ij and "unit" in ij:
+                page = tif.pages[0]
+                xr = page.tags.get("XResolution")
+                yr = page.tags.get("YResolution")
+                unit = str(ij["unit"]).strip().lower()
+                f = _UNIT_TO_UM.get(unit) or _UNIT_TO_UM.get(unit.replace("\\u00b5", "µ"))
+                if xr is not None and yr is not None and f:
+                    xpx = xr.value[0] / xr.value[1]
+                    ypx = yr.value[0] / yr.value[1]
+                    if xpx > 0 and ypx > 0:
+                        return (f / xpx, f / ypx)
+    except Exception:  # metadata is optional: a TIFF without it is still valid input
+        return None
+    return None
+
+
+def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    for el in root.iter():
+        if el.tag.endswith("}Pixels") or el.tag == "Pixels":
+            sx, sy = el.get("PhysicalSizeX"), el.get("PhysicalSizeY")
+            if sx is None or sy is None:
+                return None
+            ux = _UNIT_TO_UM.get(el.get("PhysicalSizeXUnit", "µm"), 1.0)
+            uy = _UNIT_TO_UM.get(el.get("PhysicalSizeYUnit", "µm"), 1.0)
+            return (float(sx) * ux, float(sy) * uy)
+    return None
+
+
+def inspect_raster(path: str, pixel_size_um: tuple[float, float] | None = None) -> SceneInfo:
+    """Validate an input raster and describe it; reads two small windows to catch truncated files early."""
+    path = str(path)
+    ds = open_raster(path)
+    with ds:
+        if ds.width == 0 or ds.height == 0 or ds.count == 0:
+            raise InputError(f"input {path}: image is empty ({ds.width}x{ds.height}, {ds.count} bands); expected at least 1x1 pixel")
+        dtypes = set(ds.dtypes)
+        if len(dtypes) != 1:
+            raise InputError(f"input {path}: bands have different types {sorted(dtypes)}; convert to one type with gdal_translate -ot")
+        dtype = ds.dtypes[0]
+        if dtype not in SUPPORTED_DTYPES:
+            raise InputError(f"input {path}: unsupported pixel type {dtype}; expected one of {', '.join(SUPPORTED_DTYPES)} (convert with gdal_translate -ot Float32)")
+        from rasterio.windows import Window as RWindow
+
+        try:
+            ds.read(1, window=RWindow(0, 0, min(16, ds.width), min(16, ds.height)))
+            ds.read(window=RWindow(max(0, ds.width - 16), max(0, ds.height - 16), min(16, ds.width), min(16, ds.height)))
+        except Exception as exc:  # rasterio raises RasterioIOError; GDAL may raise others for corrupt blocks
+            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise InputError(f"input {path}: pixel data cannot be read, the file looks truncated or corrupt ({first}); re-copy or re-export it") from None
+        crs_wkt = ds.crs.to_wkt() if ds.crs is not None else None
+        t = ds.transform
+        nodata = ds.nodata
+        if nodata is not None and isinstance(nodata, float) and math.isnan(nodata):
+            nodata = None  # NaN nodata is handled by float maths; JSON cannot hold NaN
+        driver = ds.driver
+        size = (ds.width, ds.height, ds.count)
+    ps = pixel_size_um if pixel_size_um else (None if crs_wkt else _pixel_size_from_tiff(path))
+    return SceneInfo(path, size[0], size[1], size[2], dtype, crs_wkt, (t.a, t.b, t.c, t.d, t.e, t.f), nodata, ps, driver)
+
+
+def read_window(ds, row: int, col: int, height: int, width: int) -> np.ndarray:
+    """(bands, height, width) from an open rasterio dataset."""
+    from rasterio.windows import Window as RWindow
+
+    return ds.read(window=RWindow(col, row, width, height))

@@ -1,0 +1,239 @@
+"""One scene through every stage. Each stage is a plain function; :func:`segment_scene` chains them and
+``flows/`` wires the same functions into Prefect tasks.
+
+The work folder (``OUT/.seamline-work/<stem>``) holds the zarr store, the per-tile parts and window labels.
+It is keyed by a fingerprint of the input and the settings that change results: a re-run after a failure
+resumes (ingest is skipped when complete, finished tiles are skipped); a run with other settings starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .config import SegmentConfig
+from .errors import InputError
+from .raster import SceneInfo, inspect_raster
+from .tiles import TileJob
+from .tiling import TileGrid
+
+__all__ = ["ScenePlan", "plan_scene", "run_ingest", "run_tiles", "run_stitch", "run_write", "segment_scene"]
+
+
+@dataclass
+class ScenePlan:
+    info: SceneInfo
+    out_dir: Path
+    workdir: Path
+    cfg: SegmentConfig
+    model: str
+    class_name: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def zarr_path(self) -> str:
+        return str(self.workdir / "scene.zarr")
+
+    @property
+    def grid(self) -> TileGrid:
+        return TileGrid(self.info.height, self.info.width, self.cfg.tile, self.cfg.halo)
+
+
+def _fingerprint(info: SceneInfo, cfg: SegmentConfig, model: str) -> str:
+    src = info.path
+    try:
+        st = os.stat(src)
+        src_id = f"{src}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        src_id = src
+    relevant = cfg.model_dump(include={"tile", "halo", "classical", "stats", "pixel_size_um"})
+    return hashlib.sha256(json.dumps([src_id, relevant, model, __version__], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> ScenePlan:
+    """Validate the input and the model, and prepare (or resume) the work folder. No heavy work."""
+    from .models.registry import resolve_model_spec
+
+    info = inspect_raster(input_path, cfg.pixel_size_um)
+    model = resolve_model_spec(cfg.model)
+    if model == "classical":
+        class_name = cfg.class_name or "object"
+    else:
+        from .models.checkpoint import load_metadata
+
+        md = load_metadata(model)
+        class_name = cfg.class_name or (md.get("classes") or ["object"])[0]
+        bands = int(md["in_channels"])
+        if info.count not in (1, bands) and info.count < bands:
+            raise InputError(f"input {input_path}: {info.count} bands, but model {Path(model).name} expects {bands} (or 1); pick another model")
+    out = Path(out_dir)
+    workdir = Path(cfg.workdir) if cfg.workdir else out / ".seamline-work" / info.stem
+    fp = _fingerprint(info, cfg, model)
+    manifest = workdir / "manifest.json"
+    if workdir.exists():
+        try:
+            same = json.loads(manifest.read_text()).get("fingerprint") == fp
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not same:
+            shutil.rmtree(workdir)
+    (workdir / "parts").mkdir(parents=True, exist_ok=True)
+    if not manifest.exists():
+        manifest.write_text(json.dumps({"fingerprint": fp, "input": info.path}))
+    return ScenePlan(info, out, workdir, cfg, model, class_name)
+
+
+def run_ingest(client, plan: ScenePlan) -> dict:
+    """Stage 1–2: raster → zarr (parallel, disjoint chunks) and scene statistics from the global lattice."""
+    from .ingest import create_store, ingest_block, plan_ingest, sample_stride, scene_statistics
+
+    stats_file = plan.workdir / "stats.json"
+    if stats_file.exists():
+        return json.loads(stats_file.read_text())
+    info, tile = plan.info, plan.cfg.tile
+    create_store(plan.zarr_path, info, tile)
+    stride = sample_stride(info.height, info.width)
+    blocks = plan_ingest(info, tile)
+    futures = client.map(ingest_block, [info.path] * len(blocks), [plan.zarr_path] * len(blocks), blocks,
+                         [stride] * len(blocks), pure=False)
+    try:
+        samples = client.gather(futures)
+    except InputError:
+        raise
+    except Exception as exc:  # GDAL read errors from a truncated or corrupt file surface here
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise InputError(f"input {info.path}: reading pixel data failed ({first}); the file looks truncated or corrupt — re-copy or re-export it") from None
+    cl = plan.cfg.classical
+    stats = scene_statistics(samples, info.nodata, plan.cfg.stats.low, plan.cfg.stats.high, cl.threshold)
+    stats["stride"] = stride
+    stats_file.write_text(json.dumps(stats))
+    return stats
+
+
+def make_job(plan: ScenePlan, stats: dict) -> TileJob:
+    c = plan.cfg
+    return TileJob(plan.zarr_path, str(plan.workdir), plan.info.height, plan.info.width, c.tile, c.halo, plan.model,
+                   c.classical.model_dump(exclude={"threshold"}), stats, plan.info.nodata, c.device,
+                   c.threads_per_worker, c.batch_size)
+
+
+def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
+    """Stage 3–4: every tile through the model, batched per task; returns summed worker timings."""
+    import zarr
+
+    from .tiles import process_tiles
+
+    win_path = plan.workdir / "windows.zarr"
+    if not win_path.exists():
+        from zarr.codecs import ZstdCodec
+
+        w = job.window_size
+        zarr.create_array(store=str(win_path), shape=(len(job.grid), w, w), chunks=(1, w, w), dtype="uint32",
+                          compressors=[ZstdCodec(level=1)], fill_value=0)
+    n = len(job.grid)
+    batches = [list(range(s, min(n, s + plan.cfg.tiles_per_task))) for s in range(0, n, plan.cfg.tiles_per_task)]
+    futures = client.map(process_tiles, [job] * len(batches), batches, pure=False)
+    total = {"tiles": 0, "skipped": 0, "pieces": 0, "pixels": 0, "timings": {}}
+    from distributed import as_completed
+
+    for fut in as_completed(futures):
+        r = fut.result()
+        for k in ("tiles", "skipped", "pieces", "pixels"):
+            total[k] += r[k]
+        for k, v in r["timings"].items():
+            total["timings"][k] = total["timings"].get(k, 0.0) + v
+    return total
+
+
+def run_stitch(client, plan: ScenePlan, job: TileJob) -> dict[int, int]:
+    """Stage 5: seam edges per tile (parallel), then one connected-components step on the driver."""
+    from .stitch import components, seam_edges
+
+    n = len(job.grid)
+    futures = client.map(seam_edges, [job] * n, list(range(n)), pure=False)
+    edges = [e for e in client.gather(futures) if e.size]
+    return components(np.concatenate(edges) if edges else np.zeros((0, 2), np.int64))
+
+
+def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) -> dict:
+    """Stage 6–7: whole objects, real-unit measures, three outputs written atomically."""
+    from .outputs import write_outputs
+
+    info, c = plan.info, plan.cfg
+    summary = {
+        "seamline_version": __version__,
+        "input": info.path,
+        "width": info.width,
+        "height": info.height,
+        "bands": info.count,
+        "dtype": info.dtype,
+        "transform": list(info.transform),
+        "pixel_size_um": list(info.pixel_size_um) if info.pixel_size_um else None,
+        "tiling": {"tile": c.tile, "halo": c.halo, "grid": list(plan.grid.shape), "tiles": len(plan.grid)},
+        "model": {"spec": c.model, "path": plan.model, "class": plan.class_name},
+        **extra,
+    }
+    return write_outputs(str(plan.workdir), len(plan.grid), groups, info, plan.out_dir, info.stem, plan.class_name, summary)
+
+
+def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, client=None) -> dict:
+    """Run every stage for one scene; returns the run summary (also written as ``<stem>.json``)."""
+    from .dispatch import dask_client
+    from .memwatch import TreeMemoryWatch
+
+    t_all = time.perf_counter()
+    plan = plan_scene(input_path, out_dir, cfg)
+    timings: dict[str, float] = {}
+    with TreeMemoryWatch() as mem:
+        ctx = dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) if client is None else _null(client)
+        with ctx as cl:
+            t = time.perf_counter()
+            stats = run_ingest(cl, plan)
+            timings["ingest_and_stats"] = time.perf_counter() - t
+            job = make_job(plan, stats)
+            t = time.perf_counter()
+            tiles = run_tiles(cl, plan, job)
+            timings["tiles"] = time.perf_counter() - t
+            t = time.perf_counter()
+            groups = run_stitch(cl, plan, job)
+            timings["stitch"] = time.perf_counter() - t
+        t = time.perf_counter()
+        extra = {"stats": stats, "worker_seconds": tiles["timings"], "tiles_processed": tiles["tiles"],
+                 "tiles_resumed": tiles["skipped"], "joined_objects": len(set(groups.values()))}
+        summary = run_write(plan, groups, {**extra, "timings_s": timings})
+        timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_all
+    summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    summary["megapixels_per_s"] = round(plan.info.width * plan.info.height / 1e6 / timings["total"], 3)
+    summary["peak_rss_process_tree_mb"] = round(mem.peak_bytes / 2**20, 1) if client is None else None
+    final_json = Path(summary["outputs"]["json"])
+    tmp = final_json.with_name(f".{final_json.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    os.replace(tmp, final_json)
+    if not cfg.keep_intermediate:
+        shutil.rmtree(plan.workdir, ignore_errors=True)
+        try:
+            plan.workdir.parent.rmdir()
+        except OSError:
+            pass
+    return summary
+
+
+class _null:
+    def __init__(self, v):
+        self.v = v
+
+    def __enter__(self):
+        return self.v
+
+    def __exit__(self, *a):
+        return False

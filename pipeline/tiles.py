@@ -1,0 +1,198 @@
+"""Stage 3 on one batch of tiles: read windows, run the model, label instances, keep the cores.
+
+For each tile this writes, idempotently (a tile whose part file exists is skipped, so a re-run after a dead
+worker does not redo it):
+
+* its window labels into the ``windows`` zarr array (one chunk per tile: disjoint writes) — the stitch
+  compares neighbouring windows in the seam band;
+* ``parts/t<index>.parquet``: one row per object *piece* in the tile core — the key
+  ``tile_index << 32 | label``, pixel count, score sum and the polygon in scene pixel coordinates.
+
+The model is loaded once per worker process (``_MODELS`` cache), never shipped with the tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .normalize import apply_normalization
+from .tiling import Tile, TileGrid
+
+__all__ = ["TileJob", "process_tiles", "part_path", "get_model", "vectorize_core", "tile_key"]
+
+_MODELS: dict[tuple, object] = {}
+
+
+def get_model(spec: str, classical: dict, device: str, threads: int | None):
+    key = (spec, tuple(sorted(classical.items())), device)
+    m = _MODELS.get(key)
+    if m is None:
+        from .models.registry import load_model
+
+        m = load_model(spec, classical, device=device, threads=threads)
+        _MODELS.clear()  # one model per worker at a time
+        _MODELS[key] = m
+    return m
+
+
+def tile_key(index: int, label: np.ndarray | int):
+    return (np.int64(index) << np.int64(32)) | np.asarray(label, dtype=np.int64)
+
+
+def part_path(workdir: str | Path, index: int) -> Path:
+    return Path(workdir) / "parts" / f"t{index:07d}.parquet"
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """Everything a worker needs for a batch of tiles: references, never arrays."""
+
+    zarr_path: str
+    workdir: str
+    height: int
+    width: int
+    tile: int
+    halo: int
+    model: str
+    classical: dict
+    stats: dict
+    nodata: float | None
+    device: str = "auto"
+    threads: int | None = None
+    batch_size: int = 4
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def grid(self) -> TileGrid:
+        return TileGrid(self.height, self.width, self.tile, self.halo)
+
+    @property
+    def window_size(self) -> int:
+        return self.tile + 2 * self.halo
+
+
+def vectorize_core(labels: np.ndarray, core_rel: tuple[slice, slice], row0: int, col0: int):
+    """Polygons of each label in the core, in scene pixel coordinates (x = column, y = row).
+
+    4-connectivity: 8-connected polygonisation can produce self-touching, invalid rings (NOTES).
+    Returns ``(ids, area_px, geoms)`` with one (Multi)Polygon per label.
+    """
+    import shapely
+    from rasterio import features
+    from rasterio.transform import Affine
+
+    core = np.ascontiguousarray(labels[core_rel]).astype(np.int32, copy=False)
+    counts = np.bincount(core.ravel())
+    ids = np.nonzero(counts)[0]
+    ids = ids[ids != 0]
+    if ids.size == 0:
+        return ids, np.zeros(0, np.int64), []
+    parts: dict[int, list] = {}
+    for geom, value in features.shapes(core, mask=core > 0, connectivity=4, transform=Affine(1, 0, col0, 0, 1, row0)):
+        parts.setdefault(int(value), []).append(shapely.geometry.shape(geom))
+    geoms = []
+    for i in ids:
+        ps = parts[int(i)]
+        geoms.append(ps[0] if len(ps) == 1 else shapely.MultiPolygon(ps))
+    return ids, counts[ids].astype(np.int64), geoms
+
+
+def _write_part(path: Path, index: int, ids, area_px, score_sum, geoms) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+
+    table = pa.table({
+        "key": pa.array(tile_key(index, ids) if len(ids) else np.zeros(0, np.int64), pa.int64()),
+        "area_px": pa.array(area_px, pa.int64()),
+        "score_sum": pa.array(score_sum, pa.float64()),
+        "geometry": pa.array(shapely.to_wkb(np.array(geoms, dtype=object)) if len(geoms) else [], pa.binary()),
+    })
+    tmp = path.with_suffix(".part.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _read_windows(job: TileJob, tiles: list[Tile]) -> list[np.ndarray]:
+    import zarr
+
+    arr = zarr.open_array(job.zarr_path, path="image", mode="r")
+    out = []
+    for t in tiles:
+        w = t.window
+        data = arr[:, w.row : w.row_end, w.col : w.col_end]
+        norm = apply_normalization(data, job.stats["percentiles"])
+        if job.nodata is not None:
+            norm[:, np.all(data == job.nodata, axis=0)] = 0.0
+        out.append(norm)
+    return out
+
+
+def _forward(model, job: TileJob, prepared: list[np.ndarray]) -> list[np.ndarray]:
+    """Run the model on windows, batching equal shapes (edge windows are padded to the full size)."""
+    if model.kind == "classical":
+        return [model.predict_heads(p[None])[0] for p in prepared]
+    size = job.window_size
+    heads: list[np.ndarray | None] = [None] * len(prepared)
+    for s in range(0, len(prepared), job.batch_size):
+        chunk = prepared[s : s + job.batch_size]
+        batch = np.zeros((len(chunk), chunk[0].shape[0], size, size), np.float32)
+        for i, p in enumerate(chunk):
+            h, w = p.shape[1:]
+            batch[i] = np.pad(p, ((0, 0), (0, size - h), (0, size - w)), mode="reflect" if min(h, w) > max(size - h, size - w) else "constant")
+        out = model.predict_heads(batch)
+        for i, p in enumerate(chunk):
+            heads[s + i] = out[i, :, : p.shape[1], : p.shape[2]]
+    return heads  # type: ignore[return-value]
+
+
+def process_tiles(job: TileJob, indices: list[int]) -> dict:
+    """Process a batch of tiles; returns counts and per-stage seconds (read, model, instances, write)."""
+    import zarr
+
+    grid = job.grid
+    todo = [grid[i] for i in indices if not part_path(job.workdir, i).exists()]
+    timings = {"read": 0.0, "model": 0.0, "instances": 0.0, "vectorize": 0.0}
+    if not todo:
+        return {"tiles": 0, "skipped": len(indices), "pieces": 0, "timings": timings, "pixels": 0}
+    model = get_model(job.model, job.classical, job.device, job.threads)
+    t0 = time.perf_counter()
+    norms = _read_windows(job, todo)
+    prepared = [model.prepare(n) for n in norms]
+    t1 = time.perf_counter()
+    heads = _forward(model, job, prepared)
+    t2 = time.perf_counter()
+    win_arr = zarr.open_array(job.workdir + "/windows.zarr", mode="r+")
+    pieces = 0
+    pixels = 0
+    for t, h in zip(todo, heads):
+        ta = time.perf_counter()
+        if model.kind == "classical":
+            labels, prob = model.instances(h, job.stats["threshold"])
+        else:
+            labels, prob = model.instances(h)
+        tb = time.perf_counter()
+        block = np.zeros((job.window_size, job.window_size), np.uint32)
+        block[: labels.shape[0], : labels.shape[1]] = labels
+        win_arr[t.index] = block
+        core_rel = t.core.relative_to(t.window)
+        ids, area_px, geoms = vectorize_core(labels, core_rel, t.core.row, t.core.col)
+        if prob is None:
+            score_sum = area_px.astype(np.float64)
+        else:
+            core_lab = labels[core_rel]
+            sums = np.bincount(core_lab.ravel(), weights=prob[core_rel].ravel().astype(np.float64), minlength=int(core_lab.max()) + 1)
+            score_sum = sums[ids]
+        _write_part(part_path(job.workdir, t.index), t.index, ids, area_px, score_sum, geoms)
+        pieces += len(ids)
+        pixels += t.core.height * t.core.width
+        timings["instances"] += tb - ta
+        timings["vectorize"] += time.perf_counter() - tb
+    timings["read"] += t1 - t0
+    timings["model"] += t2 - t1
+    return {"tiles": len(todo), "skipped": len(indices) - len(todo), "pieces": pieces, "timings": timings, "pixels": pixels}
