@@ -47,9 +47,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if info.stem in stems:
             raise ParameterError(f"inputs {stems[info.stem]} and {p} would both write {info.stem}.*; rename one or run them separately")
         stems[info.stem] = p
-    from .models.registry import resolve_model_spec
+    from .runner import check_model
 
-    resolve_model_spec(cfg.model)
+    check_model(cfg.model)  # a broken checkpoint fails here, before the cluster starts
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"--out {out}: exists and is not a folder; pass a folder path")

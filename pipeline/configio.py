@@ -8,7 +8,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, SeamlineError
 
 __all__ = ["load_yaml_config", "validation_message"]
 
@@ -18,6 +18,9 @@ T = TypeVar("T", bound=BaseModel)
 def validation_message(source: str, exc: ValidationError) -> str:
     """One line for the first problem pydantic found, naming the key, what was expected and the fix."""
     err = exc.errors()[0]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, SeamlineError):  # a model validator's own one-line message (e.g. halo >= tile)
+        return f"{source}: {cause}"
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown config key '{loc}'; remove it or fix its spelling (see configs/ for valid keys)"
@@ -33,8 +36,10 @@ def load_yaml_config(path: str | Path, model: type[T], overrides: dict | None = 
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "parse error"
-        raise ConfigError(f"config file {p}: not valid YAML ({first}); fix the syntax") from None
+        first = getattr(exc, "problem", None) or (str(exc).splitlines()[0] if str(exc) else "parse error")
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {p}: not valid YAML{where} ({first}); fix the syntax") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: expected a mapping of keys, found {type(data).__name__}")
     if overrides:

@@ -95,7 +95,7 @@ def open_raster(path: str):
     if not _is_url(path) and os.path.isdir(path):
         raise InputError(f"input {path}: is a folder, expected a GeoTIFF/TIFF file; pass the image file itself")
     if not _is_url(path) and os.path.getsize(path) == 0:
-        raise InputError(f"input {path}: file is empty (0 bytes); expected a GeoTIFF/TIFF image")
+        raise InputError(f"input {path}: file is empty (0 bytes); expected a GeoTIFF/TIFF image, re-copy or re-export it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -176,7 +176,8 @@ def inspect_raster(path: str, pixel_size_um: tuple[float, float] | None = None) 
             ds.read(1, window=RWindow(0, 0, min(16, ds.width), min(16, ds.height)))
             ds.read(window=RWindow(max(0, ds.width - 16), max(0, ds.height - 16), min(16, ds.width), min(16, ds.height)))
         except Exception as exc:  # rasterio raises RasterioIOError; GDAL may raise others for corrupt blocks
-            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            detail = exc.__cause__ or exc  # rasterio's "Read failed. See previous exception" wraps GDAL's message
+            first = str(detail).splitlines()[0][:160] if str(detail) else type(exc).__name__
             raise InputError(f"input {path}: pixel data cannot be read, the file looks truncated or corrupt ({first}); re-copy or re-export it") from None
         crs_wkt = ds.crs.to_wkt() if ds.crs is not None else None
         t = ds.transform

@@ -21,12 +21,12 @@ import numpy as np
 
 from . import __version__
 from .config import SegmentConfig
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .raster import SceneInfo, inspect_raster
 from .tiles import TileJob
 from .tiling import TileGrid
 
-__all__ = ["ScenePlan", "plan_scene", "run_ingest", "run_tiles", "run_stitch", "run_write", "segment_scene"]
+__all__ = ["ScenePlan", "check_model", "plan_scene", "run_ingest", "run_tiles", "run_stitch", "run_write", "segment_scene"]
 
 
 @dataclass
@@ -59,18 +59,35 @@ def _fingerprint(info: SceneInfo, cfg: SegmentConfig, model: str) -> str:
     return hashlib.sha256(json.dumps([src_id, relevant, model, __version__], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> ScenePlan:
-    """Validate the input and the model, and prepare (or resume) the work folder. No heavy work."""
+def check_model(spec: str) -> tuple[str, dict | None]:
+    """Resolve ``--model`` and, for a checkpoint, read its metadata and the header of its weights here on the
+    driver, so that a broken checkpoint fails before any cluster or work folder exists. Returns (model, metadata)."""
+    from .models.checkpoint import checkpoint_paths, load_metadata
     from .models.registry import resolve_model_spec
 
-    info = inspect_raster(input_path, cfg.pixel_size_um)
-    model = resolve_model_spec(cfg.model)
+    model = resolve_model_spec(spec)
     if model == "classical":
+        return model, None
+    md = load_metadata(model)
+    weights, _ = checkpoint_paths(model)
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="numpy") as f:  # reads and checks the header only
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint weights {weights}: not a readable safetensors file ({exc}); "
+                              "re-copy it or re-save it with seamline train") from None
+    return model, md
+
+
+def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> ScenePlan:
+    """Validate the input and the model, and prepare (or resume) the work folder. No heavy work."""
+    info = inspect_raster(input_path, cfg.pixel_size_um)
+    model, md = check_model(cfg.model)
+    if md is None:
         class_name = cfg.class_name or "object"
     else:
-        from .models.checkpoint import load_metadata
-
-        md = load_metadata(model)
         class_name = cfg.class_name or (md.get("classes") or ["object"])[0]
         bands = int(md["in_channels"])
         if info.count not in (1, bands) and info.count < bands:

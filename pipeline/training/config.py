@@ -34,6 +34,7 @@ class TrainConfig(_Strict):
     data: DataConfig
     model: ArchConfig = Field(default_factory=ArchConfig)
     out: str = "runs/model"
+    init_from: str | None = None  # continue from a checkpoint (safetensors + JSON) instead of random weights
     classes: list[str] = Field(default_factory=lambda: ["object"])
     epochs: int = Field(default=30, gt=0)
     batch_size: int = Field(default=8, gt=0)

@@ -84,7 +84,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         samples = load_geotiff_dataset(cfg.data.rasters, cfg.data.vectors, in_ch)
     train_s, val_s = split_train_val(samples, cfg.val_fraction, cfg.seed)
     _log(f"data: {len(train_s)} training, {len(val_s)} validation images ({cfg.data.kind})")
-    net = build_network(arch).to(device)
+    net = build_network(arch)
+    if cfg.init_from:
+        from ..models.checkpoint import load_state_dict
+
+        net.load_state_dict(load_state_dict(cfg.init_from))
+        _log(f"initialised from {cfg.init_from}")
+    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps_per_epoch = max(1, (len(train_s) * cfg.crops_per_image) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
@@ -157,6 +163,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "batch_size": cfg.batch_size,
                     "lr": cfg.lr,
                     "device": device,
+                    "init_from": cfg.init_from,
                 },
                 "validation": val,
                 "seamline_version": __version__,

@@ -1,0 +1,19 @@
+"""Helpers shared by tests (import as ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def rasterize_output(parquet: str | Path, shape: tuple[int, int], transform) -> np.ndarray:
+    """Label image of a Seamline GeoParquet on the input grid (object_id as label)."""
+    import geopandas as gpd
+    from rasterio.features import rasterize
+
+    g = gpd.read_parquet(parquet)
+    if len(g) == 0:
+        return np.zeros(shape, np.int32)
+    return rasterize([(geom, int(i)) for geom, i in zip(g.geometry, g.object_id)], out_shape=shape,
+                     transform=transform, dtype="int32")
