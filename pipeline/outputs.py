@@ -184,7 +184,7 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
                 writer = pq.ParquetWriter(staging, table.schema, compression="zstd")
             writer.write_table(table)
             gdf = gpd.GeoDataFrame({c: rows[c] for c in OUTPUT_COLUMNS}, geometry=m["geometry"], crs=crs if info.crs_wkt else None)
-            pyogrio.write_dataframe(
+            _write_gpkg(
                 gdf, tmps["gpkg"], layer="objects", driver="GPKG", append=not first_gpkg,
                 dataset_options={"VERSION": "1.2"} if first_gpkg else None,
                 layer_options={"SPATIAL_INDEX": "YES", "FID": "fid", "GEOMETRY_NAME": "geom"} if first_gpkg else None,
@@ -197,7 +197,7 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
         n_obj = next_id - 1
         if first_gpkg:  # no objects: still write valid, empty files
             empty = gpd.GeoDataFrame({c: [] for c in OUTPUT_COLUMNS}, geometry=gpd.GeoSeries([], crs=crs if info.crs_wkt else None))
-            pyogrio.write_dataframe(empty, tmps["gpkg"], layer="objects", driver="GPKG", dataset_options={"VERSION": "1.2"},
+            _write_gpkg(empty, tmps["gpkg"], layer="objects", driver="GPKG", dataset_options={"VERSION": "1.2"},
                                     layer_options={"SPATIAL_INDEX": "YES", "FID": "fid", "GEOMETRY_NAME": "geom"}, geometry_type="Polygon")
         if not info.crs_wkt:
             _gpkg_undefined_cartesian(tmps["gpkg"])
@@ -251,6 +251,18 @@ def _finish_geoparquet(staging: Path | None, dest: Path, crs, types: set[int], b
     with pq.ParquetWriter(dest, schema, compression="zstd", write_statistics=True) as w:
         for rb in src.iter_batches(batch_size=ROW_GROUP):
             w.write_table(pa.Table.from_batches([rb]).cast(schema), row_group_size=ROW_GROUP)
+
+
+def _write_gpkg(gdf, path: Path, **kw) -> None:
+    """pyogrio's writer; the "no crs" warning is expected for images without georeferencing, whose layer is
+    then set to the Undefined Cartesian SRS (see :func:`_gpkg_undefined_cartesian`)."""
+    import warnings
+
+    import pyogrio
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
+        pyogrio.write_dataframe(gdf, path, **kw)
 
 
 def _gpkg_undefined_cartesian(path: Path) -> None:
