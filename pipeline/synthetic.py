@@ -142,3 +142,34 @@ def _add_ome(path: Path, pixel_size_um: float) -> None:
     tifffile.imwrite(path, data, ome=True, tile=(256, 256), compression="zlib",
                      metadata={"axes": "YX" if data.ndim == 2 else "CYX", "PhysicalSizeX": pixel_size_um,
                                "PhysicalSizeY": pixel_size_um, "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+
+
+def write_periodic_scene(path: str | Path, size: int, *, block: int = 2048, seed: int = 0, dtype: str = "uint16",
+                         crs: str | None = "EPSG:32633", **kw) -> int:
+    """A ``size × size`` scene made by repeating one rendered ``block × block`` scene (fast at any size).
+
+    For throughput and memory benchmarks, where the content only has to be realistic, not unique.
+    Written strip by strip (bounded memory); returns the number of objects in one block.
+    """
+    import tempfile
+
+    import rasterio
+    from rasterio.transform import Affine
+    from rasterio.windows import Window as RWindow
+
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td) / "block.tif"
+        blobs = write_scene(tmp, block, block, dtype=dtype, crs=None, seed=seed, **kw)
+        with rasterio.open(tmp) as b:
+            tile = b.read(1)
+    profile = dict(driver="GTiff", height=size, width=size, count=1, dtype=dtype, tiled=True, blockxsize=512,
+                   blockysize=512, compress="deflate", predictor=2, bigtiff="YES")
+    if crs is not None:
+        profile |= {"crs": crs, "transform": Affine(0.5, 0, 500000.0, 0, -0.5, 5_000_000.0)}
+    reps = -(-size // block)
+    strip = np.tile(tile, (1, reps))[:, :size]
+    with rasterio.open(path, "w", **profile) as ds:
+        for r in range(0, size, block):
+            h = min(block, size - r)
+            ds.write(strip[:h], 1, window=RWindow(0, r, size, h))
+    return len(blobs)

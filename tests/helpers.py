@@ -17,3 +17,6 @@ def rasterize_output(parquet: str | Path, shape: tuple[int, int], transform) -> 
         return np.zeros(shape, np.int32)
     return rasterize([(geom, int(i)) for geom, i in zip(g.geometry, g.object_id)], out_shape=shape,
                      transform=transform, dtype="int32")
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
