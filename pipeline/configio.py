@@ -34,7 +34,9 @@ def load_yaml_config(path: str | Path, model: type[T], overrides: dict | None = 
     if not p.is_file():
         raise ConfigError(f"config file {p}: not found; pass an existing YAML file (examples in configs/)")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p}: not UTF-8 text; save it as UTF-8 YAML") from None
     except yaml.YAMLError as exc:
         first = getattr(exc, "problem", None) or (str(exc).splitlines()[0] if str(exc) else "parse error")
         mark = getattr(exc, "problem_mark", None)

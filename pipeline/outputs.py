@@ -154,6 +154,11 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
     types: set[str] = set()
     bbox = [np.inf, np.inf, -np.inf, -np.inf]
     writer = None
+    gpkg_layer_options = {"SPATIAL_INDEX": "YES", "FID": "fid", "GEOMETRY_NAME": "geom"}
+    if not info.crs_wkt and pyogrio.__gdal_version__ >= (3, 9, 0):
+        # GDAL >= 3.9 then writes srs_id -1 into every geometry blob header too; fixing only the metadata
+        # tables afterwards leaves blobs saying 99999 ("Undefined SRS"), which breaks GeoPackage Req 33.
+        gpkg_layer_options["SRID"] = "-1"
     try:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
@@ -187,7 +192,7 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
             _write_gpkg(
                 gdf, tmps["gpkg"], layer="objects", driver="GPKG", append=not first_gpkg,
                 dataset_options={"VERSION": "1.2"} if first_gpkg else None,
-                layer_options={"SPATIAL_INDEX": "YES", "FID": "fid", "GEOMETRY_NAME": "geom"} if first_gpkg else None,
+                layer_options=gpkg_layer_options if first_gpkg else None,
                 geometry_type="Unknown" if len(types) > 1 else None,
             )
             first_gpkg = False
@@ -198,7 +203,7 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
         if first_gpkg:  # no objects: still write valid, empty files
             empty = gpd.GeoDataFrame({c: [] for c in OUTPUT_COLUMNS}, geometry=gpd.GeoSeries([], crs=crs if info.crs_wkt else None))
             _write_gpkg(empty, tmps["gpkg"], layer="objects", driver="GPKG", dataset_options={"VERSION": "1.2"},
-                                    layer_options={"SPATIAL_INDEX": "YES", "FID": "fid", "GEOMETRY_NAME": "geom"}, geometry_type="Polygon")
+                                    layer_options=gpkg_layer_options, geometry_type="Polygon")
         if not info.crs_wkt:
             _gpkg_undefined_cartesian(tmps["gpkg"])
         _finish_geoparquet(staging if n_obj else None, tmps["parquet"], crs, types, bbox)
