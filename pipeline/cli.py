@@ -51,6 +51,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .training.tune import tune_postprocess
+
+    r = tune_postprocess(args.checkpoint, args.data, write=not args.dry_run)
+    before, after = r["before"]["all"]["ap50"], r["after"]["all"]["ap50"]
+    print(f"validation AP50 {before:.3f} -> {after:.3f} with {r['postprocess']}" + (" (not written)" if args.dry_run else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seamline", description="Very large images in, one polygon per object out.")
     p.add_argument("--version", action="version", version=f"seamline {__version__}")
@@ -63,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time")
     t.set_defaults(func=_cmd_train)
+
+    u = sub.add_parser("tune", help="tune a checkpoint's watershed thresholds on its validation images")
+    u.add_argument("checkpoint")
+    u.add_argument("--data", required=True, help="the training folder (images/, labels/) the checkpoint was trained on")
+    u.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint's JSON as it is")
+    u.set_defaults(func=_cmd_tune)
 
     from .cli_segment import add_segment_commands
 

@@ -160,8 +160,12 @@ def write_periodic_scene(path: str | Path, size: int, *, block: int = 2048, seed
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td) / "block.tif"
         blobs = write_scene(tmp, block, block, dtype=dtype, crs=None, seed=seed, **kw)
-        with rasterio.open(tmp) as b:
-            tile = b.read(1)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(tmp) as b:
+                tile = b.read(1)
     profile = dict(driver="GTiff", height=size, width=size, count=1, dtype=dtype, tiled=True, blockxsize=512,
                    blockysize=512, compress="deflate", predictor=2, bigtiff="YES")
     if crs is not None:

@@ -20,3 +20,13 @@ def rasterize_output(parquet: str | Path, shape: tuple[int, int], transform) -> 
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data (real images with ground truth); fails clearly when it is missing."""
+    import pytest
+
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.fail(f"{p} not found: the tests read real data from shared/data beside the checkout (as CI has it)")
+    return p

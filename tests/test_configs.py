@@ -10,7 +10,7 @@ from pipeline.config import SegmentConfig
 from pipeline.configio import load_yaml_config
 from pipeline.training.config import TrainConfig
 
-from helpers import SHARED
+from helpers import shared
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -34,8 +34,8 @@ def test_geotiff_vector_labels_rasterise_on_grid(tmp_path):
 
     from pipeline.training.data import load_geotiff_dataset
 
-    tif = SHARED / "aerial" / "deepforest" / "OSBS_029.tif"
-    boxes = pd.read_csv(SHARED / "aerial" / "deepforest" / "OSBS_029.csv")
+    tif = shared("aerial", "deepforest", "OSBS_029.tif")
+    boxes = pd.read_csv(shared("aerial", "deepforest", "OSBS_029.csv"))
     with rasterio.open(tif) as ds:
         t, crs = ds.transform, ds.crs
     polys = [shapely.box(*(t * (r.xmin, r.ymax)), *(t * (r.xmax, r.ymin))) for r in boxes.itertuples()]

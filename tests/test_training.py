@@ -13,9 +13,8 @@ from pipeline.models.learned import SHIPPED_MODEL, LearnedModel
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Augmenter, load_folder_dataset, make_targets, split_train_val
 
-from helpers import SHARED
+from helpers import shared
 
-DSB = SHARED / "dsb2018"
 
 
 def test_targets_separate_touching_objects():
@@ -57,7 +56,7 @@ def test_split_is_stratified_and_reproducible():
 
 def test_train_tiny_run_writes_loadable_checkpoint(tmp_path):
     cfg = TrainConfig.model_validate({
-        "data": {"kind": "folders", "root": str(DSB), "limit": 8},
+        "data": {"kind": "folders", "root": str(shared("dsb2018")), "limit": 8},
         "out": str(tmp_path / "m"), "epochs": 1, "batch_size": 2, "crop": 64, "val_fraction": 0.25,
         "classes": ["nucleus"], "threads": 2,
         "model": {"encoder": "resnet18", "decoder_channels": [32, 16, 16, 8, 8]},
