@@ -231,7 +231,10 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
     timings["total"] = time.perf_counter() - t_all
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     summary["megapixels_per_s"] = round(plan.info.width * plan.info.height / 1e6 / timings["total"], 3)
-    summary["peak_rss_process_tree_mb"] = round(mem.peak_bytes / 2**20, 1) if client is None else None
+    # This process and its children: driver + LocalCluster scheduler and workers (a remote cluster's
+    # workers are not counted; the summary says which).
+    summary["peak_rss_process_tree_mb"] = round(mem.peak_bytes / 2**20, 1)
+    summary["cluster"] = "remote" if cfg.scheduler else "local"
     final_json = Path(summary["outputs"]["json"])
     tmp = final_json.with_name(f".{final_json.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")

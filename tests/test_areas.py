@@ -32,6 +32,7 @@ def test_projected_area_is_exact_polygon_area_in_m2(tmp_path, dask_client_sessio
     np.testing.assert_allclose(g["area"], g.area_px * 0.25, rtol=1e-9)
     np.testing.assert_allclose(g["area"], g.geometry.area, rtol=5e-3)  # within 0.5% of the exact polygon area
     assert s["area_unit"] == "m2" and s["area_stats"]["sum"] == pytest.approx(g["area"].sum())
+    assert s["peak_rss_process_tree_mb"] > 50 and set(s["timings_s"]) >= {"ingest_and_stats", "tiles", "stitch", "write", "total"}
 
 
 def test_feet_crs_area_converted_to_m2(tmp_path, dask_client_session):
