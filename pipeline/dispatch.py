@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["dask_client"]
 
 
 @contextlib.contextmanager
 def dask_client(workers: int = 2, threads_per_worker: int = 1, scheduler: str | None = None,
-                memory_limit: str = "4GB") -> Iterator["distributed.Client"]:  # noqa: F821
+                memory_limit: str = "4GB") -> Iterator["Client"]:
     import dask
     from distributed import Client, LocalCluster
 

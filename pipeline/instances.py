@@ -14,16 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["classical_instances", "heads_to_instances", "instance_scores", "relabel_sequential"]
-
-
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Relabel to 1..N in raster order of first appearance (deterministic), as uint32."""
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.uint32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
-    return lut[labels]
+__all__ = ["classical_instances", "heads_to_instances"]
 
 
 def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
@@ -196,20 +187,3 @@ def heads_to_instances(
         extra[extra > 0] += labels.max()
         labels = np.where(extra > 0, extra, labels)
     return _drop_small(labels, min_area)
-
-
-def instance_scores(labels: np.ndarray, prob: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(ids, score_sum)`` per label; the score of an object is its mean foreground probability.
-
-    Sums (not means) are returned so that pieces of one object from several tiles can be combined
-    exactly: score = sum of sums / sum of pixel counts.
-    """
-    flat = labels.ravel()
-    n = int(flat.max()) + 1 if flat.size else 1
-    if prob is None:
-        sums = np.bincount(flat, minlength=n).astype(np.float64)
-    else:
-        sums = np.bincount(flat, weights=prob.ravel().astype(np.float64), minlength=n)
-    ids = np.nonzero(np.bincount(flat, minlength=n))[0]
-    ids = ids[ids != 0]
-    return ids, sums[ids]

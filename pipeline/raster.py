@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ class SceneInfo:
     nodata: float | None
     pixel_size_um: tuple[float, float] | None = None
     driver: str = "GTiff"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def georeferenced(self) -> bool:

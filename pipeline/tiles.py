@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,6 @@ class TileJob:
     device: str = "auto"
     threads: int | None = None
     batch_size: int = 4
-    extra: dict = field(default_factory=dict)
 
     @property
     def grid(self) -> TileGrid:

@@ -12,7 +12,6 @@ import json
 import sys
 from typing import Any
 
-import numpy as np
 
 from ..instances import heads_to_instances
 from ..metrics import iou_matrix, match
