@@ -39,7 +39,7 @@ def dask_client(workers: int = 2, threads_per_worker: int = 1, scheduler: str | 
     with dask.config.set({"distributed.worker.daemon": False, "distributed.admin.system-monitor.gil.enabled": False,
                           "distributed.logging.distributed": "error"}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                               memory_limit=memory_limit, dashboard_address=None, silence_logs=50,
+                               memory_limit=memory_limit, dashboard_address=":0", silence_logs=50,
                                worker_class="distributed.Nanny", env=env)
         try:
             with Client(cluster) as client:
