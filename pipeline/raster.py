@@ -46,7 +46,8 @@ class SceneInfo:
 
     @property
     def stem(self) -> str:
-        name = Path(self.path.split("?")[0]).name
+        # A URL's query goes; a chained URL ("zip://a.tif::s3://bucket/b.zip") names the image first.
+        name = Path(self.path.split("::")[0].split("?")[0]).name
         for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
             if name.lower().endswith(suf):
                 return name[: -len(suf)]
@@ -76,35 +77,39 @@ def open_raster(path: str):
     from rasterio.errors import RasterioIOError
 
     kwargs: dict[str, Any] = {}
+    name = path  # what messages call the input: the path or URL as the user gave it
     if path.startswith("file://"):
         path = path[len("file://"):]
     if _is_url(path):
-        import fsspec
+        from fsspec.core import url_to_fs
 
         try:
-            fs, _, _ = fsspec.get_fs_token_paths(path)
-        except (ValueError, ImportError) as exc:
-            raise InputError(f"input {path}: cannot open this URL ({exc}); install the fsspec backend for its scheme") from None
+            # The filesystem and the path inside it; chained URLs ("zip://a.tif::s3://bucket/b.zip") too.
+            fs, path = url_to_fs(path)
+            exists = fs.exists(path)
+        except (ValueError, ImportError, OSError) as exc:
+            raise InputError(f"input {name}: cannot open this URL ({exc}); install the fsspec backend for its "
+                             "scheme (e.g. s3fs, gcsfs, aiohttp) and check the address") from None
+        if not exists:
+            raise InputError(f"input {name}: file not found; check the URL")
         kwargs["opener"] = fs
-        exists = fs.exists(path)
     else:
-        exists = os.path.exists(path)
-    if not exists:
-        raise InputError(f"input {path}: file not found; check the path")
-    if not _is_url(path) and os.path.isdir(path):
-        raise InputError(f"input {path}: is a folder, expected a GeoTIFF/TIFF file; pass the image file itself")
-    if not _is_url(path) and os.path.getsize(path) == 0:
-        raise InputError(f"input {path}: file is empty (0 bytes); expected a GeoTIFF/TIFF image, re-copy or re-export it")
+        if not os.path.exists(path):
+            raise InputError(f"input {name}: file not found; check the path")
+        if os.path.isdir(path):
+            raise InputError(f"input {name}: is a folder, expected a GeoTIFF/TIFF file; pass the image file itself")
+        if os.path.getsize(path) == 0:
+            raise InputError(f"input {name}: file is empty (0 bytes); expected a GeoTIFF/TIFF image, re-copy or re-export it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = rasterio.open(path, **kwargs)
     except RasterioIOError as exc:
         first = str(exc).splitlines()[0][:160]
-        raise InputError(f"input {path}: not a readable GeoTIFF/TIFF ({first}); pass a GeoTIFF, COG or (OME-)TIFF file") from None
+        raise InputError(f"input {name}: not a readable GeoTIFF/TIFF ({first}); pass a GeoTIFF, COG or (OME-)TIFF file") from None
     if ds.driver not in ("GTiff", "COG", "LIBERTIFF"):
         ds.close()
-        raise InputError(f"input {path}: expected a GeoTIFF/TIFF, found a {ds.driver} file; convert it with gdal_translate -of COG")
+        raise InputError(f"input {name}: expected a GeoTIFF/TIFF, found a {ds.driver} file; convert it with gdal_translate -of COG")
     return ds
 
 
