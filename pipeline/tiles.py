@@ -13,6 +13,7 @@ The model is loaded once per worker process (``_MODELS`` cache), never shipped w
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -91,13 +92,30 @@ def vectorize_core(labels: np.ndarray, core_rel: tuple[slice, slice], row0: int,
     ids = ids[ids != 0]
     if ids.size == 0:
         return ids, np.zeros(0, np.int64), []
-    parts: dict[int, list] = {}
+    # Collect every ring's vertices, then build all polygons in one call (shapely.from_ragged_array):
+    # making one shapely object per GeoJSON dict costs three quarters of the time at 10^4 objects per tile.
+    values: list[int] = []
+    rings: list = []
+    ring_ends: list[int] = []
+    poly_ends: list[int] = []
+    n_pts = 0
     for geom, value in features.shapes(core, mask=core > 0, connectivity=4, transform=Affine(1, 0, col0, 0, 1, row0)):
-        parts.setdefault(int(value), []).append(shapely.geometry.shape(geom))
-    geoms = []
-    for i in ids:
-        ps = parts[int(i)]
-        geoms.append(ps[0] if len(ps) == 1 else shapely.MultiPolygon(ps))
+        values.append(int(value))
+        for ring in geom["coordinates"]:
+            rings.append(ring)
+            n_pts += len(ring)
+            ring_ends.append(n_pts)
+        poly_ends.append(len(ring_ends))
+    coords = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(rings)), np.float64, 2 * n_pts)
+    polys = shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, coords.reshape(-1, 2),
+        (np.array([0, *ring_ends], np.int64), np.array([0, *poly_ends], np.int64)),
+    )
+    order = np.argsort(values, kind="stable")  # pieces of one label together, in the order GDAL gave them
+    vals = np.asarray(values)[order]
+    starts = np.searchsorted(vals, ids)
+    ends = np.searchsorted(vals, ids, side="right")
+    geoms = [polys[order[a]] if b - a == 1 else shapely.MultiPolygon(list(polys[order[a:b]])) for a, b in zip(starts, ends)]
     return ids, counts[ids].astype(np.int64), geoms
 
 
