@@ -26,6 +26,8 @@ from .raster import SceneInfo, inspect_raster
 from .tiles import TileJob
 from .tiling import TileGrid
 
+WINDOW_CHUNK = 256
+
 __all__ = ["ScenePlan", "check_model", "plan_scene", "run_ingest", "run_tiles", "run_stitch", "run_write", "segment_scene"]
 
 
@@ -154,7 +156,10 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
         from zarr.codecs import ZstdCodec
 
         w = job.window_size
-        zarr.create_array(store=str(win_path), shape=(len(job.grid), w, w), chunks=(1, w, w), dtype="uint32",
+        # Chunks much smaller than a window: the stitch reads only the seam bands along a window's edges,
+        # and decompresses only the chunks they cross. One tile still writes only its own chunks.
+        c = min(w, WINDOW_CHUNK)
+        zarr.create_array(store=str(win_path), shape=(len(job.grid), w, w), chunks=(1, c, c), dtype="uint32",
                           compressors=[ZstdCodec(level=1)], fill_value=0)
     n = len(job.grid)
     batches = [list(range(s, min(n, s + plan.cfg.tiles_per_task))) for s in range(0, n, plan.cfg.tiles_per_task)]

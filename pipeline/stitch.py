@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tiles import TileJob, tile_key
-from .tiling import Tile, TileGrid
+from .tiles import TileJob, part_path, tile_key
+from .tiling import TileGrid
 
 __all__ = ["seam_edges", "match_band", "components"]
 
@@ -45,29 +45,33 @@ def match_band(la: np.ndarray, lb: np.ndarray, core_a: np.ndarray, core_b: np.nd
     return np.stack([pa[keep], pb[keep]], axis=1)
 
 
-def _core_labels(win: np.ndarray, t: Tile) -> np.ndarray:
-    r, c = t.core.relative_to(t.window)
-    return np.unique(win[r, c])
+def _core_labels(workdir: str, index: int) -> np.ndarray:
+    """Labels with pixels in tile ``index``'s core: the pieces its part file holds (sorted)."""
+    import pyarrow.parquet as pq
+
+    keys = pq.read_table(part_path(workdir, index), columns=["key"]).column("key").to_numpy()
+    return np.sort(keys & 0xFFFFFFFF)
 
 
 def seam_edges(job: TileJob, index: int) -> np.ndarray:
-    """Keys of pieces to join between tile ``index`` and its forward neighbours: (k, 2) int64."""
+    """Keys of pieces to join between tile ``index`` and its forward neighbours: (k, 2) int64.
+
+    Reads only the seam bands of the windows (a strip along each shared border), not whole windows.
+    """
     import zarr
 
     grid: TileGrid = job.grid
     arr = zarr.open_array(job.workdir + "/windows.zarr", mode="r")
     ta = grid[index]
-    wa = arr[index][: ta.window.height, : ta.window.width]
-    core_a = _core_labels(wa, ta)
+    core_a = _core_labels(job.workdir, index)
     out = []
     for tb in grid.forward_neighbours(ta):
         band = grid.seam_band(ta, tb)
         if band.empty:
             continue
-        wb = arr[tb.index][: tb.window.height, : tb.window.width]
         ra, ca = band.relative_to(ta.window)
         rb, cb = band.relative_to(tb.window)
-        pairs = match_band(wa[ra, ca], wb[rb, cb], core_a, _core_labels(wb, tb))
+        pairs = match_band(arr[index, ra, ca], arr[tb.index, rb, cb], core_a, _core_labels(job.workdir, tb.index))
         if pairs.size:
             out.append(np.stack([tile_key(ta.index, pairs[:, 0]), tile_key(tb.index, pairs[:, 1])], axis=1))
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
