@@ -11,7 +11,7 @@ from pipeline.errors import CheckpointError
 from pipeline.models.checkpoint import checkpoint_paths, load_metadata, save_checkpoint
 from pipeline.models.learned import SHIPPED_MODEL, LearnedModel
 from pipeline.training.config import TrainConfig
-from pipeline.training.data import Augmenter, make_targets, split_train_val
+from pipeline.training.data import Augmenter, contact_weights, make_targets, split_train_val
 
 from helpers import shared
 
@@ -27,6 +27,20 @@ def test_targets_separate_touching_objects():
     assert t[2].max() == pytest.approx(1.0) and t[2][lab == 0].max() == 0
 
 
+def test_contact_weights_stress_the_band_between_neighbours_only():
+    lab = np.zeros((20, 30), np.int32)
+    lab[5:15, 2:10] = 1
+    lab[5:15, 11:19] = 2  # one background column between 1 and 2
+    lab[5:15, 25:29] = 3  # far from both
+    w = contact_weights(lab, 5.0, width=2)
+    assert w.dtype == np.float32 and w.min() == 1.0 and w.max() == 6.0
+    assert (w[5:15, 10] == 6).all()  # the gap between 1 and 2
+    assert (w[5:15, 9:12] == 6).all()  # pixels within 2 px of both objects
+    assert (w[5:15, 2:9] == 1).all() and (w[5:15, 12:19] == 1).all()  # the rest of each object
+    assert (w[:, 21:] == 1).all()  # an isolated object gets no extra weight
+    np.testing.assert_array_equal(contact_weights(lab, 0.0), np.ones_like(w))
+
+
 def test_augmenter_is_seeded_and_keeps_image_label_aligned():
     lab = np.zeros((80, 90), np.int32)
     lab[10:30, 10:40] = 1
@@ -34,11 +48,12 @@ def test_augmenter_is_seeded_and_keeps_image_label_aligned():
     from pipeline.training.data import Sample
 
     s = Sample("x", img, lab)
-    a1, a2 = Augmenter(64, seed=1), Augmenter(64, seed=1)
+    a1, a2 = Augmenter(64, seed=1, contact_weight=3.0), Augmenter(64, seed=1, contact_weight=3.0)
     for _ in range(5):
-        (x1, y1), (x2, _) = a1(s), a2(s)
+        (x1, y1, w1), (x2, _, _) = a1(s), a2(s)
         np.testing.assert_array_equal(x1, x2)
-        assert x1.shape == (3, 64, 64) and y1.shape == (3, 64, 64)
+        assert x1.shape == (3, 64, 64) and y1.shape == (3, 64, 64) and w1.shape == (64, 64)
+        assert (w1 == 1).all()  # a single object: no contacts
         # Bright pixels are the foreground target (geometry transformed together).
         assert ((x1[0] > 0.5) == (y1[0] > 0.5)).mean() > 0.97
 
@@ -94,3 +109,40 @@ def test_checkpoint_errors_are_one_line(tmp_path):
         load_metadata(tmp_path / "bad")
     with pytest.raises(CheckpointError, match="lacks"):
         save_checkpoint(tmp_path / "c", {}, {"architecture": "Unet"})
+
+
+def test_fine_tune_from_the_shipped_model_keeps_its_architecture(tmp_path):
+    cfg = TrainConfig.model_validate({
+        "data": {"kind": "folders", "root": str(shared("dsb2018")), "limit": 6},
+        "out": str(tmp_path / "ft"), "epochs": 1, "batch_size": 2, "crop": 64, "val_fraction": 0.34,
+        "classes": ["nucleus"], "threads": 2, "init_from": "default",
+        "model": {"encoder": "resnet18"},  # ignored: fine-tuning keeps the starting checkpoint's network
+    })
+    from pipeline.training.train import train
+
+    train(cfg)
+    md = load_metadata(tmp_path / "ft")
+    shipped = load_metadata(SHIPPED_MODEL)
+    for key in ("architecture", "encoder", "decoder_channels", "in_channels", "heads"):
+        assert md[key] == shipped[key]
+    assert md["training"]["init_from"] == "default" and md["training"]["contact_weight"] == 5.0
+    LearnedModel(tmp_path / "ft", device="cpu")  # the weights fit the architecture in the metadata
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--data", "/nonexistent/labels"], ["training data /nonexistent/labels", "folder not found", "images and"]),
+    (["--data", "{root}", "--init-from", "/nope/ckpt", "--epochs", "1"], ["init_from /nope/ckpt", "no checkpoint there"]),
+    ([], ["pass --config FILE or --data DIR"]),
+])
+def test_train_bad_input_is_one_line(args, words, tmp_path):
+    import subprocess
+    import sys
+
+    root = str(shared("dsb2018"))
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", *[a.format(root=root) for a in args], "--out", str(tmp_path / "m")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("seamline: error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert not list(tmp_path.iterdir())

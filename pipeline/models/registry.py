@@ -10,8 +10,10 @@ from .checkpoint import checkpoint_paths
 __all__ = ["load_model", "resolve_model_spec"]
 
 
-def resolve_model_spec(spec: str) -> str:
-    """Validate a model spec early (on the driver), returning ``classical`` or a checkpoint stem path."""
+def resolve_model_spec(spec: str, what: str = "--model") -> str:
+    """Validate a model spec early (on the driver), returning ``classical`` or a checkpoint stem path.
+
+    ``what`` names the parameter in the error message (``--model``, ``init_from``)."""
     if spec == "classical":
         return spec
     if spec in ("default", "nuclei"):
@@ -21,7 +23,7 @@ def resolve_model_spec(spec: str) -> str:
     weights, meta = checkpoint_paths(spec)
     if not weights.is_file() or not meta.is_file():
         raise CheckpointError(
-            f"--model {spec}: no checkpoint there (need {weights.name} and {meta.name}); "
+            f"{what} {spec}: no checkpoint there (need {weights.name} and {meta.name}); "
             "pass 'classical', 'default', or a path written by seamline train"
         )
     return str(Path(weights).with_suffix(""))

@@ -41,6 +41,8 @@ class TrainConfig(_Strict):
     crop: int = Field(default=256, ge=64)
     crops_per_image: int = Field(default=1, gt=0)
     lr: float = Field(default=2e-3, gt=0)
+    contact_weight: float = Field(default=5.0, ge=0)  # extra loss weight on the band between touching objects
+    val_every: int = Field(default=1, gt=0)  # validate (and maybe keep the checkpoint) every N epochs and the last
     val_fraction: float = Field(default=0.15, ge=0, lt=1)
     seed: int = 0
     device: str = "auto"

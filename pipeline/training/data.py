@@ -23,7 +23,8 @@ from scipy import ndimage as ndi
 from ..errors import InputError
 from ..normalize import apply_normalization, percentiles, to_model_channels
 
-__all__ = ["Sample", "load_folder_dataset", "load_geotiff_dataset", "make_targets", "split_train_val", "Augmenter"]
+__all__ = ["Sample", "load_folder_dataset", "load_geotiff_dataset", "make_targets", "contact_weights", "split_train_val",
+           "Augmenter"]
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -145,15 +146,52 @@ def make_targets(labels: np.ndarray) -> np.ndarray:
     return np.stack([fg.astype(np.float32), bnd.astype(np.float32), dist])
 
 
-class Augmenter:
-    """Random crop with scale jitter, flips, 90° rotations and intensity jitter (gain, gamma, noise)."""
+def contact_weights(labels: np.ndarray, weight: float, width: int = 2) -> np.ndarray:
+    """(H, W) float32 loss weights: ``1 + weight`` on pixels within ``width`` px of two different objects.
 
-    def __init__(self, crop: int, seed: int, scale: tuple[float, float] = (0.75, 1.33)):
+    Touching and nearly touching objects are where instance segmentation fails: on DSB2018 fluorescence most
+    misses are two nuclei predicted as one. Those contacts are a tiny fraction of the pixels, so an unweighted
+    loss barely sees them; weighting the band between neighbours (the idea of the U-Net paper's weight map)
+    makes the heads learn to cut there. ``weight = 0`` gives uniform weights.
+    """
+    if weight <= 0 or labels.max() == 0:
+        return np.ones(labels.shape, np.float32)
+    size = 2 * width + 1
+    hi = ndi.maximum_filter(labels, size=size, mode="constant", cval=0)
+    big = np.iinfo(labels.dtype).max
+    lo = ndi.minimum_filter(np.where(labels > 0, labels, big), size=size, mode="constant", cval=big)
+    band = (lo != big) & (hi != lo)  # two different object labels within the window
+    return (1.0 + weight * band).astype(np.float32)
+
+
+def _resample(img: np.ndarray, lab: np.ndarray, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a square crop to ``out × out``: bilinear image, nearest labels (pixel centres aligned)."""
+    src = lab.shape[0]
+    c = (np.arange(out) + 0.5) * (src / out) - 0.5
+    c = np.clip(c, 0, src - 1)
+    i0 = np.floor(c).astype(np.intp)
+    i1 = np.minimum(i0 + 1, src - 1)
+    f = (c - i0).astype(np.float32)
+    rows = img[:, i0] * (1 - f)[None, :, None] + img[:, i1] * f[None, :, None]
+    img = rows[:, :, i0] * (1 - f)[None, None, :] + rows[:, :, i1] * f[None, None, :]
+    near = np.clip(np.round(c), 0, src - 1).astype(np.intp)
+    return img.astype(np.float32, copy=False), lab[np.ix_(near, near)]
+
+
+class Augmenter:
+    """Random crop with scale jitter, flips, 90° rotations and intensity jitter (gain, gamma, noise).
+
+    Returns ``(image, targets, weights)``: (C, crop, crop) image, (3, crop, crop) targets of
+    :func:`make_targets` and (crop, crop) loss weights of :func:`contact_weights`.
+    """
+
+    def __init__(self, crop: int, seed: int, scale: tuple[float, float] = (0.75, 1.33), contact_weight: float = 0.0):
         self.crop = crop
         self.scale = scale
+        self.contact_weight = contact_weight
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, s: Sample) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = self.rng
         img, lab = s.image, s.labels
         f = float(np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]))))
@@ -170,13 +208,7 @@ class Augmenter:
         img = img[:, y : y + src, x : x + src]
         lab = lab[y : y + src, x : x + src]
         if src != self.crop:
-            z = self.crop / src
-            img = ndi.zoom(img, (1, z, z), order=1)[:, : self.crop, : self.crop]
-            lab = ndi.zoom(lab, (z, z), order=0)[: self.crop, : self.crop]
-            if img.shape[1] < self.crop or img.shape[2] < self.crop:
-                ph, pw = self.crop - img.shape[1], self.crop - img.shape[2]
-                img = np.pad(img, ((0, 0), (0, ph), (0, pw)))
-                lab = np.pad(lab, ((0, ph), (0, pw)))
+            img, lab = _resample(img, lab, self.crop)
         k = int(rng.integers(0, 4))
         img, lab = np.rot90(img, k, axes=(1, 2)), np.rot90(lab, k)
         if rng.random() < 0.5:
@@ -187,4 +219,4 @@ class Augmenter:
         if rng.random() < 0.3:
             img = np.clip(img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape), 0, 1)
         lab = np.ascontiguousarray(lab)
-        return np.ascontiguousarray(img, dtype=np.float32), make_targets(lab)
+        return np.ascontiguousarray(img, dtype=np.float32), make_targets(lab), contact_weights(lab, self.contact_weight)

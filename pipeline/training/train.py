@@ -1,9 +1,10 @@
 """``seamline train``: train the instance heads end to end and keep the best checkpoint.
 
 Losses: foreground BCE + soft Dice, boundary BCE (positives up-weighted: they are thin), distance BCE on the
-normalised per-object distance. Validation runs the full inference path (heads → marker watershed) on
-whole validation images and reports AP at IoU 0.5 per modality, every epoch. The best epoch by overall
-AP@0.5 is saved (safetensors + JSON).
+normalised per-object distance; every BCE term weighted per pixel by :func:`~.data.contact_weights`, which
+stresses the band between touching objects (``contact_weight``). Validation runs the full inference path
+(heads → marker watershed) on whole validation images and reports AP at IoU 0.5 per modality, every
+``val_every`` epochs. The best validated epoch by overall AP@0.5 is saved (safetensors + JSON).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..errors import ConfigError
 from ..metrics import iou_matrix, match
 from ..models.checkpoint import save_checkpoint
 from ..models.network import build_network
@@ -30,19 +32,25 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _losses(logits, target, pos_weight_boundary: float = 4.0):
+def _losses(logits, target, weight=None, pos_weight_boundary: float = 4.0):
+    """Sum of the head losses; ``weight`` (N, H, W) weights each pixel's BCE terms (normalised by its sum)."""
     import torch
     import torch.nn.functional as F
 
     fg_l, bnd_l, dist_l = logits[:, 0], logits[:, 1], logits[:, 2]
     fg_t, bnd_t, dist_t = target[:, 0], target[:, 1], target[:, 2]
-    bce_fg = F.binary_cross_entropy_with_logits(fg_l, fg_t)
+    if weight is None:
+        weight = torch.ones_like(fg_t)
+    wsum = weight.sum()
+
+    def bce(x, t, **kw):
+        return (F.binary_cross_entropy_with_logits(x, t, reduction="none", **kw) * weight).sum() / wsum
+
     p = torch.sigmoid(fg_l)
     inter = (p * fg_t).sum((1, 2))
     dice = 1 - ((2 * inter + 1) / (p.sum((1, 2)) + fg_t.sum((1, 2)) + 1)).mean()
-    bce_b = F.binary_cross_entropy_with_logits(bnd_l, bnd_t, pos_weight=torch.tensor(pos_weight_boundary, device=logits.device))
-    bce_d = F.binary_cross_entropy_with_logits(dist_l, dist_t)
-    return bce_fg + dice + bce_b + 2.0 * bce_d
+    pos_w = torch.tensor(pos_weight_boundary, device=logits.device)
+    return bce(fg_l, fg_t) + dice + bce(bnd_l, bnd_t, pos_weight=pos_w) + 2.0 * bce(dist_l, dist_t)
 
 
 def validate(model_fn, samples: list[Sample], post: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +85,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else ("cpu" if cfg.device == "auto" else cfg.device)
     arch = cfg.model.model_dump()
+    init_from = None
+    if cfg.init_from:
+        from ..models.checkpoint import load_metadata
+        from ..models.registry import resolve_model_spec
+
+        init_from = resolve_model_spec(cfg.init_from, "init_from")  # 'default' → the shipped model; checks both files exist
+        if init_from == "classical":
+            raise ConfigError("init_from: 'classical' has no weights; pass 'default' or a checkpoint path")
+        # Fine-tuning keeps the starting checkpoint's network: its architecture overrides the config's.
+        arch = {k: load_metadata(init_from)[k] for k in arch}
     in_ch = arch["in_channels"]
     if cfg.data.kind == "folders":
         samples = load_folder_dataset(cfg.data.root, in_ch, limit=cfg.data.limit)
@@ -85,17 +103,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_s, val_s = split_train_val(samples, cfg.val_fraction, cfg.seed)
     _log(f"data: {len(train_s)} training, {len(val_s)} validation images ({cfg.data.kind})")
     net = build_network(arch)
-    if cfg.init_from:
+    if init_from:
         from ..models.checkpoint import load_state_dict
 
-        net.load_state_dict(load_state_dict(cfg.init_from))
-        _log(f"initialised from {cfg.init_from}")
-    net = net.to(device)
+        net.load_state_dict(load_state_dict(init_from))
+        _log(f"initialised from {init_from} ({arch['architecture']}, {arch['encoder']})")
+    # Channels-last runs the MobileNet/ResNet convolutions about 1.4x faster on a CPU (measured: 5.6 vs
+    # 4.1 images/s); on CUDA, mixed precision does the work.
+    fmt = torch.channels_last if device == "cpu" else torch.contiguous_format
+    net = net.to(device, memory_format=fmt)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps_per_epoch = max(1, (len(train_s) * cfg.crops_per_image) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
     scaler = torch.amp.GradScaler(enabled=device == "cuda")
-    aug = Augmenter(cfg.crop, cfg.seed)
+    aug = Augmenter(cfg.crop, cfg.seed, contact_weight=cfg.contact_weight)
     rng = np.random.default_rng(cfg.seed)
     post = dict(cfg.postprocess)
 
@@ -103,7 +124,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         net.eval()
         n, c, h, w = batch.shape
         ph, pw = (-h) % 32, (-w) % 32
-        x = torch.from_numpy(np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")).to(device)
+        x = torch.from_numpy(np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect"))
+        x = x.to(device).contiguous(memory_format=fmt)
         with torch.inference_mode(), torch.autocast(device, dtype=torch.float16, enabled=device == "cuda"):
             y = torch.sigmoid(net(x).float())
         return y[:, :, :h, :w].cpu().numpy()
@@ -121,12 +143,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         losses = []
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            pairs = [aug(train_s[i]) for i in idx]
-            x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
-            y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
+            crops = [aug(train_s[i]) for i in idx]
+            x = torch.from_numpy(np.stack([c[0] for c in crops])).to(device).contiguous(memory_format=fmt)
+            y = torch.from_numpy(np.stack([c[1] for c in crops])).to(device)
+            w = torch.from_numpy(np.stack([c[2] for c in crops])).to(device)
             with torch.autocast(device, dtype=torch.float16, enabled=device == "cuda"):
                 logits = net(x)
-            loss = _losses(logits.float(), y)
+            loss = _losses(logits.float(), y, w)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -136,14 +159,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             images_seen += len(idx)
         dt = time.perf_counter() - t0
         train_time += dt
-        val = validate(model_fn, val_s, post) if val_s else {}
-        ap = val.get("all", {}).get("ap50", 0.0)
+        due = epoch % cfg.val_every == 0 or epoch == cfg.epochs
+        val = validate(model_fn, val_s, post) if (val_s and due) else {}
+        ap = val.get("all", {}).get("ap50", 0.0) if val_s else float(epoch)  # no validation split: keep the last
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "epoch_s": round(dt, 1),
                "images_per_s": round(len(order[: steps_per_epoch * cfg.batch_size]) / dt, 2)}
         history.append(rec)
         per_mod = " ".join(f"{k}={v['ap50']:.3f}" for k, v in val.items())
-        _log(f"epoch {epoch}/{cfg.epochs} loss {rec['loss']:.4f} val AP50 {per_mod} ({dt:.0f}s, {rec['images_per_s']} img/s)")
-        if ap > best:
+        _log(f"epoch {epoch}/{cfg.epochs} loss {rec['loss']:.4f} val AP50 {per_mod or '-'} ({dt:.0f}s, {rec['images_per_s']} img/s)")
+        if (val or not val_s) and ap > best:
             best, best_epoch = ap, epoch
             meta = {
                 **arch,
@@ -162,6 +186,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "crop": cfg.crop,
                     "batch_size": cfg.batch_size,
                     "lr": cfg.lr,
+                    "contact_weight": cfg.contact_weight,
                     "device": device,
                     "init_from": cfg.init_from,
                 },
