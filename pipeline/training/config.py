@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .grids import VALIDATION_GRID
+
 __all__ = ["TrainConfig", "DataConfig", "ArchConfig"]
 
 
@@ -48,7 +50,11 @@ class TrainConfig(_Strict):
     device: str = "auto"
     threads: int | None = None
     max_minutes: float | None = None
-    receptive_field_px: int = 64
+    # Written into the checkpoint; the default halo of seamline segment. A depth-5 U-Net's effective receptive
+    # field is over 64 px (the shipped model needs 128 for tiled = untiled), so 128 is the safe default.
+    receptive_field_px: int = Field(default=128, ge=0)
     postprocess: dict[str, float] = Field(
         default_factory=lambda: {"fg_threshold": 0.5, "marker_threshold": 0.5, "boundary_threshold": 0.5, "min_marker_area": 4, "min_area": 8}
     )
+    # Post-processing settings tried at every validation; the best is stored with the checkpoint ({}: none).
+    postprocess_grid: dict[str, list[float]] = Field(default_factory=lambda: {k: list(v) for k, v in VALIDATION_GRID.items()})

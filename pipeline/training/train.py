@@ -19,7 +19,6 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError
-from ..metrics import iou_matrix, match
 from ..models.checkpoint import save_checkpoint
 from ..models.network import build_network
 from .config import TrainConfig
@@ -53,27 +52,19 @@ def _losses(logits, target, weight=None, pos_weight_boundary: float = 4.0):
     return bce(fg_l, fg_t) + dice + bce(bnd_l, bnd_t, pos_weight=pos_w) + 2.0 * bce(dist_l, dist_t)
 
 
-def validate(model_fn, samples: list[Sample], post: dict[str, Any]) -> dict[str, Any]:
-    """Aggregate TP/FP/FN at IoU 0.5 over the samples, overall and per modality."""
-    from ..instances import heads_to_instances
+def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[str, list] | None = None
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Heads once per validation image, then the watershed for each setting of ``grid`` over ``post``.
 
-    counts: dict[str, list[int]] = {}
-    for s in samples:
-        heads = model_fn(s.image[None])[0]
-        pred = heads_to_instances(heads[0], heads[1], heads[2], **post)
-        iou, _, _, _ = iou_matrix(s.labels, pred)
-        gi, _ = match(iou, 0.5)
-        tp, fp, fn = gi.size, iou.shape[1] - gi.size, iou.shape[0] - gi.size
-        for key in ("all", s.modality):
-            c = counts.setdefault(key, [0, 0, 0, 0])
-            c[0] += tp
-            c[1] += fp
-            c[2] += fn
-            c[3] += 1
-    return {
-        k: {"ap50": v[0] / max(1, v[0] + v[1] + v[2]), "tp": v[0], "fp": v[1], "fn": v[2], "images": v[3]}
-        for k, v in sorted(counts.items())
-    }
+    Returns the best setting by overall AP@0.5 (TP / (TP + FP + FN), counts summed over images) and its
+    scores, overall and per modality. The thresholds that suit a network change as it learns (once the
+    boundary head knows the contacts, lower marker thresholds split what the distance head merges), so each
+    checkpoint is judged, and kept, with its own.
+    """
+    from .tune import best_postprocess
+
+    heads = [model_fn(s.image[None])[0] for s in samples]
+    return best_postprocess(heads, samples, post, grid or {})
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -160,19 +151,25 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         dt = time.perf_counter() - t0
         train_time += dt
         due = epoch % cfg.val_every == 0 or epoch == cfg.epochs
-        val = validate(model_fn, val_s, post) if (val_s and due) else {}
+        val: dict[str, Any] = {}
+        if val_s and due:
+            val_post, val = validate(model_fn, val_s, post, cfg.postprocess_grid)
         ap = val.get("all", {}).get("ap50", 0.0) if val_s else float(epoch)  # no validation split: keep the last
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "epoch_s": round(dt, 1),
                "images_per_s": round(len(order[: steps_per_epoch * cfg.batch_size]) / dt, 2)}
+        if val:
+            rec["postprocess"] = {k: val_post[k] for k in cfg.postprocess_grid}
         history.append(rec)
         per_mod = " ".join(f"{k}={v['ap50']:.3f}" for k, v in val.items())
+        if val and cfg.postprocess_grid:
+            per_mod += " with " + ", ".join(f"{k} {v}" for k, v in rec["postprocess"].items())
         _log(f"epoch {epoch}/{cfg.epochs} loss {rec['loss']:.4f} val AP50 {per_mod or '-'} ({dt:.0f}s, {rec['images_per_s']} img/s)")
         if (val or not val_s) and ap > best:
             best, best_epoch = ap, epoch
             meta = {
                 **arch,
                 "classes": cfg.classes,
-                "postprocess": post,
+                "postprocess": val_post if val else post,
                 "normalization": {"method": "percentile", "low": 1.0, "high": 99.8, "per": "scene, per band"},
                 "receptive_field_px": cfg.receptive_field_px,
                 "training": {
@@ -193,6 +190,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "validation": val,
                 "seamline_version": __version__,
             }
+            if val and cfg.postprocess_grid:
+                meta["postprocess_tuned_on"] = "validation split (figures slightly optimistic)"
             save_checkpoint(cfg.out, net.state_dict(), meta)
             _log(f"  saved best checkpoint (AP50 {ap:.3f}) to {cfg.out}")
         if cfg.max_minutes and (time.perf_counter() - t_start) / 60 > cfg.max_minutes:
