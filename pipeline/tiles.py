@@ -150,26 +150,63 @@ def _read_windows(job: TileJob, tiles: list[Tile]) -> list[np.ndarray]:
     return out
 
 
-def _forward(model, job: TileJob, prepared: list[np.ndarray]) -> list[np.ndarray]:
-    """Run the model on windows, batching equal shapes (edge windows are padded to the full size)."""
+def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray) -> tuple[int, tuple[float, float]]:
+    """Label one tile's window, store the window labels, vectorize the core and write the part file.
+    Returns the number of pieces and the seconds spent labelling and vectorizing."""
+    ta = time.perf_counter()
     if model.kind == "classical":
-        return [model.predict_heads(p[None])[0] for p in prepared]
-    size = job.window_size
-    heads: list[np.ndarray | None] = [None] * len(prepared)
-    for s in range(0, len(prepared), job.batch_size):
-        chunk = prepared[s : s + job.batch_size]
-        batch = np.zeros((len(chunk), chunk[0].shape[0], size, size), np.float32)
-        for i, p in enumerate(chunk):
-            h, w = p.shape[1:]
-            batch[i] = np.pad(p, ((0, 0), (0, size - h), (0, size - w)), mode="reflect" if min(h, w) > max(size - h, size - w) else "constant")
-        out = model.predict_heads(batch)
-        for i, p in enumerate(chunk):
-            heads[s + i] = out[i, :, : p.shape[1], : p.shape[2]]
-    return heads  # type: ignore[return-value]
+        labels, prob = model.instances(heads, job.stats["threshold"])
+    else:
+        labels, prob = model.instances(heads)
+    tb = time.perf_counter()
+    block = np.zeros((job.window_size, job.window_size), np.uint32)
+    block[: labels.shape[0], : labels.shape[1]] = labels
+    win_arr[t.index] = block
+    core_rel = t.core.relative_to(t.window)
+    ids, area_px, geoms = vectorize_core(labels, core_rel, t.core.row, t.core.col)
+    if prob is None:
+        score_sum = area_px.astype(np.float64)
+    else:
+        core_lab = labels[core_rel]
+        sums = np.bincount(core_lab.ravel(), weights=prob[core_rel].ravel().astype(np.float64), minlength=int(core_lab.max()) + 1)
+        score_sum = sums[ids]
+    _write_part(part_path(job.workdir, t.index), t.index, ids, area_px, score_sum, geoms)
+    return len(ids), (tb - ta, time.perf_counter() - tb)
+
+
+def _submit(model, job: TileJob, tiles: list[Tile], prepared: list[np.ndarray]):
+    """Start the model on one batch of windows. Returns ``(pending, crops)``: where each window's own pixels
+    lie in the model output, as ``(row, col, height, width)``.
+
+    At the raster's edges a window lacks the halo of context it has elsewhere; the missing side is filled by
+    mirroring the image (as if the whole scene were mirror-padded by the halo), so a pixel near the raster edge
+    sees the same context whatever the tiling — the whole-image run pads its edges the same way. Windows
+    smaller than the tile (last row/column) are then padded to the batch shape, beyond that halo.
+    """
+    if model.kind == "classical":  # pixelwise and local: no context to add, no batching needed
+        h, w = prepared[0].shape[1:]
+        return model.submit_heads(prepared[0][None]), [(0, 0, h, w)]
+    size, halo = job.window_size, job.halo
+    batch = np.zeros((len(prepared), prepared[0].shape[0], size, size), np.float32)
+    crops = []
+    for i, (t, p) in enumerate(zip(tiles, prepared)):
+        h, w = p.shape[1:]
+        top, left = halo - (t.core.row - t.window.row), halo - (t.core.col - t.window.col)
+        bottom, right = halo - (t.window.row_end - t.core.row_end), halo - (t.window.col_end - t.core.col_end)
+        p = np.pad(p, ((0, 0), (top, bottom), (left, right)), mode="reflect" if min(h, w) > 1 else "edge")
+        ph, pw = size - p.shape[1], size - p.shape[2]
+        batch[i] = np.pad(p, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(p.shape[1:]) > max(ph, pw) else "constant")
+        crops.append((top, left, h, w))
+    return model.submit_heads(batch), crops
 
 
 def process_tiles(job: TileJob, indices: list[int]) -> dict:
-    """Process a batch of tiles; returns counts and per-stage seconds (read, model, instances, write)."""
+    """Process a batch of tiles; returns counts and per-stage seconds (read, model, instances, vectorize).
+
+    Software-pipelined: batch k+1 is read and submitted to the model before batch k is post-processed, so on
+    a GPU the forward pass of one batch runs while the CPU labels and vectorizes the previous one. ``model``
+    counts the time spent submitting plus waiting for results (on a CPU: the whole forward pass).
+    """
     import zarr
 
     grid = job.grid
@@ -178,38 +215,30 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
     if not todo:
         return {"tiles": 0, "skipped": len(indices), "pieces": 0, "timings": timings, "pixels": 0}
     model = get_model(job.model, job.classical, job.device, job.threads)
-    t0 = time.perf_counter()
-    norms = _read_windows(job, todo)
-    prepared = [model.prepare(n) for n in norms]
-    t1 = time.perf_counter()
-    heads = _forward(model, job, prepared)
-    t2 = time.perf_counter()
+    step = 1 if model.kind == "classical" else job.batch_size
+    batches = [todo[s : s + step] for s in range(0, len(todo), step)]
     win_arr = zarr.open_array(job.workdir + "/windows.zarr", mode="r+")
     pieces = 0
     pixels = 0
-    for t, h in zip(todo, heads):
-        ta = time.perf_counter()
-        if model.kind == "classical":
-            labels, prob = model.instances(h, job.stats["threshold"])
-        else:
-            labels, prob = model.instances(h)
-        tb = time.perf_counter()
-        block = np.zeros((job.window_size, job.window_size), np.uint32)
-        block[: labels.shape[0], : labels.shape[1]] = labels
-        win_arr[t.index] = block
-        core_rel = t.core.relative_to(t.window)
-        ids, area_px, geoms = vectorize_core(labels, core_rel, t.core.row, t.core.col)
-        if prob is None:
-            score_sum = area_px.astype(np.float64)
-        else:
-            core_lab = labels[core_rel]
-            sums = np.bincount(core_lab.ravel(), weights=prob[core_rel].ravel().astype(np.float64), minlength=int(core_lab.max()) + 1)
-            score_sum = sums[ids]
-        _write_part(part_path(job.workdir, t.index), t.index, ids, area_px, score_sum, geoms)
-        pieces += len(ids)
-        pixels += t.core.height * t.core.width
-        timings["instances"] += tb - ta
-        timings["vectorize"] += time.perf_counter() - tb
-    timings["read"] += t1 - t0
-    timings["model"] += t2 - t1
+    pending = None
+    for tiles in [*batches, None]:
+        if tiles is not None:
+            t0 = time.perf_counter()
+            prepared = [model.prepare(n) for n in _read_windows(job, tiles)]
+            t1 = time.perf_counter()
+            submitted = (tiles, *_submit(model, job, tiles, prepared))
+            timings["read"] += t1 - t0
+            timings["model"] += time.perf_counter() - t1
+        if pending is not None:
+            p_tiles, p_heads, crops = pending
+            t0 = time.perf_counter()
+            out = p_heads.result()
+            timings["model"] += time.perf_counter() - t0
+            for i, (t, (r, c, h, w)) in enumerate(zip(p_tiles, crops)):
+                n_pieces, tt = _post_process(model, job, win_arr, t, out[i, :, r : r + h, c : c + w])
+                pieces += n_pieces
+                pixels += t.core.height * t.core.width
+                timings["instances"] += tt[0]
+                timings["vectorize"] += tt[1]
+        pending = submitted if tiles is not None else None
     return {"tiles": len(todo), "skipped": len(indices) - len(todo), "pieces": pieces, "timings": timings, "pixels": pixels}

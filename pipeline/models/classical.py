@@ -34,6 +34,11 @@ class ClassicalModel:
         """The classical "forward pass" is the identity: the intensity is the only map."""
         return batch
 
+    def submit_heads(self, batch: np.ndarray):
+        from .learned import PendingHeads
+
+        return PendingHeads(batch)
+
     def instances(self, heads: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, None]:
         t = self.threshold if threshold is None else threshold
         if t is None:

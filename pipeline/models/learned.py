@@ -13,7 +13,7 @@ from ..normalize import to_model_channels
 from .checkpoint import load_metadata, load_state_dict
 from .network import build_network
 
-__all__ = ["LearnedModel", "pick_device", "SHIPPED_MODEL"]
+__all__ = ["LearnedModel", "PendingHeads", "pick_device", "SHIPPED_MODEL"]
 
 #: The nuclei model shipped in the package (trained on DSB2018, CC0; see docs/MODEL.md).
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "nuclei_unet_mbv2"
@@ -25,6 +25,19 @@ def pick_device(requested: str = "auto") -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
+
+
+class PendingHeads:
+    """The heads of a submitted batch: ``result()`` waits for the device (if any) and returns the array."""
+
+    def __init__(self, value, event=None):
+        self._value, self._event = value, event
+
+    def result(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+            self._value, self._event = self._value.numpy(), None
+        return self._value
 
 
 class LearnedModel:
@@ -54,12 +67,14 @@ class LearnedModel:
                 f"checkpoint {path}: weights do not fit the architecture in its metadata "
                 f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); re-train or fix the JSON"
             )
-        self.net = net.to(self.device).eval()
+        # Channels-last (NHWC): the convolutions run ~1.4x faster on a CPU, and on CUDA it is the layout that
+        # fp16 tensor-core kernels want.
+        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.in_channels = int(self.meta["in_channels"])
         self.post = dict(self.meta.get("postprocess", {}))
         self.classes = list(self.meta.get("classes", ["object"]))
         self.halo_hint = int(self.meta.get("receptive_field_px", 64))
-        self.use_amp = self.device == "cuda"
+        self.use_amp = self.device.startswith("cuda")
 
     @property
     def name(self) -> str:
@@ -67,17 +82,33 @@ class LearnedModel:
 
     def predict_heads(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) normalised float32 → (N, 3, H, W) float32: fg prob, boundary prob, distance."""
+        return self.submit_heads(batch).result()
+
+    def submit_heads(self, batch: np.ndarray) -> "PendingHeads":
+        """Start the forward pass and return at once where the device allows it (CUDA queues the work and
+        copies the result into pinned host memory in the background): the caller post-processes the previous
+        batch on the CPU meanwhile, so the GPU is not left idle (:func:`pipeline.tiles.process_tiles`).
+        On a CPU the work is done here."""
         import torch
 
         n, c, h, w = batch.shape
         ph, pw = (-h) % 32, (-w) % 32
-        x = torch.from_numpy(np.ascontiguousarray(batch))
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         if ph or pw:
             x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
-        x = x.to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(self.device, dtype=torch.float16, enabled=self.use_amp):
-            y = torch.sigmoid(self.net(x).float())
-        return y[:, :, :h, :w].cpu().numpy()
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda" if cuda else "cpu", dtype=torch.float16, enabled=self.use_amp):
+            y = torch.sigmoid(self.net(x).float())[:, :, :h, :w]
+            if not cuda:
+                return PendingHeads(y.contiguous().numpy())
+            host = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(y, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        return PendingHeads(host, done)
 
     def prepare(self, norm: np.ndarray) -> np.ndarray:
         return to_model_channels(norm, self.in_channels)
