@@ -71,7 +71,7 @@ def bare_forward_mpx_s(model_spec: str, zarr_or_tif: str, tile: int, batch_size:
     return {"tiles": len(batch), "megapixels": px / 1e6, "seconds": dt, "mpx_s": px / 1e6 / dt}
 
 
-def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int, workers: int, device: str = "auto",
+def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int | None, workers: int, device: str = "auto",
               batch_size: int = 4, keep: bool = False) -> dict:
     from .config import SegmentConfig
     from .runner import segment_scene
@@ -92,7 +92,8 @@ def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int, work
     res = {
         "machine": machine_info(),
         "scene": {"size": size, "megapixels": mpx, "dtype": "uint16", "objects": s["objects"], "generate_s": round(gen_s, 1)},
-        "settings": {"model": model, "tile": tile, "halo": halo, "workers": workers, "device": device, "batch_size": batch_size},
+        "settings": {"model": model, "tile": tile, "halo": s["tiling"]["halo"], "workers": workers, "device": device,
+                     "batch_size": batch_size},
         "timings_s": s["timings_s"],
         "mpx_s_per_stage": stages,
         "end_to_end_mpx_s": s["megapixels_per_s"],

@@ -90,8 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _log_to_stderr() -> None:
+    """Warnings of the library (logger ``seamline``) as one line each on stderr."""
+    import logging
+
+    log = logging.getLogger("seamline")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("seamline: warning: %(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
+    _log_to_stderr()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

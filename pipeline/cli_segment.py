@@ -46,9 +46,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if info.stem in stems:
             raise ParameterError(f"inputs {stems[info.stem]} and {p} would both write {info.stem}.*; rename one or run them separately")
         stems[info.stem] = p
-    from .runner import check_model
+    from .runner import check_model, resolve_halo
 
-    check_model(cfg.model)  # a broken checkpoint fails here, before the cluster starts
+    model, md = check_model(cfg.model)  # a broken checkpoint fails here, before the cluster starts
+    resolve_halo(cfg, model, md)  # and a default halo (the model's) that does not fit the tile size
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"--out {out}: exists and is not a folder; pass a folder path")
@@ -69,7 +70,8 @@ def add_segment_commands(sub) -> None:
     s.add_argument("--config", metavar="FILE", help="YAML config (see configs/); flags override it")
     s.add_argument("--model", help="'classical', 'default' (shipped nuclei model) or a checkpoint path")
     s.add_argument("--tile", type=int, help="tile size in pixels (default 1024)")
-    s.add_argument("--halo", type=int, help="context around each tile in pixels (default 64; must be < tile)")
+    s.add_argument("--halo", type=int, help="context around each tile in pixels (default: the model's receptive "
+                                             "field, 64 for classical; must be < tile)")
     s.add_argument("--workers", type=int, help="LocalCluster worker processes (default 2)")
     s.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask scheduler instead of a LocalCluster")
     s.add_argument("--device", help="auto, cpu or cuda")
@@ -101,7 +103,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"writing demo slide {slide} ({args.size}x{args.size}, 0.325 um pixels) and its ground truth")
         write_scene(slide, args.size, args.size, crs=None, pixel_size_um=0.325, seed=2018, cell=26, radius=(5, 11),
                     fill=0.85, labels_path=truth)
-    cfg = SegmentConfig(model=args.model, tile=512, halo=64, workers=args.workers)
+    cfg = SegmentConfig(model=args.model, tile=512, workers=args.workers)
     s = segment_scene(str(slide), out, cfg)
     print(f"{s['objects']} objects in {s['timings_s']['total']:.1f} s ({s['megapixels_per_s']:.2f} Mpx/s); "
           f"median area {s['area_stats']['median']:.1f} {s['area_unit']}" if s["objects"] else "no objects found")
@@ -132,7 +134,7 @@ def add_demo_bench_commands(sub) -> None:
     b.add_argument("--size", type=int, default=8192, help="scene side in pixels (24000 for the out-of-core check)")
     b.add_argument("--model", default="classical")
     b.add_argument("--tile", type=int, default=1024)
-    b.add_argument("--halo", type=int, default=64)
+    b.add_argument("--halo", type=int, help="default: the model's receptive field (64 for classical)")
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--device", default="auto")
     b.add_argument("--batch-size", dest="batch_size", type=int, default=4)

@@ -31,7 +31,7 @@ class SegmentConfig(_Strict):
 
     model: str = "default"  # 'classical', 'default' (shipped nuclei model) or a checkpoint path
     tile: int = 1024
-    halo: int = 64
+    halo: int | None = None  # None: the model's receptive field (checkpoint metadata), 64 for classical
     workers: int = Field(default=2, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)
     scheduler: str | None = None  # address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
@@ -50,7 +50,7 @@ class SegmentConfig(_Strict):
     def _check(self) -> "SegmentConfig":
         from .tiling import validate_tiling
 
-        validate_tiling(self.tile, self.halo)
+        validate_tiling(self.tile, 0 if self.halo is None else self.halo)
         if self.stats.low >= self.stats.high:
             raise ParameterError(f"stats.low ({self.stats.low}) must be below stats.high ({self.stats.high})")
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -21,14 +22,16 @@ import numpy as np
 
 from . import __version__
 from .config import SegmentConfig
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, ParameterError
 from .raster import SceneInfo, inspect_raster
 from .tiles import TileJob
 from .tiling import TileGrid
 
 WINDOW_CHUNK = 256
 
-__all__ = ["ScenePlan", "check_model", "plan_scene", "run_ingest", "run_tiles", "run_stitch", "run_write", "segment_scene"]
+log = logging.getLogger("seamline")
+
+__all__ = ["ScenePlan", "resolve_halo", "check_model", "plan_scene", "run_ingest", "run_tiles", "run_stitch", "run_write", "segment_scene"]
 
 
 @dataclass
@@ -36,10 +39,11 @@ class ScenePlan:
     info: SceneInfo
     out_dir: Path
     workdir: Path
-    cfg: SegmentConfig
+    cfg: SegmentConfig  # with the halo resolved (never None)
     model: str
     class_name: str
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def zarr_path(self) -> str:
@@ -83,10 +87,35 @@ def check_model(spec: str) -> tuple[str, dict | None]:
     return model, md
 
 
+DEFAULT_HALO = 64
+
+
+def resolve_halo(cfg: SegmentConfig, model: str, md: dict | None) -> tuple[int, list[str]]:
+    """The halo to use, and warnings. Unset, it is the model's receptive field (checkpoint metadata), so a
+    tiled run sees the context a whole-image run sees; the classical model needs the size of the largest
+    object that must split exactly as in a whole-image run (default 64)."""
+    rf = int(md.get("receptive_field_px", DEFAULT_HALO)) if md else None
+    name = Path(model).name
+    if cfg.halo is None:
+        halo = rf or DEFAULT_HALO
+        if halo >= cfg.tile:
+            raise ParameterError(f"--tile ({cfg.tile}) must be larger than the halo ({halo} px, the receptive field of "
+                                 f"model {name}); raise the tile size or pass a smaller --halo")
+        return halo, []
+    if rf and cfg.halo < rf:
+        return cfg.halo, [f"--halo {cfg.halo} is below the receptive field of model {name} ({rf} px): objects near "
+                          f"tile seams can come out slightly different from a whole-image run; use --halo {rf}"]
+    return cfg.halo, []
+
+
 def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> ScenePlan:
     """Validate the input and the model, and prepare (or resume) the work folder. No heavy work."""
     info = inspect_raster(input_path, cfg.pixel_size_um)
     model, md = check_model(cfg.model)
+    halo, warnings = resolve_halo(cfg, model, md)
+    cfg = cfg.model_copy(update={"halo": halo})
+    for w in warnings:
+        log.warning(w)
     if md is None:
         class_name = cfg.class_name or "object"
     else:
@@ -108,7 +137,7 @@ def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> Scen
     (workdir / "parts").mkdir(parents=True, exist_ok=True)
     if not manifest.exists():
         manifest.write_text(json.dumps({"fingerprint": fp, "input": info.path}))
-    return ScenePlan(info, out, workdir, cfg, model, class_name)
+    return ScenePlan(info, out, workdir, cfg, model, class_name, warnings=warnings)
 
 
 def run_ingest(client, plan: ScenePlan) -> dict:
@@ -202,6 +231,7 @@ def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) ->
         "pixel_size_um": list(info.pixel_size_um) if info.pixel_size_um else None,
         "tiling": {"tile": c.tile, "halo": c.halo, "grid": list(plan.grid.shape), "tiles": len(plan.grid)},
         "model": {"spec": c.model, "path": plan.model, "class": plan.class_name},
+        "warnings": plan.warnings,
         **extra,
     }
     return write_outputs(str(plan.workdir), len(plan.grid), groups, info, plan.out_dir, info.stem, plan.class_name, summary)
