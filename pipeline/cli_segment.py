@@ -24,6 +24,8 @@ def build_segment_config(args: argparse.Namespace):
             overrides[key] = v
     if getattr(args, "keep_intermediate", False):
         overrides["keep_intermediate"] = True
+    if getattr(args, "tta", False):
+        overrides["tta"] = True
     if args.config:
         return load_yaml_config(args.config, SegmentConfig, overrides)
     try:
@@ -77,6 +79,7 @@ def add_segment_commands(sub) -> None:
     s.add_argument("--device", help="auto, cpu or cuda")
     s.add_argument("--batch-size", dest="batch_size", type=int, help="tiles per model call")
     s.add_argument("--keep-intermediate", action="store_true", help="keep the zarr store and tile parts")
+    s.add_argument("--tta", action="store_true", help="learned models: average over 4 mirror images (4x slower)")
     s.set_defaults(func=_cmd_segment)
 
     try:

@@ -38,7 +38,10 @@ class SegmentConfig(_Strict):
     batch_size: int = Field(default=4, ge=1)  # tiles per model call
     tiles_per_task: int = Field(default=4, ge=1)
     device: str = "auto"
-    memory_limit: str = "4GB"  # per LocalCluster worker
+    tta: bool = False  # learned models: average over 4 mirror images (4x slower, a little more accurate)
+    # Per LocalCluster worker: Dask pauses a worker near it and restarts one that exceeds it. "auto" shares
+    # the machine's memory between the workers; a learned model on 4096-px tiles needs ~6 GB per CPU worker.
+    memory_limit: str = "auto"
     class_name: str | None = None  # default: the model's class
     pixel_size_um: tuple[float, float] | None = None  # override the TIFF's physical pixel size
     classical: ClassicalParams = Field(default_factory=ClassicalParams)

@@ -19,7 +19,7 @@ __all__ = ["dask_client"]
 
 @contextlib.contextmanager
 def dask_client(workers: int = 2, threads_per_worker: int = 1, scheduler: str | None = None,
-                memory_limit: str = "4GB") -> Iterator["Client"]:
+                memory_limit: str = "auto") -> Iterator["Client"]:
     import dask
     from distributed import Client, LocalCluster
 

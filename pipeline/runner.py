@@ -61,7 +61,7 @@ def _fingerprint(info: SceneInfo, cfg: SegmentConfig, model: str) -> str:
         src_id = f"{src}:{st.st_size}:{st.st_mtime_ns}"
     except OSError:
         src_id = src
-    relevant = cfg.model_dump(include={"tile", "halo", "classical", "stats", "pixel_size_um"})
+    relevant = cfg.model_dump(include={"tile", "halo", "classical", "stats", "pixel_size_um", "tta"})
     return hashlib.sha256(json.dumps([src_id, relevant, model, __version__], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -171,7 +171,7 @@ def make_job(plan: ScenePlan, stats: dict) -> TileJob:
     c = plan.cfg
     return TileJob(plan.zarr_path, str(plan.workdir), plan.info.height, plan.info.width, c.tile, c.halo, plan.model,
                    c.classical.model_dump(exclude={"threshold"}), stats, plan.info.nodata, c.device,
-                   c.threads_per_worker, c.batch_size)
+                   c.threads_per_worker, c.batch_size, c.tta)
 
 
 def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
@@ -230,7 +230,7 @@ def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) ->
         "transform": list(info.transform),
         "pixel_size_um": list(info.pixel_size_um) if info.pixel_size_um else None,
         "tiling": {"tile": c.tile, "halo": c.halo, "grid": list(plan.grid.shape), "tiles": len(plan.grid)},
-        "model": {"spec": c.model, "path": plan.model, "class": plan.class_name},
+        "model": {"spec": c.model, "path": plan.model, "class": plan.class_name, "tta": c.tta},
         "warnings": plan.warnings,
         **extra,
     }

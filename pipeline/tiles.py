@@ -29,13 +29,13 @@ __all__ = ["TileJob", "process_tiles", "part_path", "get_model", "vectorize_core
 _MODELS: dict[tuple, object] = {}
 
 
-def get_model(spec: str, classical: dict, device: str, threads: int | None):
-    key = (spec, tuple(sorted(classical.items())), device)
+def get_model(spec: str, classical: dict, device: str, threads: int | None, tta: bool = False):
+    key = (spec, tuple(sorted(classical.items())), device, tta)
     m = _MODELS.get(key)
     if m is None:
         from .models.registry import load_model
 
-        m = load_model(spec, classical, device=device, threads=threads)
+        m = load_model(spec, classical, device=device, threads=threads, tta=tta)
         _MODELS.clear()  # one model per worker at a time
         _MODELS[key] = m
     return m
@@ -66,6 +66,7 @@ class TileJob:
     device: str = "auto"
     threads: int | None = None
     batch_size: int = 4
+    tta: bool = False
 
     @property
     def grid(self) -> TileGrid:
@@ -214,7 +215,7 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
     timings = {"read": 0.0, "model": 0.0, "instances": 0.0, "vectorize": 0.0}
     if not todo:
         return {"tiles": 0, "skipped": len(indices), "pieces": 0, "timings": timings, "pixels": 0}
-    model = get_model(job.model, job.classical, job.device, job.threads)
+    model = get_model(job.model, job.classical, job.device, job.threads, job.tta)
     step = 1 if model.kind == "classical" else job.batch_size
     batches = [todo[s : s + step] for s in range(0, len(todo), step)]
     win_arr = zarr.open_array(job.workdir + "/windows.zarr", mode="r+")

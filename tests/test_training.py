@@ -146,3 +146,18 @@ def test_train_bad_input_is_one_line(args, words, tmp_path):
     for w in words:
         assert w in lines[0], lines[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_tta_heads_are_mirror_equivariant():
+    """Averaging over the mirror group makes the heads of a mirrored image the mirrored heads (exactly, up to
+    float rounding); a single forward pass is not."""
+    x = np.random.default_rng(3).random((1, 3, 64, 96), dtype=np.float32)
+    tta = LearnedModel(SHIPPED_MODEL, device="cpu", tta=True)
+    a = tta.predict_heads(x)
+    b = tta.predict_heads(np.ascontiguousarray(x[:, :, :, ::-1]))[:, :, :, ::-1]
+    assert a.shape == (1, 3, 64, 96) and 0 <= a.min() and a.max() <= 1
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    plain = LearnedModel(SHIPPED_MODEL, device="cpu")
+    p = plain.predict_heads(x)
+    q = plain.predict_heads(np.ascontiguousarray(x[:, :, :, ::-1]))[:, :, :, ::-1]
+    assert np.abs(p - q).max() > 1e-3

@@ -49,7 +49,8 @@ class LearnedModel:
 
     kind = "learned"
 
-    def __init__(self, path: str | os.PathLike[str], device: str = "auto", threads: int | None = None):
+    def __init__(self, path: str | os.PathLike[str], device: str = "auto", threads: int | None = None,
+                 tta: bool = False):
         import torch
 
         if threads:
@@ -75,6 +76,9 @@ class LearnedModel:
         self.classes = list(self.meta.get("classes", ["object"]))
         self.halo_hint = int(self.meta.get("receptive_field_px", 64))
         self.use_amp = self.device.startswith("cuda")
+        #: Test-time augmentation: average the heads over the image and its three mirror images (4x the
+        #: forward passes; mirrored, so every pixel keeps the same context and tiling is unaffected).
+        self.tta = tta
 
     @property
     def name(self) -> str:
@@ -101,7 +105,12 @@ class LearnedModel:
             x = x.pin_memory()
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cuda" if cuda else "cpu", dtype=torch.float16, enabled=self.use_amp):
-            y = torch.sigmoid(self.net(x).float())[:, :, :h, :w]
+            y = torch.sigmoid(self.net(x).float())
+            if self.tta:
+                for dims in ((3,), (2,), (2, 3)):
+                    y += torch.sigmoid(self.net(torch.flip(x, dims)).float()).flip(dims)
+                y /= 4
+            y = y[:, :, :h, :w]
             if not cuda:
                 return PendingHeads(y.contiguous().numpy())
             host = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)

@@ -29,7 +29,8 @@ def resolve_model_spec(spec: str, what: str = "--model") -> str:
     return str(Path(weights).with_suffix(""))
 
 
-def load_model(spec: str, classical_params: dict | None = None, device: str = "auto", threads: int | None = None):
+def load_model(spec: str, classical_params: dict | None = None, device: str = "auto", threads: int | None = None,
+               tta: bool = False):
     spec = resolve_model_spec(spec)
     if spec == "classical":
         from .classical import ClassicalModel
@@ -37,4 +38,4 @@ def load_model(spec: str, classical_params: dict | None = None, device: str = "a
         return ClassicalModel(**(classical_params or {}))
     from .learned import LearnedModel
 
-    return LearnedModel(spec, device=device, threads=threads)
+    return LearnedModel(spec, device=device, threads=threads, tta=tta)
