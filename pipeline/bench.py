@@ -40,7 +40,7 @@ def machine_info() -> dict:
 
 
 def bare_forward_mpx_s(model_spec: str, zarr_or_tif: str, tile: int, batch_size: int, device: str, threads: int,
-                       max_tiles: int = 64) -> dict:
+                       max_tiles: int = 64, tta: bool = False) -> dict:
     """Forward pass only (no I/O, no post-processing) over up to ``max_tiles`` tiles of the scene."""
     import rasterio
     from rasterio.windows import Window as RWindow
@@ -49,7 +49,7 @@ def bare_forward_mpx_s(model_spec: str, zarr_or_tif: str, tile: int, batch_size:
     from .models.registry import load_model
     from .normalize import apply_normalization
 
-    model = load_model(model_spec, device=device, threads=threads)
+    model = load_model(model_spec, device=device, threads=threads, tta=tta)
     with rasterio.open(zarr_or_tif) as ds:
         n_r, n_c = ds.height // tile, ds.width // tile
         idx = [(r, c) for r in range(max(1, n_r)) for c in range(max(1, n_c))][:max_tiles]
@@ -72,7 +72,7 @@ def bare_forward_mpx_s(model_spec: str, zarr_or_tif: str, tile: int, batch_size:
 
 
 def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int | None, workers: int, device: str = "auto",
-              batch_size: int = 4, keep: bool = False) -> dict:
+              batch_size: int = 4, keep: bool = False, tta: bool = False) -> dict:
     from .config import SegmentConfig
     from .runner import segment_scene
     from .synthetic import write_periodic_scene
@@ -84,7 +84,7 @@ def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int | Non
     if not scene.exists():
         write_periodic_scene(scene, size, seed=11, cell=24, radius=(4, 9))
     gen_s = time.perf_counter() - t0
-    cfg = SegmentConfig(model=model, tile=tile, halo=halo, workers=workers, device=device, batch_size=batch_size,
+    cfg = SegmentConfig(model=model, tile=tile, halo=halo, workers=workers, device=device, batch_size=batch_size, tta=tta,
                         threads_per_worker=max(1, (os.cpu_count() or 2) // workers))
     s = segment_scene(str(scene), out, cfg)
     mpx = size * size / 1e6
@@ -93,7 +93,7 @@ def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int | Non
         "machine": machine_info(),
         "scene": {"size": size, "megapixels": mpx, "dtype": "uint16", "objects": s["objects"], "generate_s": round(gen_s, 1)},
         "settings": {"model": model, "tile": tile, "halo": s["tiling"]["halo"], "workers": workers, "device": device,
-                     "batch_size": batch_size},
+                     "batch_size": batch_size, "tta": tta},
         "timings_s": s["timings_s"],
         "mpx_s_per_stage": stages,
         "end_to_end_mpx_s": s["megapixels_per_s"],
@@ -102,10 +102,11 @@ def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int | Non
     }
     if model != "classical":
         bare = bare_forward_mpx_s(model, str(scene), tile, batch_size, s.get("device", device) if device != "auto" else "auto",
-                                  threads=os.cpu_count() or 1)
+                                  threads=os.cpu_count() or 1, tta=tta)
         res["bare_forward"] = bare
         res["end_to_end_over_bare_forward"] = round(s["megapixels_per_s"] / bare["mpx_s"], 3)
-    (out / f"bench_{model if model == 'classical' else 'learned'}_{size}.json").write_text(json.dumps(res, indent=2))
+    kind = "classical" if model == "classical" else "learned" + ("_tta" if tta else "")
+    (out / f"bench_{kind}_{size}_tile{tile}.json").write_text(json.dumps(res, indent=2))
     if not keep:
         for ext in ("parquet", "gpkg", "json"):
             (out / f"bench_{size}.{ext}").unlink(missing_ok=True)

@@ -119,7 +119,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    res = run_bench(args.out, args.size, args.model, args.tile, args.halo, args.workers, args.device, args.batch_size)
+    res = run_bench(args.out, args.size, args.model, args.tile, args.halo, args.workers, args.device, args.batch_size,
+                    tta=args.tta)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -141,4 +142,5 @@ def add_demo_bench_commands(sub) -> None:
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--device", default="auto")
     b.add_argument("--batch-size", dest="batch_size", type=int, default=4)
+    b.add_argument("--tta", action="store_true", help="learned models: test-time augmentation (4 mirror images)")
     b.set_defaults(func=_cmd_bench)

@@ -51,8 +51,9 @@ class TrainConfig(_Strict):
     threads: int | None = None
     max_minutes: float | None = None
     # Written into the checkpoint; the default halo of seamline segment. A depth-5 U-Net's effective receptive
-    # field is over 64 px (the shipped model needs 128 for tiled = untiled), so 128 is the safe default.
-    receptive_field_px: int = Field(default=128, ge=0)
+    # field is far over 64 px: for the shipped model, context beyond 192 px moves the heads by < 0.01 (beyond
+    # 128 px by < 0.08), and 192 makes tiled = untiled object for object. Measure your own with bench/receptive_field.py.
+    receptive_field_px: int = Field(default=192, ge=0)
     postprocess: dict[str, float] = Field(
         default_factory=lambda: {"fg_threshold": 0.5, "marker_threshold": 0.5, "boundary_threshold": 0.5, "min_marker_area": 4, "min_area": 8}
     )
