@@ -29,7 +29,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/seamline bench --size 8192 --model classical --out bench_out
-	$(VENV)/bin/seamline bench --size 8192 --model default --tile 4096 --batch-size 1 --out bench_out
+	$(VENV)/bin/seamline bench --size 8192 --model default --tile 2048 --workers 1 --batch-size 1 --out bench_out
 
 bench-24k: $(STAMP)
 	$(VENV)/bin/seamline bench --size 24000 --model classical --workers 2 --out bench_out

@@ -33,7 +33,7 @@ class SegmentConfig(_Strict):
     tile: int = 1024
     halo: int | None = None  # None: the model's receptive field (checkpoint metadata), 64 for classical
     workers: int = Field(default=2, ge=1)
-    threads_per_worker: int = Field(default=1, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)  # task threads per worker; torch uses the worker's share of cores
     scheduler: str | None = None  # address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
     batch_size: int = Field(default=4, ge=1)  # tiles per model call
     tiles_per_task: int = Field(default=4, ge=1)

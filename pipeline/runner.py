@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -168,10 +169,23 @@ def run_ingest(client, plan: ScenePlan) -> dict:
 
 
 def make_job(plan: ScenePlan, stats: dict) -> TileJob:
+    """What every tile task needs. The model's CPU threads: this machine's share per LocalCluster worker; on
+    an existing cluster, whatever its workers were started with (torch's default)."""
+    from .dispatch import cores_per_worker
+
     c = plan.cfg
+    threads = None if c.scheduler else cores_per_worker(c.workers)
     return TileJob(plan.zarr_path, str(plan.workdir), plan.info.height, plan.info.width, c.tile, c.halo, plan.model,
                    c.classical.model_dump(exclude={"threshold"}), stats, plan.info.nodata, c.device,
-                   c.threads_per_worker, c.batch_size, c.tta)
+                   threads, c.batch_size, c.tta)
+
+
+def task_batches(n: int, tiles_per_task: int, slots: int) -> list[list[int]]:
+    """Tile indices grouped into tasks: up to ``tiles_per_task`` each (fewer, larger tasks), but never so many
+    that a small scene leaves workers idle: at least two tasks per worker thread (``slots``) while there are
+    tiles for them."""
+    per_task = max(1, min(tiles_per_task, math.ceil(n / (2 * max(1, slots)))))
+    return [list(range(s, min(n, s + per_task))) for s in range(0, n, per_task)]
 
 
 def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
@@ -190,8 +204,7 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
         c = min(w, WINDOW_CHUNK)
         zarr.create_array(store=str(win_path), shape=(len(job.grid), w, w), chunks=(1, c, c), dtype="uint32",
                           compressors=[ZstdCodec(level=1)], fill_value=0)
-    n = len(job.grid)
-    batches = [list(range(s, min(n, s + plan.cfg.tiles_per_task))) for s in range(0, n, plan.cfg.tiles_per_task)]
+    batches = task_batches(len(job.grid), plan.cfg.tiles_per_task, sum(client.nthreads().values()))
     futures = client.map(process_tiles, [job] * len(batches), batches, pure=False)
     total = {"tiles": 0, "skipped": 0, "pieces": 0, "pixels": 0, "timings": {}}
     from distributed import as_completed

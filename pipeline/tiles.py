@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +28,20 @@ from .tiling import Tile, TileGrid
 __all__ = ["TileJob", "process_tiles", "part_path", "get_model", "vectorize_core", "tile_key"]
 
 _MODELS: dict[tuple, object] = {}
+_MODELS_LOCK = threading.Lock()
 
 
 def get_model(spec: str, classical: dict, device: str, threads: int | None, tta: bool = False):
+    """The worker's model, loaded on first use; task threads of one worker share it (loaded once)."""
     key = (spec, tuple(sorted(classical.items())), device, tta)
-    m = _MODELS.get(key)
-    if m is None:
-        from .models.registry import load_model
+    with _MODELS_LOCK:
+        m = _MODELS.get(key)
+        if m is None:
+            from .models.registry import load_model
 
-        m = load_model(spec, classical, device=device, threads=threads, tta=tta)
-        _MODELS.clear()  # one model per worker at a time
-        _MODELS[key] = m
+            m = load_model(spec, classical, device=device, threads=threads, tta=tta)
+            _MODELS.clear()  # one model per worker at a time
+            _MODELS[key] = m
     return m
 
 

@@ -91,3 +91,15 @@ def test_components_representative_is_smallest_key():
     rep = components(edges)
     assert rep == {10: 10, 20: 10, 30: 10, 5: 5, 40: 5}
     assert components(np.zeros((0, 2), np.int64)) == {}
+
+
+@given(st.integers(0, 200), st.integers(1, 8), st.integers(1, 16))
+def test_task_batches_cover_every_tile_once_and_keep_workers_busy(n, per_task, slots):
+    from pipeline.runner import task_batches
+
+    batches = task_batches(n, per_task, slots)
+    assert [i for b in batches for i in b] == list(range(n))
+    assert all(1 <= len(b) <= per_task for b in batches)
+    # a scene with a tile for every worker thread gives every thread work, whatever tiles_per_task says
+    if n >= slots:
+        assert len(batches) >= slots
