@@ -59,6 +59,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     r = tune_postprocess(args.checkpoint, args.data, write=not args.dry_run)
     before, after = r["before"]["all"]["ap50"], r["after"]["all"]["ap50"]
     print(f"validation AP50 {before:.3f} -> {after:.3f} with {r['postprocess']}" + (" (not written)" if args.dry_run else ""))
+    cv = r["cross_validated"]
+    print("cross-validated AP50 (chosen on one half, scored on the other): "
+          + ", ".join(f"{k} {v['ap50']:.3f}" for k, v in cv.items()))
     return 0
 
 
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time")
     t.set_defaults(func=_cmd_train)
 
-    u = sub.add_parser("tune", help="tune a checkpoint's watershed thresholds on its validation images")
+    u = sub.add_parser("tune", help="tune a checkpoint's post-processing (thresholds, smallest object) on its validation images")
     u.add_argument("checkpoint")
     u.add_argument("--data", required=True, help="the training folder (images/, labels/) the checkpoint was trained on")
     u.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint's JSON as it is")

@@ -161,3 +161,39 @@ def test_tta_heads_are_mirror_equivariant():
     p = plain.predict_heads(x)
     q = plain.predict_heads(np.ascontiguousarray(x[:, :, :, ::-1]))[:, :, :, ::-1]
     assert np.abs(p - q).max() > 1e-3
+
+
+def _heads_with_fragments(seed: int):
+    """Four 8x8 objects (fg, distance peak, no boundary) and two 3x3 foreground fragments without a core."""
+    from pipeline.training.data import Sample
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((64, 64), np.int32)
+    heads = np.zeros((3, 64, 64), np.float32)
+    for k, (r, c) in enumerate([(4, 4), (4, 40), (40, 4), (40, 40)], start=1):
+        r, c = r + int(rng.integers(0, 8)), c + int(rng.integers(0, 8))
+        labels[r:r + 8, c:c + 8] = k
+        heads[0, r:r + 8, c:c + 8] = 0.9
+        heads[2, r + 2:r + 6, c + 2:c + 6] = 0.8
+    for r, c in [(26, 10), (26, 50)]:
+        heads[0, r:r + 3, c:c + 3] = 0.9  # a fragment: foreground, no marker -> an object of its own, 9 px
+    image = np.zeros((3, 64, 64), np.float32)
+    return heads, Sample(f"s{seed}", image, labels, "fluor" if seed % 2 else "other")
+
+
+def test_tuner_drops_fragments_never_worsens_and_cross_validates():
+    from pipeline.training.tune import GRID, SIZE_GRID, Scorer
+
+    pairs = [_heads_with_fragments(seed) for seed in range(4)]
+    scorer = Scorer([h for h, _ in pairs], [s for _, s in pairs])
+    base = {"fg_threshold": 0.5, "marker_threshold": 0.5, "boundary_threshold": 0.5, "min_area": 8,
+            "min_marker_area": 4}
+    before = scorer.score(base)
+    assert (before["all"]["tp"], before["all"]["fp"], before["all"]["fn"]) == (16, 8, 0)  # AP 16/24
+    best = scorer.best(base, [GRID, SIZE_GRID])
+    assert best["min_area"] in (16, 24, 32) and scorer.score(best)["all"]["ap50"] == 1.0
+    # both halves find the same cure, so the held-out estimate is perfect too
+    cv = scorer.cross_validated(base, [GRID, SIZE_GRID])
+    assert cv["all"]["ap50"] == 1.0 and cv["all"]["images"] == 4 and cv["fluor"]["images"] == 2
+    # a setting that cannot be improved is kept as it is (the checkpoint's own setting is a candidate)
+    assert scorer.best(best, [GRID, SIZE_GRID]) == best
