@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.bench import machine_info
 from pipeline.ingest import scene_statistics
 from pipeline.instances import classical_instances
-from pipeline.metrics import iou_matrix, match
+from pipeline.metrics import counts_at
 from pipeline.models.checkpoint import load_metadata
 from pipeline.models.registry import resolve_model_spec
 from pipeline.models.learned import LearnedModel
@@ -61,13 +61,11 @@ def main() -> dict:
         preds["classical"] = _classical(s)
         seconds["classical"] += time.perf_counter() - t0
         for name, pred in preds.items():
-            iou, _, _, _ = iou_matrix(s.labels, pred)
-            gi, _ = match(iou, 0.5)
+            tp_fp_fn = counts_at(s.labels, pred)
             for key in ("all", s.modality):
                 c = counts[name].setdefault(key, [0, 0, 0])
-                c[0] += gi.size
-                c[1] += iou.shape[1] - gi.size
-                c[2] += iou.shape[0] - gi.size
+                for j, v in enumerate(tp_fp_fn):
+                    c[j] += v
     res: dict = {"machine": machine_info(), "model": path, "device": models["learned"].device,
                  "images": {m: sum(1 for s in samples if s.modality == m) for m in sorted({s.modality for s in samples})},
                  "ap50": {}, "counts_tp_fp_fn": {}, "mpx_s_incl_postprocess": {}}

@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["iou_matrix", "match", "MatchStats", "evaluate_labels", "split_merge_counts", "THRESHOLDS",
+__all__ = ["iou_matrix", "match", "counts_at", "MatchStats", "evaluate_labels", "split_merge_counts", "THRESHOLDS",
            "Matching", "match_labels", "stats_from_iou"]
 
 THRESHOLDS = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2).tolist())
@@ -160,6 +160,13 @@ def match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     gi, pi = linear_sum_assignment(-cost)
     keep = (iou[gi, pi] >= threshold) & (iou[gi, pi] > 0)  # at threshold 0 disjoint pairs are no match
     return gi[keep], pi[keep]
+
+
+def counts_at(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int]:
+    """(TP, FP, FN) of two label images at one IoU threshold."""
+    iou, _, _, _ = iou_matrix(gt, pred)
+    gi, _ = match(iou, threshold)
+    return int(gi.size), int(iou.shape[1] - gi.size), int(iou.shape[0] - gi.size)
 
 
 def _match_pairs(gi, pi, iou, threshold: float, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from ..errors import ParameterError
 from ..instances import heads_to_instances
-from ..metrics import iou_matrix, match
+from ..metrics import counts_at
 from ..models.checkpoint import checkpoint_paths, load_metadata
 from ..models.learned import LearnedModel
 from .data import load_folder_dataset
@@ -42,10 +42,7 @@ class Scorer:
         if key not in self._counts:
             per_image = []
             for h, s in zip(self.heads, self.samples):
-                pred = heads_to_instances(h[0], h[1], h[2], **post)
-                iou, _, _, _ = iou_matrix(s.labels, pred)
-                gi, _ = match(iou, 0.5)
-                per_image.append((gi.size, iou.shape[1] - gi.size, iou.shape[0] - gi.size))
+                per_image.append(counts_at(s.labels, heads_to_instances(h[0], h[1], h[2], **post)))
             self._counts[key] = per_image
         return self._counts[key]
 
