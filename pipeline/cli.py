@@ -56,7 +56,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .training.tune import tune_postprocess
 
-    r = tune_postprocess(args.checkpoint, args.data, write=not args.dry_run)
+    if (args.data is None) == (args.config is None):
+        raise SeamlineError("seamline tune: pass the data the checkpoint was trained on, either --data DIR "
+                            "(images/ and labels/) or --config TRAINING.yaml")
+    if args.config:
+        from .configio import load_yaml_config
+        from .training.config import TrainConfig
+
+        data = load_yaml_config(args.config, TrainConfig, {}).data
+    else:
+        data = args.data
+    r = tune_postprocess(args.checkpoint, data, write=not args.dry_run)
     before, after = r["before"]["all"]["ap50"], r["after"]["all"]["ap50"]
     print(f"validation AP50 {before:.3f} -> {after:.3f} with {r['postprocess']}" + (" (not written)" if args.dry_run else ""))
     cv = r["cross_validated"]
@@ -83,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("tune", help="tune a checkpoint's post-processing (thresholds, smallest object) on its validation images")
     u.add_argument("checkpoint")
-    u.add_argument("--data", required=True, help="the training folder (images/, labels/) the checkpoint was trained on")
+    u.add_argument("--data", metavar="DIR", help="the training folder (images/, labels/) the checkpoint was trained on")
+    u.add_argument("--config", metavar="FILE", help="or the training config it was trained with (any data kind)")
     u.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint's JSON as it is")
     u.set_defaults(func=_cmd_tune)
 

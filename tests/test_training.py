@@ -197,3 +197,47 @@ def test_tuner_drops_fragments_never_worsens_and_cross_validates():
     assert cv["all"]["ap50"] == 1.0 and cv["all"]["images"] == 4 and cv["fluor"]["images"] == 2
     # a setting that cannot be improved is kept as it is (the checkpoint's own setting is a candidate)
     assert scorer.best(best, [GRID, SIZE_GRID]) == best
+
+
+def test_tune_a_geotiff_trained_checkpoint_from_its_training_config(tmp_path):
+    """`seamline tune --config` finds the validation scenes of any data kind; a dry run leaves the JSON alone."""
+    import shutil
+    import subprocess
+    import sys
+
+    import geopandas as gpd
+    import pandas as pd
+    import rasterio
+    import shapely
+    import yaml
+
+    from pipeline.training.train import train
+
+    tif = shared("aerial", "deepforest", "OSBS_029.tif")
+    boxes = pd.read_csv(shared("aerial", "deepforest", "OSBS_029.csv"))
+    with rasterio.open(tif) as ds:
+        t, crs = ds.transform, ds.crs
+    polys = [shapely.box(*(t * (r.xmin, r.ymax)), *(t * (r.xmax, r.ymin))) for r in boxes.itertuples()]
+    gpd.GeoDataFrame(geometry=polys, crs=crs).to_file(tmp_path / "crowns.gpkg")
+    rasters = []
+    for k in range(4):
+        rasters.append(str(tmp_path / f"scene{k}.tif"))
+        shutil.copy(tif, rasters[-1])
+    doc = {"data": {"kind": "geotiff", "rasters": rasters, "vectors": str(tmp_path / "crowns.gpkg")},
+           "out": str(tmp_path / "crowns"), "epochs": 1, "batch_size": 2, "crop": 64, "val_fraction": 0.5,
+           "classes": ["tree"], "threads": 2}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(doc))
+    train(TrainConfig.model_validate(doc))
+    _, meta = checkpoint_paths(tmp_path / "crowns")
+    before = meta.read_text()
+    cli = [sys.executable, "-m", "pipeline.cli", "tune", str(tmp_path / "crowns")]
+    r = subprocess.run([*cli, "--config", str(tmp_path / "train.yaml"), "--dry-run"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "validation AP50" in r.stdout and "cross-validated AP50" in r.stdout and "geotiff" in r.stdout
+    assert meta.read_text() == before
+    # the wrong data, or none: one line naming what to pass
+    for extra, words in ([], "either --data DIR"), (["--data", str(shared("dsb2018"))], "none of the checkpoint's 2"):
+        r = subprocess.run([*cli, *extra], capture_output=True, text=True, timeout=600)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr

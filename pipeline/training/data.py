@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from ..errors import InputError
 from ..normalize import apply_normalization, percentiles, to_model_channels
 
-__all__ = ["Sample", "load_folder_dataset", "load_geotiff_dataset", "make_targets", "contact_weights", "split_train_val",
+__all__ = ["Sample", "load_samples", "load_folder_dataset", "load_geotiff_dataset", "make_targets", "contact_weights", "split_train_val",
            "Augmenter"]
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -110,6 +110,13 @@ def load_geotiff_dataset(rasters: list[str | Path], vectors: str | Path, in_chan
         norm = to_model_channels(apply_normalization(img, percentiles(img, nodata=nodata)), in_channels)
         out.append(Sample(Path(r).stem, norm, lab, "geotiff"))
     return out
+
+
+def load_samples(data, in_channels: int) -> list[Sample]:
+    """The labelled images a training config's ``data:`` names (:class:`~pipeline.training.config.DataConfig`)."""
+    if data.kind == "folders":
+        return load_folder_dataset(data.root, in_channels, limit=data.limit)
+    return load_geotiff_dataset(data.rasters, data.vectors, in_channels)
 
 
 def split_train_val(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..models.checkpoint import save_checkpoint
 from ..models.network import build_network
 from .config import TrainConfig
-from .data import Augmenter, Sample, load_folder_dataset, load_geotiff_dataset, split_train_val
+from .data import Augmenter, Sample, load_samples, split_train_val
 
 __all__ = ["train", "validate"]
 
@@ -87,10 +87,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # Fine-tuning keeps the starting checkpoint's network: its architecture overrides the config's.
         arch = {k: load_metadata(init_from)[k] for k in arch}
     in_ch = arch["in_channels"]
-    if cfg.data.kind == "folders":
-        samples = load_folder_dataset(cfg.data.root, in_ch, limit=cfg.data.limit)
-    else:
-        samples = load_geotiff_dataset(cfg.data.rasters, cfg.data.vectors, in_ch)
+    samples = load_samples(cfg.data, in_ch)
     train_s, val_s = split_train_val(samples, cfg.val_fraction, cfg.seed)
     _log(f"data: {len(train_s)} training, {len(val_s)} validation images ({cfg.data.kind})")
     net = build_network(arch)

@@ -22,7 +22,8 @@ from ..instances import heads_to_instances
 from ..metrics import counts_at
 from ..models.checkpoint import checkpoint_paths, load_metadata
 from ..models.learned import LearnedModel
-from .data import load_folder_dataset
+from .config import DataConfig
+from .data import load_samples
 from .grids import GRID, SIZE_GRID, VALIDATION_GRID
 
 __all__ = ["tune_postprocess", "score_postprocess", "best_postprocess", "Scorer", "GRID", "SIZE_GRID",
@@ -50,7 +51,7 @@ class Scorer:
         """Overall and per-modality scores of ``post`` on ``images`` (indices; default all)."""
         per_image = self.counts(post)
         idx = range(len(self.samples)) if images is None else images
-        totals: dict[str, list[int]] = {}
+        totals: dict[str, list[int]] = {"all": [0, 0, 0, 0]}
         for i in idx:
             for key in ("all", self.samples[i].modality):
                 c = totals.setdefault(key, [0, 0, 0, 0])
@@ -106,14 +107,19 @@ def best_postprocess(heads_list, samples, base: dict[str, Any], grid: dict[str, 
     return post, scorer.score(post)
 
 
-def tune_postprocess(checkpoint: str, data_root: str, write: bool = True) -> dict[str, Any]:
+def tune_postprocess(checkpoint: str, data: DataConfig | str, write: bool = True) -> dict[str, Any]:
+    """Tune ``checkpoint`` on its validation images, found in ``data``: the training config's ``data:``
+    section, or a folder with images/ and labels/."""
+    if isinstance(data, str):
+        data = DataConfig(kind="folders", root=data)
     md = load_metadata(checkpoint)
     names = set(md["training"].get("val_names", []))
-    samples = [s for s in load_folder_dataset(data_root, int(md["in_channels"])) if s.name in names]
+    samples = [s for s in load_samples(data, int(md["in_channels"])) if s.name in names]
     if not samples:
+        where = data.root if data.kind == "folders" else ", ".join(data.rasters)
         raise ParameterError(
-            f"seamline tune: none of the checkpoint's {len(names)} validation images are in {data_root}; "
-            "pass the folder it was trained on (--data)")
+            f"seamline tune: none of the checkpoint's {len(names)} validation images are in {where}; "
+            "pass the data it was trained on (--data DIR or --config TRAINING.yaml)")
     model = LearnedModel(checkpoint, device="auto")
     scorer = Scorer([model.predict_heads(s.image[None])[0] for s in samples], samples)
     base = dict(md["postprocess"])
