@@ -30,3 +30,19 @@ def shared(*parts: str) -> Path:
     if not p.exists():
         pytest.fail(f"{p} not found: the tests read real data from shared/data beside the checkout (as CI has it)")
     return p
+
+
+def deepforest_crowns():
+    """The DeepForest sample scene OSBS_029.tif and its labelled tree-crown boxes as a GeoDataFrame in the
+    scene's CRS: GeoTIFF + vector training data."""
+    import geopandas as gpd
+    import pandas as pd
+    import rasterio
+    import shapely
+
+    tif = shared("aerial", "deepforest", "OSBS_029.tif")
+    boxes = pd.read_csv(shared("aerial", "deepforest", "OSBS_029.csv"))
+    with rasterio.open(tif) as ds:
+        t, crs = ds.transform, ds.crs
+    polys = [shapely.box(*(t * (r.xmin, r.ymax)), *(t * (r.xmax, r.ymin))) for r in boxes.itertuples()]
+    return tif, gpd.GeoDataFrame(geometry=polys, crs=crs)

@@ -10,7 +10,7 @@ from pipeline.config import SegmentConfig
 from pipeline.configio import load_yaml_config
 from pipeline.training.config import TrainConfig
 
-from helpers import shared
+from helpers import deepforest_crowns
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -27,20 +27,11 @@ def test_train_configs_validate(name):
 
 
 def test_geotiff_vector_labels_rasterise_on_grid(tmp_path):
-    import geopandas as gpd
-    import pandas as pd
-    import rasterio
-    import shapely
-
     from pipeline.training.data import load_geotiff_dataset
 
-    tif = shared("aerial", "deepforest", "OSBS_029.tif")
-    boxes = pd.read_csv(shared("aerial", "deepforest", "OSBS_029.csv"))
-    with rasterio.open(tif) as ds:
-        t, crs = ds.transform, ds.crs
-    polys = [shapely.box(*(t * (r.xmin, r.ymax)), *(t * (r.xmax, r.ymin))) for r in boxes.itertuples()]
+    tif, crowns = deepforest_crowns()
     vec = tmp_path / "crowns.gpkg"
-    gpd.GeoDataFrame(geometry=polys, crs=crs).to_crs(4326).to_file(vec)  # other CRS: reprojected back
+    crowns.to_crs(4326).to_file(vec)  # other CRS: reprojected back
     (s,) = load_geotiff_dataset([tif], vec)
     assert s.image.shape == (3, 400, 400) and 0 <= s.image.min() and s.image.max() <= 1
-    assert len(set(s.labels.ravel().tolist()) - {0}) >= 0.8 * len(boxes)
+    assert len(set(s.labels.ravel().tolist()) - {0}) >= 0.8 * len(crowns)

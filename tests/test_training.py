@@ -13,7 +13,7 @@ from pipeline.models.learned import SHIPPED_MODEL, LearnedModel
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Augmenter, contact_weights, make_targets, split_train_val
 
-from helpers import shared
+from helpers import deepforest_crowns, shared
 
 
 
@@ -205,20 +205,12 @@ def test_tune_a_geotiff_trained_checkpoint_from_its_training_config(tmp_path):
     import subprocess
     import sys
 
-    import geopandas as gpd
-    import pandas as pd
-    import rasterio
-    import shapely
     import yaml
 
     from pipeline.training.train import train
 
-    tif = shared("aerial", "deepforest", "OSBS_029.tif")
-    boxes = pd.read_csv(shared("aerial", "deepforest", "OSBS_029.csv"))
-    with rasterio.open(tif) as ds:
-        t, crs = ds.transform, ds.crs
-    polys = [shapely.box(*(t * (r.xmin, r.ymax)), *(t * (r.xmax, r.ymin))) for r in boxes.itertuples()]
-    gpd.GeoDataFrame(geometry=polys, crs=crs).to_file(tmp_path / "crowns.gpkg")
+    tif, crowns = deepforest_crowns()
+    crowns.to_file(tmp_path / "crowns.gpkg")
     rasters = []
     for k in range(4):
         rasters.append(str(tmp_path / f"scene{k}.tif"))
