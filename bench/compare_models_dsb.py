@@ -3,7 +3,7 @@ DSB2018 validation images, per modality, side by side in one run.
 
 Every image is treated as a scene: percentile normalisation from the image, and for the classical model the
 Otsu threshold of the image (scene statistics). AP at IoU 0.5 = TP / (TP + FP + FN), counts summed over
-images; F1 and the split/merge counts come from :mod:`pipeline.metrics`.
+images; F1 and the split/merge counts come from :mod:`pipeline.evaluation.metrics`.
 Run: python bench/compare_models_dsb.py [--data ../shared/data/dsb2018] [--model default] [--no-tta]
 """
 
@@ -16,9 +16,9 @@ import time
 import numpy as np
 
 from pipeline.bench import machine_info
-from pipeline.ingest import scene_statistics
-from pipeline.instances import classical_instances
-from pipeline.metrics import counts_at
+from pipeline.stages.ingest import scene_statistics
+from pipeline.models.instances import classical_instances
+from pipeline.evaluation.metrics import counts_at
 from pipeline.models.checkpoint import load_metadata
 from pipeline.models.registry import resolve_model_spec
 from pipeline.models.learned import LearnedModel

@@ -25,7 +25,7 @@ def main() -> dict:
     import rasterio
 
     from pipeline.models.registry import load_model
-    from pipeline.normalize import apply_normalization, percentiles
+    from pipeline.stages.normalize import apply_normalization, percentiles
     from pipeline.synthetic import write_periodic_scene
 
     ap = argparse.ArgumentParser()

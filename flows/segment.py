@@ -27,14 +27,14 @@ from prefect.cache_policies import NONE  # noqa: E402
 
 from pipeline import runner  # noqa: E402
 from pipeline.config import SegmentConfig  # noqa: E402
-from pipeline.dispatch import dask_client  # noqa: E402
+from pipeline.stages.dispatch import dask_client  # noqa: E402
 
 __all__ = ["segment_scene_flow", "segment_batch_flow", "outputs_current"]
 
 
 def outputs_current(input_path: str, out_dir: str | Path) -> bool:
     """True when ``<stem>.parquet/.gpkg/.json`` exist and are newer than the input (the scene is done)."""
-    from pipeline.raster import SceneInfo
+    from pipeline.io.raster import SceneInfo
 
     stem = SceneInfo(input_path, 1, 1, 1, "uint8", None, (1, 0, 0, 0, 1, 0), None).stem
     outs = [Path(out_dir) / f"{stem}.{ext}" for ext in ("parquet", "gpkg", "json")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .errors import ParameterError
+from pipeline.errors import ParameterError
 
 __all__ = ["SegmentConfig", "ClassicalParams"]
 
@@ -51,7 +51,7 @@ class SegmentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "SegmentConfig":
-        from .tiling import validate_tiling
+        from pipeline.stages.tiling import validate_tiling
 
         validate_tiling(self.tile, 0 if self.halo is None else self.halo)
         if self.stats.low >= self.stats.high:

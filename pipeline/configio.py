@@ -8,7 +8,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import ConfigError, SeamlineError
+from pipeline.errors import ConfigError, SeamlineError
 
 __all__ = ["load_yaml_config", "validation_message"]
 

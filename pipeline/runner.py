@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .config import SegmentConfig
-from .errors import CheckpointError, InputError, ParameterError
-from .raster import SceneInfo, inspect_raster
-from .tiles import TileJob
-from .tiling import TileGrid
+from pipeline import __version__
+from pipeline.config import SegmentConfig
+from pipeline.errors import CheckpointError, InputError, ParameterError
+from pipeline.io.raster import SceneInfo, inspect_raster
+from pipeline.stages.tiles import TileJob
+from pipeline.stages.tiling import TileGrid
 
 WINDOW_CHUNK = 256
 
@@ -69,8 +69,8 @@ def _fingerprint(info: SceneInfo, cfg: SegmentConfig, model: str) -> str:
 def check_model(spec: str) -> tuple[str, dict | None]:
     """Resolve ``--model`` and, for a checkpoint, read its metadata and the header of its weights here on the
     driver, so that a broken checkpoint fails before any cluster or work folder exists. Returns (model, metadata)."""
-    from .models.checkpoint import checkpoint_paths, load_metadata
-    from .models.registry import resolve_model_spec
+    from pipeline.models.checkpoint import checkpoint_paths, load_metadata
+    from pipeline.models.registry import resolve_model_spec
 
     model = resolve_model_spec(spec)
     if model == "classical":
@@ -143,7 +143,7 @@ def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> Scen
 
 def run_ingest(client, plan: ScenePlan) -> dict:
     """Stage 1–2: raster → zarr (parallel, disjoint chunks) and scene statistics from the global lattice."""
-    from .ingest import create_store, ingest_block, plan_ingest, sample_stride, scene_statistics
+    from pipeline.stages.ingest import create_store, ingest_block, plan_ingest, sample_stride, scene_statistics
 
     stats_file = plan.workdir / "stats.json"
     if stats_file.exists():
@@ -171,7 +171,7 @@ def run_ingest(client, plan: ScenePlan) -> dict:
 def make_job(plan: ScenePlan, stats: dict) -> TileJob:
     """What every tile task needs. The model's CPU threads: this machine's share per LocalCluster worker; on
     an existing cluster, whatever its workers were started with (torch's default)."""
-    from .dispatch import cores_per_worker
+    from pipeline.stages.dispatch import cores_per_worker
 
     c = plan.cfg
     threads = None if c.scheduler else cores_per_worker(c.workers)
@@ -192,7 +192,7 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
     """Stage 3–4: every tile through the model, batched per task; returns summed worker timings."""
     import zarr
 
-    from .tiles import process_tiles
+    from pipeline.stages.tiles import process_tiles
 
     win_path = plan.workdir / "windows.zarr"
     if not win_path.exists():
@@ -220,7 +220,7 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
 
 def run_stitch(client, plan: ScenePlan, job: TileJob) -> dict[int, int]:
     """Stage 5: seam edges per tile (parallel), then one connected-components step on the driver."""
-    from .stitch import components, seam_edges
+    from pipeline.stages.stitch import components, seam_edges
 
     n = len(job.grid)
     futures = client.map(seam_edges, [job] * n, list(range(n)), pure=False)
@@ -230,7 +230,7 @@ def run_stitch(client, plan: ScenePlan, job: TileJob) -> dict[int, int]:
 
 def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) -> dict:
     """Stage 6–7: whole objects, real-unit measures, three outputs written atomically."""
-    from .outputs import write_outputs
+    from pipeline.io.outputs import write_outputs
 
     info, c = plan.info, plan.cfg
     summary = {
@@ -252,8 +252,8 @@ def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) ->
 
 def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, client=None) -> dict:
     """Run every stage for one scene; returns the run summary (also written as ``<stem>.json``)."""
-    from .dispatch import dask_client
-    from .memwatch import TreeMemoryWatch
+    from pipeline.stages.dispatch import dask_client
+    from pipeline.memwatch import TreeMemoryWatch
 
     t_all = time.perf_counter()
     plan = plan_scene(input_path, out_dir, cfg)

@@ -15,7 +15,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 @pytest.fixture(scope="session")
 def dask_client_session():
     """One real LocalCluster (2 worker processes) for the whole session: starting one costs seconds."""
-    from pipeline.dispatch import dask_client
+    from pipeline.stages.dispatch import dask_client
 
     with dask_client(workers=2, threads_per_worker=1) as c:
         yield c

@@ -26,9 +26,9 @@ import pytest
 from pipeline.configio import load_yaml_config
 from pipeline.config import SegmentConfig
 from pipeline.errors import CheckpointError, ConfigError, InputError, ParameterError, SeamlineError
-from pipeline.raster import SUPPORTED_DTYPES, inspect_raster
+from pipeline.io.raster import SUPPORTED_DTYPES, inspect_raster
 from pipeline.runner import check_model
-from pipeline.tiling import validate_tiling
+from pipeline.stages.tiling import validate_tiling
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT_SUFFIXES = (".parquet", ".gpkg", ".json")

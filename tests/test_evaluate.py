@@ -18,7 +18,7 @@ import tifffile
 from shapely.geometry import Point, box
 
 from pipeline.errors import InputError, ParameterError
-from pipeline.evaluate import add_evaluate_command, evaluate_files, evaluate_pair, format_table, load_labels
+from pipeline.evaluation.evaluate import add_evaluate_command, evaluate_files, evaluate_pair, format_table, load_labels
 
 # (row0, row1, col0, col1) of three squares on a 64 x 64 image; the second one crosses the row seam at 32.
 SQUARES = [(2, 10, 2, 10), (28, 36, 20, 40), (44, 54, 44, 54)]

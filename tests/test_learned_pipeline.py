@@ -15,7 +15,7 @@ import rasterio
 from pipeline.config import SegmentConfig
 from pipeline.models.checkpoint import load_metadata
 from pipeline.models.learned import SHIPPED_MODEL
-from pipeline.metrics import counts_at, iou_matrix, match
+from pipeline.evaluation.metrics import counts_at, iou_matrix, match
 from pipeline.runner import segment_scene
 from pipeline.synthetic import write_scene
 

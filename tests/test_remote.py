@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import SegmentConfig
 from pipeline.errors import InputError
-from pipeline.raster import inspect_raster
+from pipeline.io.raster import inspect_raster
 from pipeline.runner import segment_scene
 from pipeline.synthetic import write_scene
 

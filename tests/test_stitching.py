@@ -13,7 +13,7 @@ import pytest
 import rasterio
 
 from pipeline.config import SegmentConfig
-from pipeline.metrics import iou_matrix, match
+from pipeline.evaluation.metrics import iou_matrix, match
 from pipeline.runner import segment_scene
 from pipeline.synthetic import write_scene
 

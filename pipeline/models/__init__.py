@@ -1,5 +1,5 @@
 """Models: the classical baseline and the learned smp network, behind one small interface."""
 
-from .registry import load_model
+from pipeline.models.registry import load_model
 
 __all__ = ["load_model"]

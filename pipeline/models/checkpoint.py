@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
+from pipeline.errors import CheckpointError
 
 __all__ = ["checkpoint_paths", "save_checkpoint", "load_metadata", "load_state_dict", "FORMAT_VERSION"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..instances import classical_instances
+from pipeline.models.instances import classical_instances
 
 __all__ = ["ClassicalModel"]
 
@@ -35,7 +35,7 @@ class ClassicalModel:
         return batch
 
     def submit_heads(self, batch: np.ndarray):
-        from .learned import PendingHeads
+        from pipeline.models.learned import PendingHeads
 
         return PendingHeads(batch)
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ..instances import heads_to_instances
-from ..normalize import to_model_channels
-from .checkpoint import load_metadata, load_state_dict
-from .network import build_network
+from pipeline.models.instances import heads_to_instances
+from pipeline.stages.normalize import to_model_channels
+from pipeline.models.checkpoint import load_metadata, load_state_dict
+from pipeline.models.network import build_network
 
 __all__ = ["LearnedModel", "PendingHeads", "pick_device", "SHIPPED_MODEL"]
 
@@ -63,7 +63,7 @@ class LearnedModel:
         state = load_state_dict(path)
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
-            from ..errors import CheckpointError
+            from pipeline.errors import CheckpointError
 
             raise CheckpointError(
                 f"checkpoint {path}: weights do not fit the architecture in its metadata "
@@ -93,7 +93,7 @@ class LearnedModel:
     def submit_heads(self, batch: np.ndarray) -> "PendingHeads":
         """Start the forward pass and return at once where the device allows it (CUDA queues the work and
         copies the result into pinned host memory in the background): the caller post-processes the previous
-        batch on the CPU meanwhile, so the GPU is not left idle (:func:`pipeline.tiles.process_tiles`).
+        batch on the CPU meanwhile, so the GPU is not left idle (:func:`pipeline.stages.tiles.process_tiles`).
         On a CPU the work is done here.
 
         One forward pass at a time per process (a lock): a worker with several task threads then runs the

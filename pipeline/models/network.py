@@ -42,7 +42,7 @@ def build_network(spec: dict[str, Any]):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import segmentation_models_pytorch as smp
 
-    from ..errors import CheckpointError
+    from pipeline.errors import CheckpointError
 
     arch = spec.get("architecture", "Unet")
     cls = getattr(smp, arch, None)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import CheckpointError
-from .checkpoint import checkpoint_paths
+from pipeline.errors import CheckpointError
+from pipeline.models.checkpoint import checkpoint_paths
 
 __all__ = ["load_model", "resolve_model_spec"]
 
@@ -17,7 +17,7 @@ def resolve_model_spec(spec: str, what: str = "--model") -> str:
     if spec == "classical":
         return spec
     if spec in ("default", "nuclei"):
-        from .learned import SHIPPED_MODEL
+        from pipeline.models.learned import SHIPPED_MODEL
 
         spec = str(SHIPPED_MODEL)
     weights, meta = checkpoint_paths(spec)
@@ -33,9 +33,9 @@ def load_model(spec: str, classical_params: dict | None = None, device: str = "a
                tta: bool = False):
     spec = resolve_model_spec(spec)
     if spec == "classical":
-        from .classical import ClassicalModel
+        from pipeline.models.classical import ClassicalModel
 
         return ClassicalModel(**(classical_params or {}))
-    from .learned import LearnedModel
+    from pipeline.models.learned import LearnedModel
 
     return LearnedModel(spec, device=device, threads=threads, tta=tta)

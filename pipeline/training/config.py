@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .grids import VALIDATION_GRID
+from pipeline.training.grids import VALIDATION_GRID
 
 __all__ = ["TrainConfig", "DataConfig", "ArchConfig"]
 

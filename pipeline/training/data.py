@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import InputError
-from ..normalize import apply_normalization, percentiles, to_model_channels
+from pipeline.errors import InputError
+from pipeline.stages.normalize import apply_normalization, percentiles, to_model_channels
 
 __all__ = ["Sample", "load_samples", "load_folder_dataset", "load_geotiff_dataset", "make_targets", "contact_weights", "split_train_val",
            "Augmenter"]

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..errors import ConfigError
-from ..models.checkpoint import save_checkpoint
-from ..models.network import build_network
-from .config import TrainConfig
-from .data import Augmenter, Sample, load_samples, split_train_val
+from pipeline import __version__
+from pipeline.errors import ConfigError
+from pipeline.models.checkpoint import save_checkpoint
+from pipeline.models.network import build_network
+from pipeline.training.config import TrainConfig
+from pipeline.training.data import Augmenter, Sample, load_samples, split_train_val
 
 __all__ = ["train", "validate"]
 
@@ -61,7 +61,7 @@ def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[s
     boundary head knows the contacts, lower marker thresholds split what the distance head merges), so each
     checkpoint is judged, and kept, with its own.
     """
-    from .tune import best_postprocess
+    from pipeline.training.tune import best_postprocess
 
     heads = [model_fn(s.image[None])[0] for s in samples]
     return best_postprocess(heads, samples, post, grid or {})
@@ -78,8 +78,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     arch = cfg.model.model_dump()
     init_from = None
     if cfg.init_from:
-        from ..models.checkpoint import load_metadata
-        from ..models.registry import resolve_model_spec
+        from pipeline.models.checkpoint import load_metadata
+        from pipeline.models.registry import resolve_model_spec
 
         init_from = resolve_model_spec(cfg.init_from, "init_from")  # 'default' → the shipped model; checks both files exist
         if init_from == "classical":
@@ -92,7 +92,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     _log(f"data: {len(train_s)} training, {len(val_s)} validation images ({cfg.data.kind})")
     net = build_network(arch)
     if init_from:
-        from ..models.checkpoint import load_state_dict
+        from pipeline.models.checkpoint import load_state_dict
 
         net.load_state_dict(load_state_dict(init_from))
         _log(f"initialised from {init_from} ({arch['architecture']}, {arch['encoder']})")

@@ -17,14 +17,14 @@ import itertools
 import json
 from typing import Any, Sequence
 
-from ..errors import ParameterError
-from ..instances import heads_to_instances
-from ..metrics import counts_at
-from ..models.checkpoint import checkpoint_paths, load_metadata
-from ..models.learned import LearnedModel
-from .config import DataConfig
-from .data import load_samples
-from .grids import GRID, SIZE_GRID, VALIDATION_GRID
+from pipeline.errors import ParameterError
+from pipeline.models.instances import heads_to_instances
+from pipeline.evaluation.metrics import counts_at
+from pipeline.models.checkpoint import checkpoint_paths, load_metadata
+from pipeline.models.learned import LearnedModel
+from pipeline.training.config import DataConfig
+from pipeline.training.data import load_samples
+from pipeline.training.grids import GRID, SIZE_GRID, VALIDATION_GRID
 
 __all__ = ["tune_postprocess", "score_postprocess", "best_postprocess", "Scorer", "GRID", "SIZE_GRID",
            "VALIDATION_GRID"]

@@ -3,7 +3,7 @@
 Both sides become label images on one pixel grid (0 = background, one id per object): label images are
 read as they are, vector polygons are rasterized with one id per row onto the grid of the raster side (or,
 when both are vectors, the grid of ``--like`` or of the run summary beside a Seamline output). Matching is
-one-to-one on IoU (:mod:`pipeline.metrics`), done once over the whole image; the counts are then split
+one-to-one on IoU (:mod:`pipeline.evaluation.metrics`), done once over the whole image; the counts are then split
 between objects near a tile seam and the rest, because a tiled run can only go wrong at its seams: a seam
 score far below the interior one points at the stitch, not at the model.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ParameterError
-from .metrics import THRESHOLDS, match_labels
+from pipeline.errors import InputError, ParameterError
+from pipeline.evaluation.metrics import THRESHOLDS, match_labels
 
 __all__ = ["load_labels", "evaluate_pair", "evaluate_files", "format_table", "add_evaluate_command",
            "RASTER_SUFFIXES", "VECTOR_SUFFIXES"]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .normalize import apply_normalization
-from .tiling import Tile, TileGrid
+from pipeline.stages.normalize import apply_normalization
+from pipeline.stages.tiling import Tile, TileGrid
 
 __all__ = ["TileJob", "process_tiles", "part_path", "get_model", "vectorize_core", "tile_key"]
 
@@ -37,7 +37,7 @@ def get_model(spec: str, classical: dict, device: str, threads: int | None, tta:
     with _MODELS_LOCK:
         m = _MODELS.get(key)
         if m is None:
-            from .models.registry import load_model
+            from pipeline.models.registry import load_model
 
             m = load_model(spec, classical, device=device, threads=threads, tta=tta)
             _MODELS.clear()  # one model per worker at a time

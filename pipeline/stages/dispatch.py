@@ -1,7 +1,7 @@
 """Stage 4 plumbing: a Dask client — a LocalCluster of worker processes by default, or an existing cluster.
 
 Worker processes (not threads): the GIL would serialise the Python around the model. The model is loaded once
-per worker by :func:`pipeline.tiles.get_model`. With a GPU, annotate tile tasks with ``resources={"GPU": 1}``
+per worker by :func:`pipeline.stages.tiles.get_model`. With a GPU, annotate tile tasks with ``resources={"GPU": 1}``
 and start workers with ``--resources GPU=1`` (see infra/), one worker per GPU.
 """
 
@@ -32,7 +32,7 @@ def dask_client(workers: int = 2, threads_per_worker: int = 1, scheduler: str | 
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:
-            from .errors import ParameterError
+            from pipeline.errors import ParameterError
 
             raise ParameterError(f"--scheduler {scheduler}: cannot connect ({exc}); check the address and that the scheduler runs") from None
         with client:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tiles import TileJob, part_path, tile_key
-from .tiling import TileGrid
+from pipeline.stages.tiles import TileJob, part_path, tile_key
+from pipeline.stages.tiling import TileGrid
 
 __all__ = ["seam_edges", "match_band", "components"]
 

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from . import __version__
-from .errors import SeamlineError
+from pipeline import __version__
+from pipeline.errors import SeamlineError
 
 __all__ = ["main"]
 
@@ -19,9 +19,9 @@ def _env_defaults() -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .configio import load_yaml_config
-    from .training.config import TrainConfig
-    from .training.train import train
+    from pipeline.configio import load_yaml_config
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.train import train
 
     overrides: dict = {}
     if args.epochs is not None:
@@ -41,8 +41,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SeamlineError("seamline train: pass --config FILE or --data DIR (a folder with images/ and labels/)")
         from pydantic import ValidationError
 
-        from .configio import validation_message
-        from .errors import ConfigError
+        from pipeline.configio import validation_message
+        from pipeline.errors import ConfigError
 
         try:
             cfg = TrainConfig.model_validate(overrides)
@@ -54,14 +54,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .training.tune import tune_postprocess
+    from pipeline.training.tune import tune_postprocess
 
     if (args.data is None) == (args.config is None):
         raise SeamlineError("seamline tune: pass the data the checkpoint was trained on, either --data DIR "
                             "(images/ and labels/) or --config TRAINING.yaml")
     if args.config:
-        from .configio import load_yaml_config
-        from .training.config import TrainConfig
+        from pipeline.configio import load_yaml_config
+        from pipeline.training.config import TrainConfig
 
         data = load_yaml_config(args.config, TrainConfig, {}).data
     else:
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint's JSON as it is")
     u.set_defaults(func=_cmd_tune)
 
-    from .cli_segment import add_segment_commands
+    from pipeline.cli.segment import add_segment_commands
 
     add_segment_commands(sub)
     return p

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import InputError
+from pipeline.errors import InputError
 
 __all__ = ["iou_matrix", "match", "counts_at", "MatchStats", "evaluate_labels", "split_merge_counts", "THRESHOLDS",
            "Matching", "match_labels", "stats_from_iou"]

@@ -13,9 +13,9 @@ def build_segment_config(args: argparse.Namespace):
     """Config file first, then flags given on the command line on top."""
     from pydantic import ValidationError
 
-    from .config import SegmentConfig
-    from .configio import load_yaml_config, validation_message
-    from .errors import ConfigError
+    from pipeline.config import SegmentConfig
+    from pipeline.configio import load_yaml_config, validation_message
+    from pipeline.errors import ConfigError
 
     overrides = {}
     for key in ("model", "tile", "halo", "workers", "scheduler", "device", "batch_size"):
@@ -35,10 +35,10 @@ def build_segment_config(args: argparse.Namespace):
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .dispatch import dask_client
-    from .errors import ParameterError
-    from .raster import inspect_raster
-    from .runner import segment_scene
+    from pipeline.stages.dispatch import dask_client
+    from pipeline.errors import ParameterError
+    from pipeline.io.raster import inspect_raster
+    from pipeline.runner import segment_scene
 
     cfg = build_segment_config(args)
     # Validate every input before any work: a bad file in a batch must not leave half the outputs behind.
@@ -48,7 +48,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if info.stem in stems:
             raise ParameterError(f"inputs {stems[info.stem]} and {p} would both write {info.stem}.*; rename one or run them separately")
         stems[info.stem] = p
-    from .runner import check_model, resolve_halo
+    from pipeline.runner import check_model, resolve_halo
 
     model, md = check_model(cfg.model)  # a broken checkpoint fails here, before the cluster starts
     resolve_halo(cfg, model, md)  # and a default halo (the model's) that does not fit the tile size
@@ -83,7 +83,7 @@ def add_segment_commands(sub) -> None:
     s.set_defaults(func=_cmd_segment)
 
     try:
-        from .evaluate import add_evaluate_command
+        from pipeline.evaluation.evaluate import add_evaluate_command
     except ImportError:  # pragma: no cover - evaluate lands separately
         pass
     else:
@@ -93,10 +93,10 @@ def add_segment_commands(sub) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Generate the bundled demo slide (with its ground truth), segment it, and score the result."""
-    from .config import SegmentConfig
-    from .evaluate import evaluate_files, format_table
-    from .runner import segment_scene
-    from .synthetic import write_scene
+    from pipeline.config import SegmentConfig
+    from pipeline.evaluation.evaluate import evaluate_files, format_table
+    from pipeline.runner import segment_scene
+    from pipeline.synthetic import write_scene
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from pipeline.bench import run_bench
 
     res = run_bench(args.out, args.size, args.model, args.tile, args.halo, args.workers, args.device, args.batch_size,
                     tta=args.tta)

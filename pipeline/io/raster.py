@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from pipeline.errors import InputError
 
 __all__ = ["SceneInfo", "open_raster", "inspect_raster", "read_window", "SUPPORTED_DTYPES"]
 

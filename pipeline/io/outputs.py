@@ -21,9 +21,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .measure import measure, output_crs
-from .raster import SceneInfo
-from .tiles import part_path
+from pipeline.stages.measure import measure, output_crs
+from pipeline.io.raster import SceneInfo
+from pipeline.stages.tiles import part_path
 
 __all__ = ["assemble_objects", "write_outputs", "OUTPUT_COLUMNS", "ROW_GROUP"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .raster import SceneInfo, open_raster, read_window
+from pipeline.io.raster import SceneInfo, open_raster, read_window
 
 __all__ = ["IngestBlock", "plan_ingest", "create_store", "ingest_block", "sample_stride", "scene_statistics", "MAX_SAMPLE_PX"]
 
@@ -96,7 +96,7 @@ def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, h
     The threshold is Otsu's on the normalised band mean of the sample (unless given). Computed once per
     scene: per-tile thresholds make seams.
     """
-    from .normalize import apply_normalization, percentiles
+    from pipeline.stages.normalize import apply_normalization, percentiles
 
     sample = np.concatenate(samples, axis=1) if samples else np.zeros((1, 0))
     valid = np.ones(sample.shape[1], bool)

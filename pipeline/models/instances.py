@@ -6,7 +6,7 @@ Both models end here, so that tiled and untiled runs agree:
   makes seams, NOTES lesson 4);
 * everything here is *local*: the label of a pixel depends only on a neighbourhood about the size of
   the object it lies in. A tile whose halo is larger than the objects therefore labels its core exactly
-  as a whole-image run would, which is what makes :mod:`pipeline.stitch` exact.
+  as a whole-image run would, which is what makes :mod:`pipeline.stages.stitch` exact.
 """
 
 from __future__ import annotations

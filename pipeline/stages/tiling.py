@@ -3,7 +3,7 @@
 A tile's *core* is one cell of a regular grid of ``tile × tile`` pixels (smaller at the right and bottom
 edges when the tile size does not divide the raster). Its *window* is the core grown by ``halo`` pixels on
 each side, clipped to the raster. The model sees the window; the stitch keeps only the core of each tile and
-re-joins objects across cores using the overlap of neighbouring windows (:mod:`pipeline.stitch`).
+re-joins objects across cores using the overlap of neighbouring windows (:mod:`pipeline.stages.stitch`).
 
 The halo should be at least the receptive field of the model and the size of the largest object that must
 come out identical to a whole-image run; objects larger than the halo are still joined, but their labels
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
-from .errors import ParameterError
+from pipeline.errors import ParameterError
 
 __all__ = ["Window", "Tile", "TileGrid", "validate_tiling"]
 

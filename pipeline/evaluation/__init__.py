@@ -1,0 +1,1 @@
+"""Scoring against ground truth: object matching, AP/F1/PQ, seam vs interior."""

@@ -1,0 +1,1 @@
+"""Readers and writers: GDAL rasters, slides, object storage, output files."""
