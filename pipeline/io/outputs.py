@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from pipeline.stages.measure import measure, output_crs
+from pipeline.stages.measure_objects import channel_names, measurement_names, object_columns, scene_density
 from pipeline.io.raster import SceneInfo
 from pipeline.stages.tiles import part_path
 
@@ -32,15 +33,40 @@ OUTPUT_COLUMNS = ["object_id", "class", "score", "area_px", "area", "area_unit",
                   "centroid_x", "centroid_y", "tile"]
 
 
-def _read_part(path: Path):
+def _read_part(path: Path, columns: list[str] | None = None):
     import pyarrow.parquet as pq
 
-    return pq.read_table(path)
+    return pq.read_table(path, columns=columns)
 
 
-def _dissolve_groups(workdir: str, groups: dict[int, int]) -> dict[int, tuple[Any, int, float]]:
-    """Union the pieces of every joined object: rep key → (pixel polygon, area_px, score_sum)."""
+_BASE = ["key", "area_px", "score_sum", "geometry"]
+
+
+def _stat_columns(workdir: str) -> list[str]:
+    """The per-piece measurement columns of this run's part files (their scalar ones)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(part_path(workdir, 0)).names
+    return [c for c in names if c not in _BASE and not c.endswith("_values")]
+
+
+def valid_pixels(workdir: str, n_tiles: int) -> int:
+    """Pixels holding image data over the whole scene: the sum of the part files' ``valid_px`` metadata."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for t in range(n_tiles):
+        md = pq.read_schema(part_path(workdir, t)).metadata or {}
+        total += int(md.get(b"valid_px", b"0"))
+    return total
+
+
+def _dissolve_groups(workdir: str, groups: dict[int, int]) -> dict[int, tuple[Any, int, float, dict]]:
+    """Union the pieces of every joined object and combine their measurements:
+    rep key → (pixel polygon, area_px, score_sum, measurements)."""
     import shapely
+
+    from pipeline.stages.measure_objects import combine_pieces
 
     if not groups:
         return {}
@@ -50,46 +76,58 @@ def _dissolve_groups(workdir: str, groups: dict[int, int]) -> dict[int, tuple[An
         tab = _read_part(part_path(workdir, int(tile_index)))
         k = tab.column("key").to_numpy()
         sel = np.nonzero(np.isin(k, keys))[0]
-        geoms = shapely.from_wkb(tab.column("geometry").to_numpy(zero_copy_only=False)[sel])
-        ap = tab.column("area_px").to_numpy()[sel]
-        ss = tab.column("score_sum").to_numpy()[sel]
-        for kk, g, a, s in zip(k[sel].tolist(), geoms, ap.tolist(), ss.tolist()):
-            pieces.setdefault(groups[kk], []).append((g, a, s))
+        sub = tab.take(sel)
+        geoms = shapely.from_wkb(sub.column("geometry").to_numpy(zero_copy_only=False))
+        rows = sub.drop_columns(["geometry"]).to_pylist()
+        for kk, g, row in zip(k[sel].tolist(), geoms, rows):
+            pieces.setdefault(groups[kk], []).append((g, row))
     out = {}
     for rep, ps in pieces.items():
         geom = shapely.union_all([p[0] for p in ps], grid_size=None)
         geom = shapely.normalize(geom)
         if geom.geom_type == "MultiPolygon" and len(geom.geoms) == 1:
             geom = geom.geoms[0]
-        out[rep] = (geom, sum(p[1] for p in ps), sum(p[2] for p in ps))
+        rows = [p[1] for p in ps]
+        n_ch = sum(1 for c in rows[0] if c.endswith("_values"))
+        meas = combine_pieces(rows, n_ch) if "mean_x" in rows[0] else {}
+        out[rep] = (geom, sum(r["area_px"] for r in rows), sum(r["score_sum"] for r in rows), meas)
     return out
 
 
 def assemble_objects(workdir: str, n_tiles: int, groups: dict[int, int], batch_rows: int = ROW_GROUP) -> Iterator[dict]:
-    """Yield batches of whole objects in tile order: dicts of ``key, geometry (pixel coords), area_px, score_sum, tile``."""
+    """Yield batches of whole objects in tile order: dicts of ``key, geometry (pixel coords), area_px, score_sum,
+    tile`` and the measurement columns of :mod:`pipeline.stages.measure_objects`."""
     import shapely
 
     dissolved = _dissolve_groups(workdir, groups)
-    buf: dict[str, list] = {"key": [], "geometry": [], "area_px": [], "score_sum": [], "tile": []}
+    stat_cols = _stat_columns(workdir) if n_tiles else []
+    names = ["key", "geometry", "area_px", "score_sum", "tile", *stat_cols]
+    buf: dict[str, list] = {c: [] for c in names}
     for t in range(n_tiles):
-        tab = _read_part(part_path(workdir, t))
+        tab = _read_part(part_path(workdir, t), columns=[*_BASE, *stat_cols])
         if tab.num_rows == 0:
             continue
         keys = tab.column("key").to_numpy()
         geoms = shapely.from_wkb(tab.column("geometry").to_numpy(zero_copy_only=False))
         ap = tab.column("area_px").to_numpy()
         ss = tab.column("score_sum").to_numpy()
-        for k, g, a, s in zip(keys.tolist(), geoms, ap.tolist(), ss.tolist()):
+        stats = [tab.column(c).to_numpy() for c in stat_cols]
+        for i, (k, g, a, s) in enumerate(zip(keys.tolist(), geoms, ap.tolist(), ss.tolist())):
             rep = groups.get(k)
             if rep is not None:
                 if rep != k:
                     continue
-                g, a, s = dissolved[rep]
+                g, a, s, meas = dissolved[rep]
+                vals = [meas[c] for c in stat_cols]
+            else:
+                vals = [col[i] for col in stats]
             buf["key"].append(k)
             buf["geometry"].append(g)
             buf["area_px"].append(a)
             buf["score_sum"].append(s)
             buf["tile"].append(t)
+            for c, v in zip(stat_cols, vals):
+                buf[c].append(v)
         if len(buf["key"]) >= batch_rows:
             yield buf
             buf = {k: [] for k in buf}
@@ -112,7 +150,7 @@ def _geo_metadata(crs_json: dict, types: list[str], bbox: list[float]) -> bytes:
     }).encode()
 
 
-def _arrow_batch(rows: dict[str, np.ndarray], geoms: np.ndarray):
+def _arrow_batch(rows: dict[str, np.ndarray], geoms: np.ndarray, extra: list[str]):
     import pyarrow as pa
     import shapely
 
@@ -130,6 +168,7 @@ def _arrow_batch(rows: dict[str, np.ndarray], geoms: np.ndarray):
         "centroid_x": pa.array(cols["centroid_x"], pa.float64()),
         "centroid_y": pa.array(cols["centroid_y"], pa.float64()),
         "tile": pa.array(cols["tile"], pa.int32()),
+        **{c: pa.array(np.asarray(rows[c], np.float64), pa.float64()) for c in extra},
         "geometry": pa.array(shapely.to_wkb(geoms), pa.binary()),
         "bbox": pa.StructArray.from_arrays([pa.array(b[:, i], pa.float64()) for i in range(4)], ["xmin", "ymin", "xmax", "ymax"]),
     })
@@ -148,6 +187,8 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
     tmps = {ext: _tmp_name(p) for ext, p in finals.items()}
     staging = Path(workdir) / "staging.parquet"
     crs = output_crs(info)
+    channels = channel_names(info)
+    extra = measurement_names(channels)
     next_id = 1
     areas: list[np.ndarray] = []
     area_unit = "px"
@@ -176,10 +217,11 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
                 "tile": np.asarray(batch["tile"], np.int32),
                 **{k: v for k, v in m.items() if k != "geometry"},
             }
+            rows.update(object_columns(batch, geoms_px, m["area"], m["perimeter"], info, channels))
             next_id += n
             areas.append(rows["area"])
             area_unit = str(rows["area_unit"][0]) if n else area_unit
-            table = _arrow_batch(rows, m["geometry"])
+            table = _arrow_batch(rows, m["geometry"], extra)
             import shapely
 
             types.update(shapely.get_type_id(m["geometry"]).tolist())
@@ -188,7 +230,7 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
             if writer is None:
                 writer = pq.ParquetWriter(staging, table.schema, compression="zstd")
             writer.write_table(table)
-            gdf = gpd.GeoDataFrame({c: rows[c] for c in OUTPUT_COLUMNS}, geometry=m["geometry"], crs=crs if info.crs_wkt else None)
+            gdf = gpd.GeoDataFrame({c: rows[c] for c in [*OUTPUT_COLUMNS, *extra]}, geometry=m["geometry"], crs=crs if info.crs_wkt else None)
             _write_gpkg(
                 gdf, tmps["gpkg"], layer="objects", driver="GPKG", append=not first_gpkg,
                 dataset_options={"VERSION": "1.2"} if first_gpkg else None,
@@ -201,12 +243,12 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
             writer = None
         n_obj = next_id - 1
         if first_gpkg:  # no objects: still write valid, empty files
-            empty = gpd.GeoDataFrame({c: [] for c in OUTPUT_COLUMNS}, geometry=gpd.GeoSeries([], crs=crs if info.crs_wkt else None))
+            empty = gpd.GeoDataFrame({c: [] for c in [*OUTPUT_COLUMNS, *extra]}, geometry=gpd.GeoSeries([], crs=crs if info.crs_wkt else None))
             _write_gpkg(empty, tmps["gpkg"], layer="objects", driver="GPKG", dataset_options={"VERSION": "1.2"},
                                     layer_options=gpkg_layer_options, geometry_type="Polygon")
         if not info.crs_wkt:
             _gpkg_undefined_cartesian(tmps["gpkg"])
-        _finish_geoparquet(staging if n_obj else None, tmps["parquet"], crs, types, bbox)
+        _finish_geoparquet(staging if n_obj else None, tmps["parquet"], crs, types, bbox, extra)
         all_areas = np.concatenate(areas) if areas else np.zeros(0)
         summary = {
             **summary,
@@ -214,6 +256,8 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
             "counts_per_class": {class_name: int(n_obj)} if n_obj else {},
             "area_unit": area_unit if n_obj else None,
             "area_stats": _area_stats(all_areas),
+            **scene_density(int(n_obj), valid_pixels(workdir, n_tiles), info, summary.get("tissue_px")),
+            "channels": channels,
             "crs": crs.to_json_dict() if info.crs_wkt else None,
             "outputs": {k: str(v) for k, v in finals.items()},
         }
@@ -234,7 +278,7 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
 _TYPE_NAMES = {3: "Polygon", 6: "MultiPolygon", 7: "GeometryCollection"}
 
 
-def _finish_geoparquet(staging: Path | None, dest: Path, crs, types: set[int], bbox: list[float]) -> None:
+def _finish_geoparquet(staging: Path | None, dest: Path, crs, types: set[int], bbox: list[float], extra: list[str]) -> None:
     """Copy the staged rows into the final file with complete GeoParquet 1.1 metadata (types and bbox
     are only known once every row is written)."""
     import pyarrow as pa
@@ -245,7 +289,8 @@ def _finish_geoparquet(staging: Path | None, dest: Path, crs, types: set[int], b
         schema = pa.schema([("object_id", pa.int64()), ("class", pa.string()), ("score", pa.float32()),
                             ("area_px", pa.int64()), ("area", pa.float64()), ("area_unit", pa.string()),
                             ("perimeter", pa.float64()), ("perimeter_unit", pa.string()), ("centroid_x", pa.float64()),
-                            ("centroid_y", pa.float64()), ("tile", pa.int32()), ("geometry", pa.binary()),
+                            ("centroid_y", pa.float64()), ("tile", pa.int32()),
+                            *[(c, pa.float64()) for c in extra], ("geometry", pa.binary()),
                             ("bbox", pa.struct([(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")]))])
         schema = schema.with_metadata({b"geo": _geo_metadata(crs_json, [], [])})
         pq.write_table(schema.empty_table(), dest, compression="zstd")

@@ -124,27 +124,39 @@ def vectorize_core(labels: np.ndarray, core_rel: tuple[slice, slice], row0: int,
     return ids, counts[ids].astype(np.int64), geoms
 
 
-def _write_part(path: Path, index: int, ids, area_px, score_sum, geoms) -> None:
+def _write_part(path: Path, index: int, ids, area_px, score_sum, geoms, meas: dict | None = None, valid_px: int | None = None) -> None:
+    """One row per piece; ``meas`` adds the per-piece measurements (:mod:`pipeline.stages.measure_objects`),
+    the sorted pixel values of edge pieces as list columns. ``valid_px`` (the core's pixels holding image data)
+    goes into the file's metadata: the scene's valid area is their sum, also after a resumed run."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import shapely
 
-    table = pa.table({
+    cols = {
         "key": pa.array(tile_key(index, ids) if len(ids) else np.zeros(0, np.int64), pa.int64()),
         "area_px": pa.array(area_px, pa.int64()),
         "score_sum": pa.array(score_sum, pa.float64()),
         "geometry": pa.array(shapely.to_wkb(np.array(geoms, dtype=object)) if len(geoms) else [], pa.binary()),
-    })
+    }
+    for name, v in (meas or {}).items():
+        if isinstance(v, tuple):
+            cols[name] = pa.ListArray.from_arrays(pa.array(v[0].astype(np.int32)), pa.array(v[1]))
+        else:
+            cols[name] = pa.array(v)
+    table = pa.table(cols)
+    if valid_px is not None:
+        table = table.replace_schema_metadata({b"valid_px": str(int(valid_px)).encode()})
     tmp = path.with_suffix(".part.tmp")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
 
 
-def _read_windows(job: TileJob, tiles: list[Tile]) -> list[np.ndarray]:
+def _read_windows(job: TileJob, tiles: list[Tile]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Normalised windows for the model, and the raw windows (kept for the per-object measurements)."""
     import zarr
 
     arr = zarr.open_array(job.zarr_path, path="image", mode="r")
-    out = []
+    out, raw = [], []
     for t in tiles:
         w = t.window
         data = arr[:, w.row : w.row_end, w.col : w.col_end]
@@ -152,12 +164,15 @@ def _read_windows(job: TileJob, tiles: list[Tile]) -> list[np.ndarray]:
         if job.nodata is not None:
             norm[:, np.all(data == job.nodata, axis=0)] = 0.0
         out.append(norm)
-    return out
+        raw.append(data)
+    return out, raw
 
 
-def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray) -> tuple[int, tuple[float, float]]:
-    """Label one tile's window, store the window labels, vectorize the core and write the part file.
-    Returns the number of pieces and the seconds spent labelling and vectorizing."""
+def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw: np.ndarray) -> tuple[int, tuple[float, float, float]]:
+    """Label one tile's window, store the window labels, vectorize and measure the core, write the part file.
+    Returns the number of pieces and the seconds spent labelling, vectorizing and measuring."""
+    from pipeline.stages.measure_objects import piece_measurements
+
     ta = time.perf_counter()
     if model.kind == "classical":
         labels, prob = model.instances(heads, job.stats["threshold"])
@@ -175,8 +190,11 @@ def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray) -> t
         core_lab = labels[core_rel]
         sums = np.bincount(core_lab.ravel(), weights=prob[core_rel].ravel().astype(np.float64), minlength=int(core_lab.max()) + 1)
         score_sum = sums[ids]
-    _write_part(part_path(job.workdir, t.index), t.index, ids, area_px, score_sum, geoms)
-    return len(ids), (tb - ta, time.perf_counter() - tb)
+    tc = time.perf_counter()
+    raw_core = raw[(slice(None), *core_rel)]
+    meas = piece_measurements(labels[core_rel], ids, raw_core, t.core.row, t.core.col)
+    _write_part(part_path(job.workdir, t.index), t.index, ids, area_px, score_sum, geoms, meas, _valid_pixels(raw_core, job.nodata))
+    return len(ids), (tb - ta, tc - tb, time.perf_counter() - tc)
 
 
 def _submit(model, job: TileJob, tiles: list[Tile], prepared: list[np.ndarray]):
@@ -216,7 +234,7 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
 
     grid = job.grid
     todo = [grid[i] for i in indices if not part_path(job.workdir, i).exists()]
-    timings = {"read": 0.0, "model": 0.0, "instances": 0.0, "vectorize": 0.0}
+    timings = {"read": 0.0, "model": 0.0, "instances": 0.0, "vectorize": 0.0, "measure": 0.0}
     if not todo:
         return {"tiles": 0, "skipped": len(indices), "pieces": 0, "timings": timings, "pixels": 0}
     model = get_model(job.model, job.classical, job.device, job.threads, job.tta)
@@ -229,21 +247,30 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
     for tiles in [*batches, None]:
         if tiles is not None:
             t0 = time.perf_counter()
-            prepared = [model.prepare(n) for n in _read_windows(job, tiles)]
+            norms, raws = _read_windows(job, tiles)
+            prepared = [model.prepare(n) for n in norms]
             t1 = time.perf_counter()
-            submitted = (tiles, *_submit(model, job, tiles, prepared))
+            submitted = (tiles, raws, *_submit(model, job, tiles, prepared))
             timings["read"] += t1 - t0
             timings["model"] += time.perf_counter() - t1
         if pending is not None:
-            p_tiles, p_heads, crops = pending
+            p_tiles, p_raws, p_heads, crops = pending
             t0 = time.perf_counter()
             out = p_heads.result()
             timings["model"] += time.perf_counter() - t0
             for i, (t, (r, c, h, w)) in enumerate(zip(p_tiles, crops)):
-                n_pieces, tt = _post_process(model, job, win_arr, t, out[i, :, r : r + h, c : c + w])
+                n_pieces, tt = _post_process(model, job, win_arr, t, out[i, :, r : r + h, c : c + w], p_raws[i])
                 pieces += n_pieces
                 pixels += t.core.height * t.core.width
                 timings["instances"] += tt[0]
                 timings["vectorize"] += tt[1]
+                timings["measure"] += tt[2]
         pending = submitted if tiles is not None else None
     return {"tiles": len(todo), "skipped": len(indices) - len(todo), "pieces": pieces, "timings": timings, "pixels": pixels}
+
+
+def _valid_pixels(core: np.ndarray, nodata: float | None) -> int:
+    """Pixels of a tile core that hold image data (not nodata in every band): the scene's valid area."""
+    if nodata is None:
+        return int(core.shape[1] * core.shape[2])
+    return int((~np.all(core == nodata, axis=0)).sum())
