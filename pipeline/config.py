@@ -47,6 +47,8 @@ class SegmentConfig(_Strict):
     classical: ClassicalParams = Field(default_factory=ClassicalParams)
     stats: StatsParams = Field(default_factory=StatsParams)
     keep_intermediate: bool = False
+    qupath_geojson: bool = True  # <stem>.geojson: detections with measurements, QuPath's import format
+    label_image: bool = True  # <stem>.ome.zarr: OME-NGFF multiscale label image (napari-ome-zarr, QuPath)
     workdir: str | None = None  # default: OUT/.seamline-work/<stem>
 
     @model_validator(mode="after")

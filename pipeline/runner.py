@@ -247,7 +247,8 @@ def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) ->
         "warnings": plan.warnings,
         **extra,
     }
-    return write_outputs(str(plan.workdir), len(plan.grid), groups, info, plan.out_dir, info.stem, plan.class_name, summary)
+    return write_outputs(str(plan.workdir), len(plan.grid), groups, info, plan.out_dir, info.stem, plan.class_name, summary,
+                         geojson=c.qupath_geojson)
 
 
 def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, client=None) -> dict:
@@ -271,11 +272,23 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
             t = time.perf_counter()
             groups = run_stitch(cl, plan, job)
             timings["stitch"] = time.perf_counter() - t
+            label_image = None
+            if cfg.label_image:  # on the workers, chunk by chunk, from the window labels and the stitch groups
+                from pipeline.io.labels_zarr import write_label_image
+
+                t = time.perf_counter()
+                plan.out_dir.mkdir(parents=True, exist_ok=True)
+                label_image = write_label_image(cl, str(plan.workdir), plan.grid, groups, plan.info,
+                                                plan.out_dir / f"{plan.info.stem}.ome.zarr")
+                timings["label_image"] = time.perf_counter() - t
         t = time.perf_counter()
         extra = {"stats": stats, "worker_seconds": tiles["timings"], "tiles_processed": tiles["tiles"],
                  "tiles_resumed": tiles["skipped"], "joined_objects": len(set(groups.values()))}
         summary = run_write(plan, groups, {**extra, "timings_s": timings})
         timings["write"] = time.perf_counter() - t
+        if label_image is not None:
+            summary["label_image"] = label_image
+            summary["outputs"]["ome_zarr"] = label_image["path"]
     timings["total"] = time.perf_counter() - t_all
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     summary["megapixels_per_s"] = round(plan.info.width * plan.info.height / 1e6 / timings["total"], 3)

@@ -120,3 +120,48 @@ def test_shape_features_of_known_ellipse(dask_client_session, tmp_path):
     # Per scene: the valid image area and objects per mm².
     assert s["tissue_area_unit"] == "mm2" and s["tissue_area"] == pytest.approx(200 * 220 / 1e6)
     assert s["objects_density"] == pytest.approx(1 / s["tissue_area"])
+
+
+def test_qupath_geojson(runs):
+    """The structure QuPath's GeoJSON import reads: detections with classification and numeric measurements,
+    coordinates in full-resolution pixels (the same polygons as the GeoParquet of an un-georeferenced image)."""
+    import json
+    import math
+
+    import shapely
+
+    s = runs["tiled"]
+    fc = json.loads(open(s["outputs"]["geojson"], encoding="utf-8").read())
+    g = gpd.read_parquet(s["outputs"]["parquet"]).set_index("object_id")
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(g) == s["objects"]
+    for f in fc["features"]:
+        assert f["type"] == "Feature" and f["geometry"]["type"] in ("Polygon", "MultiPolygon")
+        p = f["properties"]
+        assert p["objectType"] == "detection"
+        cls = p["classification"]
+        assert isinstance(cls["name"], str) and len(cls["color"]) == 3 and all(0 <= c <= 255 for c in cls["color"])
+        m = p["measurements"]
+        assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in m.values())
+        row = g.loc[m["Object ID"]]
+        assert shapely.geometry.shape(f["geometry"]).equals(row.geometry)
+        assert m["ch2: Median"] == row.ch2_median and m["Area µm^2"] == pytest.approx(row.area)
+        assert {"ch1: Mean", "ch1: Std.Dev.", "ch1: Min", "ch1: Max", "Circularity", "Solidity"} <= m.keys()
+
+
+def test_ome_zarr_labels(runs, two_channel_scene):
+    """ome-zarr-py reads the NGFF label image; its pixels are the objects' ids, one id per joined object."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    s = runs["tiled"]
+    nodes = list(Reader(parse_url(s["outputs"]["ome_zarr"] + "/labels"))())
+    (node,) = [n for n in nodes if any(isinstance(sp, Label) for sp in n.specs)]
+    levels = [np.asarray(d) for d in node.data]
+    assert node.metadata["name"] == "objects" and len(levels) >= 2
+    assert [a["name"] for a in node.metadata["axes"]] == ["y", "x"]
+    assert node.metadata["coordinateTransformations"][0][0]["scale"] == [PX[1], PX[0]]
+    with rasterio.open(two_channel_scene) as ds:
+        ref = rasterize_output(s["outputs"]["parquet"], (ds.height, ds.width), ds.transform)
+    assert levels[0].dtype == np.uint32 and np.array_equal(levels[0], ref)
+    assert np.array_equal(levels[1], levels[0][::2, ::2])  # nearest: labels never interpolated
+    assert len(np.unique(levels[0])) - 1 == s["objects"]

@@ -176,14 +176,19 @@ def _arrow_batch(rows: dict[str, np.ndarray], geoms: np.ndarray, extra: list[str
 
 
 def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: SceneInfo, out_dir: Path, stem: str,
-                  class_name: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """Write ``<stem>.parquet``, ``<stem>.gpkg`` and ``<stem>.json`` atomically; returns the summary."""
+                  class_name: str, summary: dict[str, Any], geojson: bool = False) -> dict[str, Any]:
+    """Write ``<stem>.parquet``, ``<stem>.gpkg`` and ``<stem>.json`` atomically (and, with ``geojson``, the
+    QuPath ``<stem>.geojson``: :mod:`pipeline.io.qupath`); returns the summary."""
+    from pipeline.io.qupath import GeoJSONWriter, class_color
+    from pipeline.stages.measure_objects import channel_columns
+
     import geopandas as gpd
     import pyarrow.parquet as pq
     import pyogrio
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    finals = {ext: out_dir / f"{stem}.{ext}" for ext in ("parquet", "gpkg", "json")}
+    exts = ("parquet", "gpkg", "geojson", "json") if geojson else ("parquet", "gpkg", "json")
+    finals = {ext: out_dir / f"{stem}.{ext}" for ext in exts}
     tmps = {ext: _tmp_name(p) for ext, p in finals.items()}
     staging = Path(workdir) / "staging.parquet"
     crs = output_crs(info)
@@ -195,6 +200,7 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
     types: set[str] = set()
     bbox = [np.inf, np.inf, -np.inf, -np.inf]
     writer = None
+    gj = None
     gpkg_layer_options = {"SPATIAL_INDEX": "YES", "FID": "fid", "GEOMETRY_NAME": "geom"}
     if not info.crs_wkt and pyogrio.__gdal_version__ >= (3, 9, 0):
         # GDAL >= 3.9 then writes srs_id -1 into every geometry blob header too; fixing only the metadata
@@ -204,6 +210,8 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
         first_gpkg = True
+        if geojson:
+            gj = GeoJSONWriter(tmps["geojson"])
         for batch in assemble_objects(workdir, n_tiles, groups):
             geoms_px = np.array(batch["geometry"], dtype=object)
             m = measure(geoms_px, info)
@@ -222,6 +230,8 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
             areas.append(rows["area"])
             area_unit = str(rows["area_unit"][0]) if n else area_unit
             table = _arrow_batch(rows, m["geometry"], extra)
+            if gj is not None:
+                gj.add(geoms_px, rows, class_name, class_color(class_name), channels, channel_columns(channels))
             import shapely
 
             types.update(shapely.get_type_id(m["geometry"]).tolist())
@@ -241,6 +251,9 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
         if writer is not None:
             writer.close()
             writer = None
+        if gj is not None:
+            gj.close()
+            gj = None
         n_obj = next_id - 1
         if first_gpkg:  # no objects: still write valid, empty files
             empty = gpd.GeoDataFrame({c: [] for c in [*OUTPUT_COLUMNS, *extra]}, geometry=gpd.GeoSeries([], crs=crs if info.crs_wkt else None))
@@ -262,12 +275,14 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
             "outputs": {k: str(v) for k, v in finals.items()},
         }
         tmps["json"].write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
-        for ext in ("parquet", "gpkg", "json"):
+        for ext in exts:
             os.replace(tmps[ext], finals[ext])
         return summary
     except BaseException:
         if writer is not None:
             writer.close()
+        if gj is not None:
+            gj.abort()
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
         raise
