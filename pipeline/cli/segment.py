@@ -55,13 +55,25 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"--out {out}: exists and is not a folder; pass a folder path")
-    results = []
+    from pipeline.io.batch import batch_row, failed_row, write_batch_summary
+
+    rows, first_error = [], None
     with dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
         for p in args.inputs:
-            s = segment_scene(p, out, cfg, client=client)
-            results.append(s)
+            try:
+                s = segment_scene(p, out, cfg, client=client)
+            except Exception as exc:  # one failed slide does not stop the batch; it is reported, then raised
+                first_error = first_error or exc
+                rows.append(failed_row(p, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+                continue
+            rows.append(batch_row(s))
             print(f"{Path(p).name}: {s['objects']} objects -> {s['outputs']['parquet']}, {s['outputs']['gpkg']} "
                   f"({s['timings_s']['total']:.1f} s, {s['megapixels_per_s']:.2f} Mpx/s)")
+    if any(r["status"] == "ok" for r in rows):  # nothing finished: nothing written (no partial outputs)
+        paths = write_batch_summary(out, rows)
+        print(f"batch summary ({len(rows)} inputs): {paths['parquet']}, {paths['csv']}")
+    if first_error is not None:
+        raise first_error
     return 0
 
 

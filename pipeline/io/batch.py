@@ -1,0 +1,65 @@
+"""The batch table: one row per input scene of a ``seamline segment`` call (``summary.parquet`` + ``.csv``).
+
+What a biologist compares across slides — object count, tissue area, objects per mm², timings — and whether
+each slide finished (``status`` ``ok`` or ``failed`` with the one-line error). Written after the last scene,
+under temporary names then renamed, so a reader never sees half a table.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["batch_row", "failed_row", "write_batch_summary", "BATCH_COLUMNS"]
+
+BATCH_COLUMNS = ["input", "stem", "status", "error", "objects", "tissue_area", "tissue_area_unit", "objects_density",
+                 "objects_density_unit", "width", "height", "megapixels", "seconds_total", "megapixels_per_s",
+                 "seconds_ingest", "seconds_tiles", "seconds_stitch", "seconds_label_image", "seconds_write",
+                 "model", "parquet"]
+
+
+def batch_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """The row of a finished scene, from its run summary."""
+    t = summary.get("timings_s", {})
+    return {
+        "input": summary["input"], "stem": Path(summary["outputs"]["parquet"]).stem, "status": "ok", "error": None,
+        "objects": summary["objects"], "tissue_area": summary.get("tissue_area"),
+        "tissue_area_unit": summary.get("tissue_area_unit"), "objects_density": summary.get("objects_density"),
+        "objects_density_unit": summary.get("objects_density_unit"), "width": summary["width"],
+        "height": summary["height"], "megapixels": summary["width"] * summary["height"] / 1e6,
+        "seconds_total": t.get("total"), "megapixels_per_s": summary.get("megapixels_per_s"),
+        "seconds_ingest": t.get("ingest_and_stats"), "seconds_tiles": t.get("tiles"), "seconds_stitch": t.get("stitch"),
+        "seconds_label_image": t.get("label_image"), "seconds_write": t.get("write"),
+        "model": summary.get("model", {}).get("spec"), "parquet": summary["outputs"]["parquet"],
+    }
+
+
+def failed_row(input_path: str, error: str) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(BATCH_COLUMNS)
+    row.update({"input": input_path, "stem": Path(input_path.split("::")[0]).stem, "status": "failed", "error": error})
+    return row
+
+
+def write_batch_summary(out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Write ``summary.parquet`` and ``summary.csv`` into ``out_dir``; returns their paths."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    types = {c: pa.string() for c in BATCH_COLUMNS}
+    types.update({c: pa.float64() for c in BATCH_COLUMNS if c.startswith("seconds_") or c in
+                  ("tissue_area", "objects_density", "megapixels", "megapixels_per_s")})
+    types.update({"objects": pa.int64(), "width": pa.int64(), "height": pa.int64()})
+    table = pa.table({c: pa.array([r.get(c) for r in rows], types[c]) for c in BATCH_COLUMNS})
+    finals = {"parquet": out_dir / "summary.parquet", "csv": out_dir / "summary.csv"}
+    tmps = {k: p.with_name(f".{p.stem}.{os.getpid()}.tmp{p.suffix}") for k, p in finals.items()}
+    try:
+        pq.write_table(table, tmps["parquet"], compression="zstd")
+        pacsv.write_csv(table, tmps["csv"])
+        for k in finals:
+            os.replace(tmps[k], finals[k])
+    finally:
+        for p in tmps.values():
+            Path(p).unlink(missing_ok=True)
+    return {k: str(v) for k, v in finals.items()}
