@@ -21,7 +21,8 @@ def test_segment_configs_validate(name):
     assert cfg.halo is None or cfg.halo < cfg.tile  # None: the model's receptive field
 
 
-@pytest.mark.parametrize("name", ["train_nuclei.yaml", "train_nuclei_stage2.yaml", "train_nuclei_stage3.yaml", "train_aerial.yaml"])
+@pytest.mark.parametrize("name", ["train_nuclei.yaml", "train_nuclei_stage2.yaml", "train_nuclei_stage3.yaml", "train_aerial.yaml",
+                                  "train_buildings.yaml", "train_trees.yaml"])
 def test_train_configs_validate(name):
     assert load_yaml_config(CONFIGS / name, TrainConfig).epochs > 0
 

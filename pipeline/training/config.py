@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.training.grids import VALIDATION_GRID
 
@@ -16,10 +16,16 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    kind: Literal["folders", "geotiff"] = "folders"
+    kind: Literal["folders", "geotiff", "boxes"] = "folders"
     root: str | None = None  # folders: root with images/ and labels/
-    rasters: list[str] = Field(default_factory=list)  # geotiff: scenes
+    rasters: list[str] = Field(default_factory=list)  # geotiff / boxes: images (paths or glob patterns)
     vectors: str | None = None  # geotiff: polygons
+    # geotiff: group rasters into square places of this size (map units) and hold out whole places
+    # (pipeline/training/places.py); needs the config's pixel_size (rasters are resampled to it)
+    place_size: float | None = Field(default=None, gt=0)
+    boxes: list[str] = Field(default_factory=list)  # boxes: VOC XML, CSV or vector files (pipeline/training/boxdata.py)
+    tile: int | None = Field(default=None, ge=64)  # boxes: cut larger images into tiles of this size (split unit)
+    val_names: list[str] | None = None  # hold out exactly these samples instead of a random split
     limit: int | None = Field(default=None, gt=0)
 
 
@@ -42,6 +48,10 @@ class TrainConfig(_Strict):
     batch_size: int = Field(default=8, gt=0)
     crop: int = Field(default=256, ge=64)
     crops_per_image: int = Field(default=1, gt=0)
+    scale: tuple[float, float] = (0.75, 1.33)  # random zoom of the crops (augmentation)
+    # Ground sampling distance the model is trained at, e.g. [0.15, "m"]: written into the checkpoint
+    # (seamline segment resamples inputs to it); place-based GeoTIFF data is resampled to it.
+    pixel_size: tuple[float, Literal["m", "um"]] | None = None
     lr: float = Field(default=2e-3, gt=0)
     contact_weight: float = Field(default=5.0, ge=0)  # extra loss weight on the band between touching objects
     val_every: int = Field(default=1, gt=0)  # validate (and maybe keep the checkpoint) every N epochs and the last
@@ -50,6 +60,9 @@ class TrainConfig(_Strict):
     device: str = "auto"
     threads: int | None = None
     max_minutes: float | None = None
+    # 'steps': one-cycle LR over epochs x steps; 'time': one cycle over max_minutes (a shared CPU's speed is
+    # unknown in advance; training stops at max_minutes or after the epochs, whichever comes first)
+    schedule: Literal["steps", "time"] = "steps"
     # Written into the checkpoint; the default halo of seamline segment. A depth-5 U-Net's effective receptive
     # field is far over 64 px: for the shipped model, context beyond 192 px moves the heads by < 0.01 (beyond
     # 128 px by < 0.08), and 192 makes tiled = untiled object for object. Measure your own with bench/receptive_field.py.
@@ -59,3 +72,9 @@ class TrainConfig(_Strict):
     )
     # Post-processing settings tried at every validation; the best is stored with the checkpoint ({}: none).
     postprocess_grid: dict[str, list[float]] = Field(default_factory=lambda: {k: list(v) for k, v in VALIDATION_GRID.items()})
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.schedule == "time" and not self.max_minutes:
+            raise ValueError("schedule: time needs max_minutes (the budget the learning-rate cycle spans)")
+        return self

@@ -37,6 +37,9 @@ class Sample:
     image: np.ndarray
     labels: np.ndarray
     modality: str = "unknown"
+    boxes: np.ndarray | None = None  # box samples: (N, 4) xmin, ymin, xmax, ymax in pixels (boxdata.py)
+    box_classes: list[str] | None = None
+    box_counted: np.ndarray | None = None  # (N,) bool: the box counts as truth when scoring
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -112,11 +115,41 @@ def load_geotiff_dataset(rasters: list[str | Path], vectors: str | Path, in_chan
     return out
 
 
-def load_samples(data, in_channels: int) -> list[Sample]:
-    """The labelled images a training config's ``data:`` names (:class:`~pipeline.training.config.DataConfig`)."""
+def load_samples(data, in_channels: int, pixel_size: float | None = None) -> list[Sample]:
+    """The labelled images a training config's ``data:`` names (:class:`~pipeline.training.config.DataConfig`);
+    ``pixel_size``: the GSD place-based GeoTIFF data is resampled to."""
     if data.kind == "folders":
         return load_folder_dataset(data.root, in_channels, limit=data.limit)
-    return load_geotiff_dataset(data.rasters, data.vectors, in_channels)
+    if data.kind == "boxes":
+        from pipeline.training.boxdata import load_box_dataset
+
+        return load_box_dataset(data.rasters, data.boxes, in_channels, tile=data.tile)
+    if data.place_size:
+        from pipeline.training.places import load_places_dataset
+
+        if pixel_size is None:
+            raise InputError("training config: data.place_size needs pixel_size: [value, unit] (the GSD to resample to)")
+        return load_places_dataset(data.rasters, data.vectors, pixel_size, data.place_size, in_channels)
+    from pipeline.training.places import expand_paths
+
+    return load_geotiff_dataset(expand_paths(data.rasters, "rasters"), data.vectors, in_channels)
+
+
+def split_samples(samples: list[Sample], data, val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Train/validation split: the names in ``data.val_names``, whole places (place-based data), or random
+    per modality."""
+    if data.val_names:
+        names = set(data.val_names)
+        unknown = names - {s.name for s in samples}
+        if unknown:
+            raise InputError(f"training config data.val_names: {sorted(unknown)} are not sample names; "
+                             f"names look like {sorted(s.name for s in samples)[:3]}")
+        return [s for s in samples if s.name not in names], [s for s in samples if s.name in names]
+    if data.kind == "geotiff" and data.place_size:
+        from pipeline.training.places import split_by_place
+
+        return split_by_place(samples, val_fraction, seed)
+    return split_train_val(samples, val_fraction, seed)
 
 
 def split_train_val(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -22,7 +22,7 @@ from pipeline.errors import ConfigError
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.models.network import build_network
 from pipeline.training.config import TrainConfig
-from pipeline.training.data import Augmenter, Sample, load_samples, split_train_val
+from pipeline.training.data import Augmenter, Sample, load_samples, split_samples
 
 __all__ = ["train", "validate"]
 
@@ -87,8 +87,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # Fine-tuning keeps the starting checkpoint's network: its architecture overrides the config's.
         arch = {k: load_metadata(init_from)[k] for k in arch}
     in_ch = arch["in_channels"]
-    samples = load_samples(cfg.data, in_ch)
-    train_s, val_s = split_train_val(samples, cfg.val_fraction, cfg.seed)
+    samples = load_samples(cfg.data, in_ch, cfg.pixel_size[0] if cfg.pixel_size else None)
+    train_s, val_s = split_samples(samples, cfg.data, cfg.val_fraction, cfg.seed)
+    boxes = cfg.data.kind == "boxes"
     _log(f"data: {len(train_s)} training, {len(val_s)} validation images ({cfg.data.kind})")
     net = build_network(arch)
     if init_from:
@@ -100,11 +101,31 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # 4.1 images/s); on CUDA, mixed precision does the work.
     fmt = torch.channels_last if device == "cpu" else torch.contiguous_format
     net = net.to(device, memory_format=fmt)
+    history = []
+    best = -1.0
+    best_epoch = -1
+    t_start = time.perf_counter()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps_per_epoch = max(1, (len(train_s) * cfg.crops_per_image) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
+    if cfg.schedule == "time":
+        # One cycle over the time budget, not the step count: on a CPU shared with other work the number of
+        # steps that fit in max_minutes is unknown, and a step-based cycle cut short never anneals.
+        import math
+
+        def _factor(_step: int) -> float:
+            f = min(1.0, (time.perf_counter() - t_start) / 60 / cfg.max_minutes)
+            return max(0.04, f / 0.1) if f < 0.1 else 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (f - 0.1) / 0.9))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _factor)
+    else:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
     scaler = torch.amp.GradScaler(enabled=device == "cuda")
-    aug = Augmenter(cfg.crop, cfg.seed, contact_weight=cfg.contact_weight)
+    if boxes:  # box-supervised: projection loss + background outside the boxes (training/boxloss.py)
+        from pipeline.training.boxloss import BoxAugmenter, box_losses
+
+        aug = BoxAugmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale))
+    else:
+        aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight)
     rng = np.random.default_rng(cfg.seed)
     post = dict(cfg.postprocess)
 
@@ -118,10 +139,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             y = torch.sigmoid(net(x).float())
         return y[:, :, :h, :w].cpu().numpy()
 
-    history = []
-    best = -1.0
-    best_epoch = -1
-    t_start = time.perf_counter()
     images_seen = 0
     train_time = 0.0
     for epoch in range(1, cfg.epochs + 1):
@@ -134,10 +151,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             crops = [aug(train_s[i]) for i in idx]
             x = torch.from_numpy(np.stack([c[0] for c in crops])).to(device).contiguous(memory_format=fmt)
             y = torch.from_numpy(np.stack([c[1] for c in crops])).to(device)
-            w = torch.from_numpy(np.stack([c[2] for c in crops])).to(device)
             with torch.autocast(device, dtype=torch.float16, enabled=device == "cuda"):
                 logits = net(x)
-            loss = _losses(logits.float(), y, w)
+            if boxes:
+                loss = box_losses(logits.float(), y, [c[2] for c in crops])
+            else:
+                loss = _losses(logits.float(), y, torch.from_numpy(np.stack([c[2] for c in crops])).to(device))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -147,7 +166,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             images_seen += len(idx)
         dt = time.perf_counter() - t0
         train_time += dt
-        due = epoch % cfg.val_every == 0 or epoch == cfg.epochs
+        out_of_time = bool(cfg.max_minutes) and (time.perf_counter() - t_start) / 60 > cfg.max_minutes
+        due = epoch % cfg.val_every == 0 or epoch == cfg.epochs or out_of_time
         val: dict[str, Any] = {}
         if val_s and due:
             val_post, val = validate(model_fn, val_s, post, cfg.postprocess_grid)
@@ -166,12 +186,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             meta = {
                 **arch,
                 "classes": cfg.classes,
+                **({"pixel_size": list(cfg.pixel_size)} if cfg.pixel_size else {}),
                 "postprocess": val_post if val else post,
                 "normalization": {"method": "percentile", "low": 1.0, "high": 99.8, "per": "scene, per band"},
                 "receptive_field_px": cfg.receptive_field_px,
                 "training": {
                     "data": str(cfg.data.root or cfg.data.rasters),
                     "kind": cfg.data.kind,
+                    "score": "box F1 at box IoU 0.4" if boxes else "F1 and AP at mask IoU 0.5",
                     "train_images": len(train_s),
                     "val_images": len(val_s),
                     "val_names": sorted(s.name for s in val_s),
@@ -180,6 +202,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "crop": cfg.crop,
                     "batch_size": cfg.batch_size,
                     "lr": cfg.lr,
+                    "schedule": cfg.schedule,
+                    "minutes": round((time.perf_counter() - t_start) / 60, 1),
                     "contact_weight": cfg.contact_weight,
                     "device": device,
                     "init_from": cfg.init_from,
@@ -191,7 +215,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 meta["postprocess_tuned_on"] = "validation split (figures slightly optimistic)"
             save_checkpoint(cfg.out, net.state_dict(), meta)
             _log(f"  saved best checkpoint (AP50 {ap:.3f}) to {cfg.out}")
-        if cfg.max_minutes and (time.perf_counter() - t_start) / 60 > cfg.max_minutes:
+        if out_of_time:
             _log(f"stopping: time budget of {cfg.max_minutes} min reached after epoch {epoch}")
             break
     summary = {"best_epoch": best_epoch, "best_ap50": best, "history": history,

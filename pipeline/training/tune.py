@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from pipeline.errors import ParameterError
 from pipeline.models.instances import heads_to_instances
+from pipeline.evaluation.boxes import box_counts, boxes_of_labels
 from pipeline.evaluation.metrics import counts_at
 from pipeline.models.checkpoint import checkpoint_paths, load_metadata
 from pipeline.models.learned import LearnedModel
@@ -43,7 +44,11 @@ class Scorer:
         if key not in self._counts:
             per_image = []
             for h, s in zip(self.heads, self.samples):
-                per_image.append(counts_at(s.labels, heads_to_instances(h[0], h[1], h[2], **post)))
+                pred = heads_to_instances(h[0], h[1], h[2], **post)
+                if s.boxes is not None:  # box labels: box-level counts at box IoU 0.4 (NEON benchmark)
+                    per_image.append(box_counts(s.boxes, boxes_of_labels(pred), s.box_counted))
+                else:
+                    per_image.append(counts_at(s.labels, pred))
             self._counts[key] = per_image
         return self._counts[key]
 
@@ -58,7 +63,9 @@ class Scorer:
                 for j, v in enumerate(per_image[i]):
                     c[j] += v
                 c[3] += 1
-        return {k: {"ap50": v[0] / max(1, v[0] + v[1] + v[2]), "tp": v[0], "fp": v[1], "fn": v[2], "images": v[3]}
+        # F1 = 2TP / (2TP + FP + FN) = 2 AP / (1 + AP): the same ranking, reported beside AP.
+        return {k: {"ap50": v[0] / max(1, v[0] + v[1] + v[2]), "f1": 2 * v[0] / max(1, 2 * v[0] + v[1] + v[2]),
+                    "tp": v[0], "fp": v[1], "fn": v[2], "images": v[3]}
                 for k, v in sorted(totals.items())}
 
     def best(self, base: dict[str, Any], grids: Sequence[dict[str, list]], images: Sequence[int] | None = None
@@ -114,7 +121,8 @@ def tune_postprocess(checkpoint: str, data: DataConfig | str, write: bool = True
         data = DataConfig(kind="folders", root=data)
     md = load_metadata(checkpoint)
     names = set(md["training"].get("val_names", []))
-    samples = [s for s in load_samples(data, int(md["in_channels"])) if s.name in names]
+    px = md.get("pixel_size")
+    samples = [s for s in load_samples(data, int(md["in_channels"]), px[0] if px else None) if s.name in names]
     if not samples:
         where = data.root if data.kind == "folders" else ", ".join(data.rasters)
         raise ParameterError(
