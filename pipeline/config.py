@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import ParameterError
@@ -19,6 +21,11 @@ class ClassicalParams(_Strict):
     min_area: int = Field(default=8, ge=1)
     merge_ratio: float = Field(default=0.75, gt=0, le=1)
     threshold: float | None = None  # None: Otsu on the scene sample (normalised intensity, 0..1)
+    # Hysteresis for dim objects: regions above the low threshold that never reach `threshold` are kept as
+    # objects. low_threshold None: low_ratio of the way from the scene's background level up to `threshold`;
+    # low_ratio null (or 1): off.
+    low_ratio: float | None = Field(default=0.5, gt=0, le=1)
+    low_threshold: float | None = None
 
 
 class StatsParams(_Strict):
@@ -38,6 +45,9 @@ class SegmentConfig(_Strict):
     batch_size: int = Field(default=4, ge=1)  # tiles per model call
     tiles_per_task: int = Field(default=4, ge=1)
     device: str = "auto"
+    # CPU forward pass: eager (PyTorch channels-last float32), bf16, compile (torch.compile), onnx (ONNX Runtime);
+    # see docs/BENCHMARKS.md for which is fastest here and keeps the validation AP
+    inference: Literal["eager", "bf16", "compile", "onnx"] = "eager"
     tta: bool = False  # learned models: average over 4 mirror images (4x slower, a little more accurate)
     # Per LocalCluster worker: Dask pauses a worker near it and restarts one that exceeds it. "auto" shares
     # the machine's memory between the workers; a learned model on 4096-px tiles needs ~6 GB per CPU worker.

@@ -62,7 +62,7 @@ def _fingerprint(info: SceneInfo, cfg: SegmentConfig, model: str) -> str:
         src_id = f"{src}:{st.st_size}:{st.st_mtime_ns}"
     except OSError:
         src_id = src
-    relevant = cfg.model_dump(include={"tile", "halo", "classical", "stats", "pixel_size_um", "tta"})
+    relevant = cfg.model_dump(include={"tile", "halo", "classical", "stats", "pixel_size_um", "tta", "inference"})
     return hashlib.sha256(json.dumps([src_id, relevant, model, __version__], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -162,7 +162,8 @@ def run_ingest(client, plan: ScenePlan) -> dict:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise InputError(f"input {info.path}: reading pixel data failed ({first}); the file looks truncated or corrupt — re-copy or re-export it") from None
     cl = plan.cfg.classical
-    stats = scene_statistics(samples, info.nodata, plan.cfg.stats.low, plan.cfg.stats.high, cl.threshold)
+    stats = scene_statistics(samples, info.nodata, plan.cfg.stats.low, plan.cfg.stats.high, cl.threshold, cl.low_ratio,
+                             cl.low_threshold)
     stats["stride"] = stride
     stats_file.write_text(json.dumps(stats))
     return stats
@@ -176,8 +177,8 @@ def make_job(plan: ScenePlan, stats: dict) -> TileJob:
     c = plan.cfg
     threads = None if c.scheduler else cores_per_worker(c.workers)
     return TileJob(plan.zarr_path, str(plan.workdir), plan.info.height, plan.info.width, c.tile, c.halo, plan.model,
-                   c.classical.model_dump(exclude={"threshold"}), stats, plan.info.nodata, c.device,
-                   threads, c.batch_size, c.tta)
+                   c.classical.model_dump(exclude={"threshold", "low_ratio", "low_threshold"}), stats, plan.info.nodata, c.device,
+                   threads, c.batch_size, c.tta, c.inference)
 
 
 def task_batches(n: int, tiles_per_task: int, slots: int) -> list[list[int]]:

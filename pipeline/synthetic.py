@@ -177,3 +177,50 @@ def write_periodic_scene(path: str | Path, size: int, *, block: int = 2048, seed
             h = min(block, size - r)
             ds.write(strip[:h], 1, window=RWindow(0, r, size, h))
     return len(blobs)
+
+
+def varied_brightness_scene(size: int, *, seed: int = 0, spacing: int = 40, dim_fraction: float = 0.1,
+                            dim_factor: float = 0.6, pair_fraction: float = 0.15, noise: float = 0.02,
+                            background: float = 0.25):
+    """A scene where object brightness varies: isolated objects on a jittered grid, a ``dim_fraction`` of them
+    at ``dim_factor`` × the mean brightness of the others, and a ``pair_fraction`` of cells holding two
+    touching bright objects (which must stay two), on a ``background`` level (tissue autofluorescence: it
+    lifts the scene's Otsu threshold above the dim objects). Returns ``(image float32 in ~[0, 1], labels int32,
+    dim ids, pair id tuples)``; label ``i`` is ``blobs[i - 1]``."""
+    rng = np.random.default_rng([seed, 61])
+    blobs: list[Blob] = []
+    dim: list[int] = []
+    pairs: list[tuple[int, int]] = []
+    n = size // spacing
+    for gy in range(n):
+        for gx in range(n):
+            cy = gy * spacing + spacing / 2 + rng.uniform(-3, 3)
+            cx = gx * spacing + spacing / 2 + rng.uniform(-3, 3)
+            u = rng.random()
+            if u < pair_fraction:  # two bright objects side by side, touching
+                r = rng.uniform(5, 7)
+                a = rng.uniform(0, np.pi)
+                dx, dy = 0.9 * r * math.cos(a), 0.9 * r * math.sin(a)
+                for sgn in (-1, 1):
+                    blobs.append(Blob(cy + sgn * dy, cx + sgn * dx, r, r, 0.0, rng.uniform(0.8, 1.0)))
+                pairs.append((len(blobs) - 1, len(blobs)))
+                continue
+            ry, rx = rng.uniform(5, 9, size=2)
+            is_dim = u < pair_fraction + dim_fraction
+            blobs.append(Blob(cy, cx, ry, rx, rng.uniform(0, np.pi), 0.0 if is_dim else rng.uniform(0.8, 1.0)))
+            if is_dim:
+                dim.append(len(blobs))
+    from scipy import ndimage as ndi
+
+    img, lab = render(blobs, 0, size, size)
+    img = ndi.gaussian_filter(img, 1.5)  # optics: soft edges
+    dim_ids = np.zeros(len(blobs) + 1, bool)
+    dim_ids[dim] = True
+    bright_mean = float(img[(lab > 0) & ~dim_ids[lab]].mean())  # mean brightness of the other objects' pixels
+    blobs = [Blob(b.cy, b.cx, b.ry, b.rx, b.angle, 1.0) if b.value == 0 else b for b in blobs]
+    dim_img, _ = render([b if i + 1 in set(dim) else Blob(b.cy, b.cx, b.ry, b.rx, b.angle, 0.0) for i, b in enumerate(blobs)], 0, size, size)
+    dim_img = ndi.gaussian_filter(dim_img, 1.5)
+    dim_mean = float(dim_img[dim_ids[lab] & (lab > 0)].mean()) if dim else 1.0
+    img = np.maximum(img, dim_img * dim_factor * bright_mean / dim_mean)  # dim objects: dim_factor x the mean
+    img = np.maximum(img, background) + np.random.default_rng([seed, 62]).normal(0, noise, img.shape).astype(np.float32)
+    return img.astype(np.float32), lab, dim, pairs

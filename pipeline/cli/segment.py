@@ -18,7 +18,7 @@ def build_segment_config(args: argparse.Namespace):
     from pipeline.errors import ConfigError
 
     overrides = {}
-    for key in ("model", "tile", "halo", "workers", "scheduler", "device", "batch_size"):
+    for key in ("model", "tile", "halo", "workers", "scheduler", "device", "batch_size", "inference"):
         v = getattr(args, key, None)
         if v is not None:
             overrides[key] = v
@@ -90,6 +90,8 @@ def add_segment_commands(sub) -> None:
     s.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask scheduler instead of a LocalCluster")
     s.add_argument("--device", help="auto, cpu or cuda")
     s.add_argument("--batch-size", dest="batch_size", type=int, help="tiles per model call")
+    s.add_argument("--inference", choices=["eager", "bf16", "compile", "onnx"],
+                   help="CPU forward pass of a learned model (default from the config; see docs/BENCHMARKS.md)")
     s.add_argument("--keep-intermediate", action="store_true", help="keep the zarr store and tile parts")
     s.add_argument("--tta", action="store_true", help="learned models: average over 4 mirror images (4x slower)")
     s.set_defaults(func=_cmd_segment)

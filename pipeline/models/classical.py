@@ -39,8 +39,9 @@ class ClassicalModel:
 
         return PendingHeads(batch)
 
-    def instances(self, heads: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, None]:
+    def instances(self, heads: np.ndarray, threshold: float | None = None, low_threshold: float | None = None) -> tuple[np.ndarray, None]:
         t = self.threshold if threshold is None else threshold
         if t is None:
             raise ValueError("classical model needs a threshold: compute scene statistics first")
-        return classical_instances(heads[0], t, sigma=self.sigma, h=self.h, min_area=self.min_area, merge_ratio=self.merge_ratio), None
+        return classical_instances(heads[0], t, sigma=self.sigma, h=self.h, min_area=self.min_area, merge_ratio=self.merge_ratio,
+                                   low_threshold=low_threshold), None

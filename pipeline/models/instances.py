@@ -121,8 +121,17 @@ def classical_instances(
     h: float = 1.5,
     min_area: int = 8,
     merge_ratio: float = 0.75,
+    low_threshold: float | None = None,
 ) -> np.ndarray:
     """Global threshold + distance-transform watershed: instances of bright objects, no weights needed.
+
+    With ``low_threshold`` (hysteresis between two scene-global thresholds): a connected region above the
+    low threshold whose mean lies below ``threshold`` is a *dim* object — noise may lift a few of its pixels
+    above ``threshold``, which alone would give a fragment — and is kept with its low-threshold extent;
+    brighter regions keep their high-threshold extent, exactly as without hysteresis. So dim objects are
+    found while bright neighbours are never joined through their dimmer rims (a dim region and a bright one
+    are different connected components of the low mask, hence never touch). A dim object touching a bright
+    one above the low threshold is not recovered.
 
     Parameters
     ----------
@@ -134,6 +143,7 @@ def classical_instances(
     min_area : objects smaller than this (pixels) are dropped.
     merge_ratio : neighbouring basins whose saddle is at least this fraction of the lower peak (in
         distance-transform pixels) are one object; see :func:`_merge_shallow`.
+    low_threshold : the hysteresis low threshold (scene-global too); None or >= ``threshold``: off.
 
     Returns
     -------
@@ -143,6 +153,13 @@ def classical_instances(
 
     img = ndi.gaussian_filter(image.astype(np.float32, copy=False), sigma) if sigma > 0 else image
     fg = img > threshold
+    if low_threshold is not None and low_threshold < threshold:
+        low = img > low_threshold
+        comp, n = ndi.label(low)  # 4-connectivity, as the watershed
+        mean = np.bincount(comp.ravel(), img.ravel().astype(np.float64), n + 1) / np.maximum(np.bincount(comp.ravel(), minlength=n + 1), 1)
+        dim = mean <= threshold
+        dim[0] = False
+        fg = np.where(dim[comp], low, fg)
     if not fg.any():
         return np.zeros(image.shape, np.uint32)
     dist = ndi.distance_transform_edt(fg).astype(np.float32)

@@ -51,7 +51,7 @@ class LearnedModel:
     kind = "learned"
 
     def __init__(self, path: str | os.PathLike[str], device: str = "auto", threads: int | None = None,
-                 tta: bool = False):
+                 tta: bool = False, inference: str = "eager"):
         import torch
 
         if threads:
@@ -81,6 +81,12 @@ class LearnedModel:
         #: forward passes; mirrored, so every pixel keeps the same context and tiling is unaffected).
         self.tta = tta
         self._forward_lock = threading.Lock()
+        #: CPU back-end of the forward pass (:mod:`pipeline.models.backends`); CUDA always runs PyTorch.
+        self.inference = "eager" if self.device.startswith("cuda") else inference
+        from pipeline.models.backends import make_forward
+        from pipeline.models.checkpoint import checkpoint_paths
+
+        self.forward = make_forward(self.net, self.inference, threads, checkpoint_paths(path)[0])
 
     @property
     def name(self) -> str:
@@ -116,10 +122,10 @@ class LearnedModel:
             x = x.pin_memory()
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cuda" if cuda else "cpu", dtype=torch.float16, enabled=self.use_amp):
-            y = torch.sigmoid(self.net(x).float())
+            y = torch.sigmoid(self.forward(x).float())
             if self.tta:
                 for dims in ((3,), (2,), (2, 3)):
-                    y += torch.sigmoid(self.net(torch.flip(x, dims)).float()).flip(dims)
+                    y += torch.sigmoid(self.forward(torch.flip(x, dims)).float()).flip(dims)
                 y /= 4
             y = y[:, :, :h, :w]
             if not cuda:

@@ -36,7 +36,7 @@ def resolve_model_spec(spec: str, what: str = "--model") -> str:
 
 
 def load_model(spec: str, classical_params: dict | None = None, device: str = "auto", threads: int | None = None,
-               tta: bool = False):
+               tta: bool = False, inference: str = "eager"):
     spec = resolve_model_spec(spec)
     if spec == "classical":
         from pipeline.models.classical import ClassicalModel
@@ -44,4 +44,4 @@ def load_model(spec: str, classical_params: dict | None = None, device: str = "a
         return ClassicalModel(**(classical_params or {}))
     from pipeline.models.learned import LearnedModel
 
-    return LearnedModel(spec, device=device, threads=threads, tta=tta)
+    return LearnedModel(spec, device=device, threads=threads, tta=tta, inference=inference)

@@ -90,11 +90,13 @@ def _otsu(values: np.ndarray) -> float:
 
 
 def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, high: float = 99.8,
-                     threshold: float | None = None) -> dict:
-    """Normalisation percentiles per band and the foreground threshold of the classical model.
+                     threshold: float | None = None, low_ratio: float | None = None,
+                     threshold_low: float | None = None) -> dict:
+    """Normalisation percentiles per band and the foreground thresholds of the classical model.
 
-    The threshold is Otsu's on the normalised band mean of the sample (unless given). Computed once per
-    scene: per-tile thresholds make seams.
+    The threshold is Otsu's on the normalised band mean of the sample (unless given); the hysteresis low
+    threshold (unless given) lies ``low_ratio`` of the way from the background level (median of the sample
+    below the threshold) up to it. Computed once per scene: per-tile thresholds make seams.
     """
     from pipeline.stages.normalize import apply_normalization, percentiles
 
@@ -106,8 +108,12 @@ def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, h
         valid &= np.all(np.isfinite(sample), axis=0)
     s = sample[:, valid]
     pct = percentiles(s[:, :, None], low, high) if s.size else [(0.0, 1.0)] * sample.shape[0]
+    norm = apply_normalization(s[:, None, :], pct)[:, 0, :].mean(axis=0) if s.size else np.zeros(0)
     if threshold is None:
-        norm = apply_normalization(s[:, None, :], pct)[:, 0, :].mean(axis=0) if s.size else np.zeros(0)
         threshold = _otsu(norm)
+    if threshold_low is None and low_ratio is not None and low_ratio < 1:
+        below = norm[norm <= threshold]
+        bg = float(np.median(below)) if below.size else 0.0
+        threshold_low = bg + low_ratio * (float(threshold) - bg)
     return {"percentiles": [list(p) for p in pct], "threshold": float(threshold), "sample_px": int(s.shape[1]),
-            "low": low, "high": high}
+            "low": low, "high": high, "threshold_low": None if threshold_low is None else float(threshold_low)}

@@ -31,15 +31,15 @@ _MODELS: dict[tuple, object] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def get_model(spec: str, classical: dict, device: str, threads: int | None, tta: bool = False):
+def get_model(spec: str, classical: dict, device: str, threads: int | None, tta: bool = False, inference: str = "eager"):
     """The worker's model, loaded on first use; task threads of one worker share it (loaded once)."""
-    key = (spec, tuple(sorted(classical.items())), device, tta)
+    key = (spec, tuple(sorted(classical.items())), device, tta, inference)
     with _MODELS_LOCK:
         m = _MODELS.get(key)
         if m is None:
             from pipeline.models.registry import load_model
 
-            m = load_model(spec, classical, device=device, threads=threads, tta=tta)
+            m = load_model(spec, classical, device=device, threads=threads, tta=tta, inference=inference)
             _MODELS.clear()  # one model per worker at a time
             _MODELS[key] = m
     return m
@@ -71,6 +71,7 @@ class TileJob:
     threads: int | None = None
     batch_size: int = 4
     tta: bool = False
+    inference: str = "eager"
 
     @property
     def grid(self) -> TileGrid:
@@ -175,7 +176,7 @@ def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw:
 
     ta = time.perf_counter()
     if model.kind == "classical":
-        labels, prob = model.instances(heads, job.stats["threshold"])
+        labels, prob = model.instances(heads, job.stats["threshold"], job.stats.get("threshold_low"))
     else:
         labels, prob = model.instances(heads)
     tb = time.perf_counter()
@@ -237,7 +238,7 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
     timings = {"read": 0.0, "model": 0.0, "instances": 0.0, "vectorize": 0.0, "measure": 0.0}
     if not todo:
         return {"tiles": 0, "skipped": len(indices), "pieces": 0, "timings": timings, "pixels": 0}
-    model = get_model(job.model, job.classical, job.device, job.threads, job.tta)
+    model = get_model(job.model, job.classical, job.device, job.threads, job.tta, job.inference)
     step = 1 if model.kind == "classical" else job.batch_size
     batches = [todo[s : s + step] for s in range(0, len(todo), step)]
     win_arr = zarr.open_array(job.workdir + "/windows.zarr", mode="r+")
