@@ -52,12 +52,16 @@ ingest_task = task(runner.run_ingest, name="ingest+stats", cache_policy=NONE, re
 tiles_task = task(runner.run_tiles, name="segment-tiles", cache_policy=NONE, retries=2, retry_delay_seconds=2)
 stitch_task = task(runner.run_stitch, name="stitch", cache_policy=NONE, retries=1)
 write_task = task(runner.run_write, name="write", cache_policy=NONE, retries=1)
+report_task = task(runner.run_report, name="quicklook+report", cache_policy=NONE)
 
 
 def _one_scene(client, input_path: str, out_dir: str, cfg: SegmentConfig) -> dict:
     import shutil
 
     plan = plan_task(input_path, out_dir, cfg)
+    from pipeline.report.progress import current
+
+    current().scene = plan.info.stem
     stats = ingest_task(client, plan)
     job = runner.make_job(plan, stats)
     tiles = tiles_task(client, plan, job)
@@ -65,9 +69,19 @@ def _one_scene(client, input_path: str, out_dir: str, cfg: SegmentConfig) -> dic
     summary = write_task(plan, groups, {"stats": stats, "worker_seconds": tiles["timings"],
                                          "tiles_processed": tiles["tiles"], "tiles_resumed": tiles["skipped"],
                                          "joined_objects": len(set(groups.values())), "orchestrator": "prefect"})
+    if cfg.report:  # before the work folder goes: the quicklook is made from its zarr store
+        summary["outputs"].update(report_task(plan, summary))
+        runner.write_summary(summary)
     if not cfg.keep_intermediate:
         shutil.rmtree(plan.workdir, ignore_errors=True)
     return summary
+
+
+def _progress(log):
+    """Tile progress as plain lines in the flow's log (every few seconds), never a redrawn bar."""
+    from pipeline.report.progress import Progress, use
+
+    return use(Progress("plain", sink=log.info))
 
 
 def _load_cfg(config: str | None, overrides: dict | None) -> SegmentConfig:
@@ -87,7 +101,7 @@ def segment_scene_flow(input_path: str, out_dir: str, config: str | None = None,
     if skip_existing and outputs_current(input_path, out_dir):
         log.info("%s: outputs are current, skipped", input_path)
         return {"input": input_path, "skipped": True}
-    with dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+    with _progress(log), dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
         s = _one_scene(client, input_path, out_dir, cfg)
     log.info("%s: %d objects", input_path, s["objects"])
     return s
@@ -104,7 +118,7 @@ def segment_batch_flow(inputs: list[str], out_dir: str, config: str | None = Non
     cfg = _load_cfg(config, overrides)
     results: list[dict] = []
     failed: list[str] = []
-    with dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+    with _progress(log), dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
         for p in inputs:
             if skip_existing and outputs_current(p, out_dir):
                 log.info("%s: outputs are current, skipped", p)

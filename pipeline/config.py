@@ -59,6 +59,7 @@ class SegmentConfig(_Strict):
     keep_intermediate: bool = False
     qupath_geojson: bool = True  # <stem>.geojson: detections with measurements, QuPath's import format
     label_image: bool = True  # <stem>.ome.zarr: OME-NGFF multiscale label image (napari-ome-zarr, QuPath)
+    report: bool = True  # <stem>.quicklook.png (+ .tif when georeferenced) and <stem>.html
     workdir: str | None = None  # default: OUT/.seamline-work/<stem>
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ WINDOW_CHUNK = 256
 
 log = logging.getLogger("seamline")
 
-__all__ = ["ScenePlan", "resolve_halo", "check_model", "plan_scene", "run_ingest", "run_tiles", "run_stitch", "run_write", "segment_scene"]
+__all__ = ["ScenePlan", "resolve_halo", "check_model", "plan_scene", "run_ingest", "run_tiles", "run_stitch", "run_write", "run_report", "write_summary", "segment_scene"]
 
 
 @dataclass
@@ -210,12 +210,18 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
     total = {"tiles": 0, "skipped": 0, "pieces": 0, "pixels": 0, "timings": {}}
     from distributed import as_completed
 
+    from pipeline.report.progress import current
+
+    progress = current()  # counted here, as tasks finish on the driver: nothing added to the workers' hot path
+    progress.start_tiles(len(job.grid), plan.info.width * plan.info.height)
     for fut in as_completed(futures):
         r = fut.result()
+        progress.advance(r["tiles"], r["skipped"])
         for k in ("tiles", "skipped", "pieces", "pixels"):
             total[k] += r[k]
         for k, v in r["timings"].items():
             total["timings"][k] = total["timings"].get(k, 0.0) + v
+    progress.finish_tiles()
     return total
 
 
@@ -252,26 +258,56 @@ def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) ->
                          geojson=c.qupath_geojson)
 
 
+def run_report(plan: ScenePlan, summary: dict) -> dict[str, str]:
+    """Stage 8: quicklook PNG (+ COG when georeferenced) and the HTML report, from the zarr store and the
+    GeoParquet file — so before the work folder is removed. Returns the files written (for the summary)."""
+    from pipeline.report.stage import model_classes, run_report as report_scene
+
+    try:
+        return report_scene(plan.zarr_path, plan.out_dir, plan.info.stem, summary, plan.cfg.tile,
+                            model_classes(plan.model), plan.info.nodata)
+    except Exception as exc:  # noqa: BLE001 - the objects are written; a picture must not fail the run
+        msg = f"quicklook/report not written: {type(exc).__name__}: {exc}"
+        log.warning(msg)
+        summary["warnings"] = [*summary.get("warnings", []), msg]
+        return {}
+
+
+def write_summary(summary: dict) -> None:
+    """(Re)write ``<stem>.json`` atomically: it lists every output, so it goes last."""
+    final_json = Path(summary["outputs"]["json"])
+    tmp = final_json.with_name(f".{final_json.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    os.replace(tmp, final_json)
+
+
 def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, client=None) -> dict:
     """Run every stage for one scene; returns the run summary (also written as ``<stem>.json``)."""
     from pipeline.stages.dispatch import dask_client
     from pipeline.memwatch import TreeMemoryWatch
 
+    from pipeline.report.progress import current
+
+    progress = current()
     t_all = time.perf_counter()
     plan = plan_scene(input_path, out_dir, cfg)
+    progress.scene = plan.info.stem
     timings: dict[str, float] = {}
     with TreeMemoryWatch() as mem:
         ctx = dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) if client is None else _null(client)
         with ctx as cl:
             t = time.perf_counter()
-            stats = run_ingest(cl, plan)
+            with progress.stage("ingest + statistics"):
+                stats = run_ingest(cl, plan)
             timings["ingest_and_stats"] = time.perf_counter() - t
             job = make_job(plan, stats)
             t = time.perf_counter()
-            tiles = run_tiles(cl, plan, job)
+            with progress.stage(f"segment {len(job.grid)} tiles"):
+                tiles = run_tiles(cl, plan, job)
             timings["tiles"] = time.perf_counter() - t
             t = time.perf_counter()
-            groups = run_stitch(cl, plan, job)
+            with progress.stage("stitch"):
+                groups = run_stitch(cl, plan, job)
             timings["stitch"] = time.perf_counter() - t
             label_image = None
             if cfg.label_image:  # on the workers, chunk by chunk, from the window labels and the stitch groups
@@ -279,17 +315,25 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
 
                 t = time.perf_counter()
                 plan.out_dir.mkdir(parents=True, exist_ok=True)
-                label_image = write_label_image(cl, str(plan.workdir), plan.grid, groups, plan.info,
-                                                plan.out_dir / f"{plan.info.stem}.ome.zarr")
+                with progress.stage("label image"):
+                    label_image = write_label_image(cl, str(plan.workdir), plan.grid, groups, plan.info,
+                                                    plan.out_dir / f"{plan.info.stem}.ome.zarr")
                 timings["label_image"] = time.perf_counter() - t
         t = time.perf_counter()
         extra = {"stats": stats, "worker_seconds": tiles["timings"], "tiles_processed": tiles["tiles"],
                  "tiles_resumed": tiles["skipped"], "joined_objects": len(set(groups.values()))}
-        summary = run_write(plan, groups, {**extra, "timings_s": timings})
+        with progress.stage("write outputs"):
+            summary = run_write(plan, groups, {**extra, "timings_s": timings})
         timings["write"] = time.perf_counter() - t
         if label_image is not None:
             summary["label_image"] = label_image
             summary["outputs"]["ome_zarr"] = label_image["path"]
+        if cfg.report:
+            t = time.perf_counter()
+            with progress.stage("quicklook + report"):
+                summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+                summary["outputs"].update(run_report(plan, summary))
+            timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     summary["megapixels_per_s"] = round(plan.info.width * plan.info.height / 1e6 / timings["total"], 3)
@@ -297,10 +341,7 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
     # workers are not counted; the summary says which).
     summary["peak_rss_process_tree_mb"] = round(mem.peak_bytes / 2**20, 1)
     summary["cluster"] = "remote" if cfg.scheduler else "local"
-    final_json = Path(summary["outputs"]["json"])
-    tmp = final_json.with_name(f".{final_json.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    os.replace(tmp, final_json)
+    write_summary(summary)
     if not cfg.keep_intermediate:
         shutil.rmtree(plan.workdir, ignore_errors=True)
         try:

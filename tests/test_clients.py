@@ -328,7 +328,8 @@ from qgis.core import QgsApplication, QgsFeatureSource, QgsVectorLayer
 app = QgsApplication([], False)
 app.initQgis()
 out = []
-for path in sys.argv[1:]:
+RASTERS = [p for p in sys.argv[1:] if p.endswith('.tif')]
+for path in [p for p in sys.argv[1:] if not p.endswith('.tif')]:
     lyr = QgsVectorLayer(path + '|layername=objects', 'o', 'ogr')
     rec = {'valid': lyr.isValid(), 'count': lyr.featureCount(), 'authid': lyr.crs().authid(),
            'crs_valid': lyr.crs().isValid(), 'crs': lyr.crs().description()}
@@ -339,7 +340,24 @@ for path in sys.argv[1:]:
         rec['object_ids'] = len({f['object_id'] for f in feats})
         rec['spatial_index'] = lyr.dataProvider().hasSpatialIndex() == QgsFeatureSource.SpatialIndexPresent
         rec['fields'] = lyr.fields().names()
+        e = lyr.extent()
+        rec['extent'] = [e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()]
+        # the default style QGIS applied on load (GeoPackage layer_styles, useAsDefault)
+        r = lyr.renderer()
+        rec['renderer'] = r.type()
+        if r.type() == 'categorizedSymbol':
+            rec['attr'] = r.classAttribute()
+            rec['categories'] = [[c.value(), c.symbol().symbolLayer(0).layerType(),
+                                  c.symbol().symbolLayer(0).strokeColor().name(),
+                                  int(c.symbol().symbolLayer(0).brushStyle())] for c in r.categories()]
     out.append(rec)
+    del lyr
+for path in RASTERS:
+    from qgis.core import QgsRasterLayer
+    lyr = QgsRasterLayer(path, 'q', 'gdal')
+    e = lyr.extent()
+    out.append({'valid': lyr.isValid(), 'authid': lyr.crs().authid(), 'bands': lyr.bandCount(),
+                'extent': [e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()], 'width': lyr.width()})
     del lyr
 print('QGIS-RESULT ' + json.dumps(out), flush=True)
 app.exitQgis()
@@ -366,3 +384,33 @@ def test_qgis_opens_gpkg(geo, micro, tmp_path):
     assert (m["count"], m["read"], m["object_ids"], m["geos_valid"]) == (micro.n,) * 4, m
     assert m["crs"] == "Undefined Cartesian SRS" and m["authid"] == "", m
     assert m["spatial_index"], m
+
+
+def test_qgis_opens_layers_styled_and_places_the_quicklook(geo, tmp_path):
+    """The GeoPackage's default style (layer_styles) is applied on load: a categorized renderer on `class`,
+    outline colour per class and no fill — for the run's single class and for a two-class layer; and the
+    quicklook COG lands on the objects' extent in the same CRS."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from pipeline.report.qgis_style import add_default_style
+    from pipeline.report.render import PALETTE, hex_colour
+
+    two = tmp_path / "two.gpkg"
+    gpd.GeoDataFrame({"object_id": [1, 2, 3], "class": ["tree", "building", "tree"]},
+                     geometry=[box(0, 0, 1, 1), box(2, 2, 3, 3), box(4, 4, 5, 5)],
+                     crs="EPSG:32633").to_file(two, layer="objects", driver="GPKG", VERSION="1.2")
+    colours = add_default_style(two, model_classes=["building", "tree"])
+    assert list(colours) == ["building", "tree"]
+    cog = geo.root / "out" / "geo.quicklook.tif"
+    g, t, q = _qgis_open(tmp_path, geo.gpkg, two, cog)
+    assert g["renderer"] == "categorizedSymbol" and g["attr"] == "class", g
+    assert g["categories"] == [["object", "SimpleFill", hex_colour(PALETTE[0]), 0]], g  # 0 = Qt.NoBrush
+    assert t["renderer"] == "categorizedSymbol", t
+    assert t["categories"] == [["building", "SimpleFill", hex_colour(PALETTE[0]), 0],
+                               ["tree", "SimpleFill", hex_colour(PALETTE[1]), 0]], t
+    assert q["valid"] and q["authid"] == "EPSG:32633" and q["bands"] == 3, q
+    # the scene is 640 x 512 px of 0.5 m from (500000, 5000000): the quicklook covers exactly that
+    np.testing.assert_allclose(q["extent"], [500000, 5000000 - HEIGHT * 0.5, 500000 + WIDTH * 0.5, 5000000], atol=1e-6)
+    gx0, gy0, gx1, gy1 = g["extent"]
+    assert q["extent"][0] <= gx0 and q["extent"][1] <= gy0 and q["extent"][2] >= gx1 and q["extent"][3] >= gy1

@@ -34,6 +34,8 @@ def test_batch_flow_processes_each_scene_once(tmp_path):
         s = json.loads((out / f"{stem}.json").read_text())
         assert s["objects"] > 10 and s["orchestrator"] == "prefect"
         assert (out / f"{stem}.parquet").is_file() and (out / f"{stem}.gpkg").is_file()
+        for k in ("quicklook_png", "quicklook_tif", "report"):  # made before the work folder went
+            assert Path(s["outputs"][k]).is_file(), s["outputs"]
     mtime = (out / "a.parquet").stat().st_mtime_ns
     r2 = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]

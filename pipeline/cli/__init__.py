@@ -101,7 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli.segment import add_segment_commands
 
     add_segment_commands(sub)
+
+    v = sub.add_parser("view", help="open a run's image and objects in napari (optional extra: seamline[view])")
+    v.add_argument("target", metavar="OUT/STEM", help="the output folder and scene stem of a finished run")
+    v.add_argument("--screenshot", metavar="PNG", help="save the canvas to PNG and exit instead of opening a window")
+    v.add_argument("--max-polygons", type=int, default=50_000, help="beyond this many objects show centroids")
+    v.set_defaults(func=_cmd_view)
     return p
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from pipeline.report.view import view
+
+    shot = view(args.target, args.screenshot, args.max_polygons)
+    if shot:
+        print(f"screenshot: {shot}")
+    return 0
 
 
 def _log_to_stderr() -> None:

@@ -26,6 +26,8 @@ def build_segment_config(args: argparse.Namespace):
         overrides["keep_intermediate"] = True
     if getattr(args, "tta", False):
         overrides["tta"] = True
+    if getattr(args, "no_report", False):
+        overrides["report"] = False
     if args.config:
         return load_yaml_config(args.config, SegmentConfig, overrides)
     try:
@@ -56,9 +58,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ParameterError(f"--out {out}: exists and is not a folder; pass a folder path")
     from pipeline.io.batch import batch_row, failed_row, write_batch_summary
+    from pipeline.report.progress import Progress, use
 
-    rows, first_error = [], None
-    with dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+    rows, first_error, results = [], None, []
+    with use(None if args.quiet else Progress()), \
+            dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
         for p in args.inputs:
             try:
                 s = segment_scene(p, out, cfg, client=client)
@@ -67,11 +71,18 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 rows.append(failed_row(p, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
                 continue
             rows.append(batch_row(s))
+            results.append(s)
             print(f"{Path(p).name}: {s['objects']} objects -> {s['outputs']['parquet']}, {s['outputs']['gpkg']} "
                   f"({s['timings_s']['total']:.1f} s, {s['megapixels_per_s']:.2f} Mpx/s)")
+            if "report" in s["outputs"]:
+                print(f"  quicklook {s['outputs']['quicklook_png']}, report {s['outputs']['report']}")
     if any(r["status"] == "ok" for r in rows):  # nothing finished: nothing written (no partial outputs)
         paths = write_batch_summary(out, rows)
         print(f"batch summary ({len(rows)} inputs): {paths['parquet']}, {paths['csv']}")
+    if len(results) > 1 and cfg.report:
+        from pipeline.report.stage import write_index
+
+        print(f"batch index: {write_index(out, results)}")
     if first_error is not None:
         raise first_error
     return 0
@@ -94,6 +105,9 @@ def add_segment_commands(sub) -> None:
                    help="CPU forward pass of a learned model (default from the config; see docs/BENCHMARKS.md)")
     s.add_argument("--keep-intermediate", action="store_true", help="keep the zarr store and tile parts")
     s.add_argument("--tta", action="store_true", help="learned models: average over 4 mirror images (4x slower)")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (stages, tiles, Mpx/s, ETA)")
+    s.add_argument("--no-report", dest="no_report", action="store_true",
+                   help="skip <stem>.quicklook.png/.tif and <stem>.html (and the batch index.html)")
     s.set_defaults(func=_cmd_segment)
 
     try:
@@ -121,12 +135,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         write_scene(slide, args.size, args.size, crs=None, pixel_size_um=0.325, seed=2018, cell=26, radius=(5, 11),
                     fill=0.85, labels_path=truth)
     cfg = SegmentConfig(model=args.model, tile=512, workers=args.workers)
-    s = segment_scene(str(slide), out, cfg)
+    from pipeline.report.progress import Progress, use
+
+    with use(None if args.quiet else Progress()):
+        s = segment_scene(str(slide), out, cfg)
     print(f"{s['objects']} objects in {s['timings_s']['total']:.1f} s ({s['megapixels_per_s']:.2f} Mpx/s); "
           f"median area {s['area_stats']['median']:.1f} {s['area_unit']}" if s["objects"] else "no objects found")
     print(f"outputs: {s['outputs']['parquet']}, {s['outputs']['gpkg']}, {s['outputs']['json']}")
     res = evaluate_files(s["outputs"]["parquet"], str(truth))
     print(format_table(res))
+    if "report" in s["outputs"]:
+        print(f"quicklook: {s['outputs']['quicklook_png']}")
+        print(f"report:    {s['outputs']['report']}")
     return 0
 
 
@@ -145,6 +165,7 @@ def add_demo_bench_commands(sub) -> None:
     d.add_argument("--size", type=int, default=2048)
     d.add_argument("--model", default="default", help="'default' (shipped nuclei model) or 'classical'")
     d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     d.set_defaults(func=_cmd_demo)
 
     b = sub.add_parser("bench", help="throughput per stage, end to end vs bare forward pass, peak memory")

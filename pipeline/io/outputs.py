@@ -261,6 +261,11 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
                                     layer_options=gpkg_layer_options, geometry_type="Polygon")
         if not info.crs_wkt:
             _gpkg_undefined_cartesian(tmps["gpkg"])
+        from pipeline.report.qgis_style import add_default_style
+        from pipeline.report.stage import model_classes
+
+        # QGIS opens the layer styled: outline colour per class (layer_styles, useAsDefault)
+        add_default_style(tmps["gpkg"], "objects", "geom", model_classes(str(summary.get("model", {}).get("path", "classical"))))
         _finish_geoparquet(staging if n_obj else None, tmps["parquet"], crs, types, bbox, extra)
         all_areas = np.concatenate(areas) if areas else np.zeros(0)
         summary = {

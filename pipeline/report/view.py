@@ -1,0 +1,149 @@
+"""``seamline view OUT/<stem>``: the scene and its objects in napari (optional extra ``view``).
+
+The image is the run's input read lazily (a dask array per pyramid level, windowed GDAL reads, decimated
+reads for the coarse levels), so a whole-slide scene opens without loading it; the objects are the
+GeoParquet polygons in pixel coordinates, outlined in the class colours used everywhere else. Scenes with
+more objects than napari's Shapes layer handles smoothly get centroids (a Points layer) instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import InputError, SeamlineError
+
+__all__ = ["find_summary", "add_scene_layers", "view", "INSTALL_HINT", "MAX_POLYGONS"]
+
+INSTALL_HINT = "pip install 'seamline[view]' (napari with PyQt5)"
+MAX_POLYGONS = 50_000
+BLOCK = 1024
+
+
+def find_summary(target: str | Path) -> dict:
+    """``OUT/<stem>`` (or ``OUT/<stem>.json``, or any ``OUT/<stem>.*`` output) → the run summary."""
+    p = Path(target)
+    candidates = [p.with_name(p.name + ".json"), p] if p.suffix != ".json" else [p]
+    stem = p.name.split(".")[0]
+    candidates.append(p.with_name(stem + ".json"))
+    for c in candidates:
+        if c.suffix == ".json" and c.is_file():
+            return json.loads(c.read_text())
+    raise InputError(f"seamline view {target}: no run summary {p.with_name(stem + '.json')}; pass OUT/<stem> of a "
+                     "finished `seamline segment` run")
+
+
+def _lazy_levels(path: str, band: int, height: int, width: int):
+    """Pyramid of lazy 2-D dask arrays of one band: full resolution, then halved until ≤ 2048 px."""
+    import dask
+    import dask.array as da
+
+    from pipeline.io.raster import open_raster
+
+    with open_raster(path) as ds:
+        dtype = np.dtype(ds.dtypes[band])
+
+    def read(level: int, r: int, c: int, h: int, w: int) -> np.ndarray:
+        s = 2 ** level
+        with open_raster(path) as ds:
+            from rasterio.windows import Window
+
+            win = Window(c * s, r * s, min(w * s, width - c * s), min(h * s, height - r * s))
+            return ds.read(band + 1, window=win, out_shape=(h, w))
+
+    levels = []
+    level = 0
+    while True:
+        hh, ww = math.ceil(height / 2 ** level), math.ceil(width / 2 ** level)
+        rows = []
+        for r in range(0, hh, BLOCK):
+            rows.append([da.from_delayed(dask.delayed(read)(level, r, c, min(BLOCK, hh - r), min(BLOCK, ww - c)),
+                                         (min(BLOCK, hh - r), min(BLOCK, ww - c)), dtype) for c in range(0, ww, BLOCK)])
+        levels.append(da.block(rows))
+        if max(hh, ww) <= 2048:
+            return levels
+        level += 1
+
+
+def _objects(parquet: str, transform, max_polygons: int):
+    import pyarrow.parquet as pq
+    import shapely
+
+    from pipeline.report.render import world_to_pixel
+
+    inv = world_to_pixel(transform)
+    f = pq.ParquetFile(parquet)
+    n = f.metadata.num_rows
+    polys, classes, cents = [], [], []
+    for rb in f.iter_batches(batch_size=50_000, columns=["class", "geometry"]):
+        geoms = shapely.from_wkb(rb.column("geometry").to_numpy(zero_copy_only=False))
+        cls = rb.column("class").to_numpy(zero_copy_only=False).astype(str)
+        if n > max_polygons:
+            c = shapely.get_coordinates(shapely.centroid(geoms))
+            col, row = inv.a * c[:, 0] + inv.b * c[:, 1] + inv.c, inv.d * c[:, 0] + inv.e * c[:, 1] + inv.f
+            cents.append(np.stack([row - 0.5, col - 0.5], axis=1))
+            classes.extend(cls.tolist())
+            continue
+        parts, idx = shapely.get_parts(geoms, return_index=True)
+        for g, i in zip(parts, idx.tolist()):
+            xy = shapely.get_coordinates(shapely.get_exterior_ring(g))[:-1]
+            col, row = inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c, inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f
+            polys.append(np.stack([row - 0.5, col - 0.5], axis=1))  # napari: pixel i is centred on i
+            classes.append(cls[i])
+    return n, polys, (np.concatenate(cents) if cents else None), classes
+
+
+def add_scene_layers(viewer, summary: dict, max_polygons: int = MAX_POLYGONS) -> None:
+    """Add the image (lazy, multiscale) and the objects of one run to a napari viewer (or ViewerModel)."""
+    from pipeline.report.render import class_colours
+    from pipeline.report.stage import model_classes
+
+    stem = Path(summary["outputs"]["parquet"]).name[: -len(".parquet")]
+    h, w, bands = int(summary["height"]), int(summary["width"]), int(summary.get("bands", 1))
+    pct = summary.get("stats", {}).get("percentiles") or [[0, 1]] * bands
+    try:
+        names = ("red", "green", "blue") if bands >= 3 else ("gray",)
+        for b, cmap in enumerate(names):
+            levels = _lazy_levels(summary["input"], b, h, w)
+            lo, hi = pct[min(b, len(pct) - 1)]
+            viewer.add_image(levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1, name=f"{stem} band {b + 1}" if bands > 1 else stem,
+                             colormap=cmap, blending="additive", contrast_limits=(float(lo), float(max(hi, lo + 1e-6))))
+    except SeamlineError:
+        raise InputError(f"seamline view: the input {summary['input']} of this run cannot be read any more; "
+                         "restore it (the objects are in the outputs, the pixels are not)") from None
+    colours = class_colours(model_classes(str(summary.get("model", {}).get("path", "classical"))),
+                            (summary.get("counts_per_class") or {}).keys())
+    n, polys, cents, classes = _objects(summary["outputs"]["parquet"], summary["transform"], max_polygons)
+    edge = [np.array([*colours.get(c, (255, 221, 0)), 255]) / 255 for c in classes]
+    if cents is not None:
+        viewer.add_points(cents, name=f"{stem} objects (centroids: {n:,} > {max_polygons:,})", size=4,
+                          face_color=np.array(edge) if edge else "yellow", border_width=0)
+    elif polys:
+        viewer.add_shapes(polys, shape_type="polygon", name=f"{stem} objects", edge_color=np.array(edge),
+                          face_color="transparent", edge_width=1.5, features={"class": classes})
+
+
+def view(target: str, screenshot: str | None = None, max_polygons: int = MAX_POLYGONS) -> str | None:
+    """Open the run in napari (blocks until the window closes), or save a screenshot of it and return."""
+    summary = find_summary(target)
+    try:
+        import napari
+    except ImportError:
+        raise SeamlineError(f"seamline view needs napari, which is not installed: {INSTALL_HINT}") from None
+    viewer = napari.Viewer(title=f"Seamline: {Path(target).name}")
+    try:
+        add_scene_layers(viewer, summary, max_polygons)
+        viewer.reset_view()
+        if screenshot:
+            from qtpy.QtWidgets import QApplication
+
+            QApplication.processEvents()  # let the canvas draw once before grabbing it
+            viewer.screenshot(str(screenshot), canvas_only=True, flash=False)
+            return str(screenshot)
+        napari.run()
+        return None
+    finally:
+        viewer.close()

@@ -1,0 +1,68 @@
+"""``seamline view``: the run's image and objects in a real napari window (PyQt5, software OpenGL on a
+virtual X display from Debian's xvfb; Qt's ``offscreen`` platform gives vispy no OpenGL context here), saved
+as a screenshot; and the one-line error when napari is not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from pipeline.synthetic import write_scene
+
+    root = tmp_path_factory.mktemp("view")
+    write_scene(root / "v.tif", 300, 360, seed=8, crs="EPSG:32633")
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "segment", str(root / "v.tif"), "--out", str(root / "out"),
+                        "--model", "classical", "--tile", "256", "--workers", "1", "--quiet", "--no-report"],
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (root / "out" / "v.html").exists(), "--no-report skips the report"
+    return root
+
+
+def test_view_in_napari_screenshot(run, tmp_path):
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        pytest.fail("xvfb-run not found: run .ci/install-clients.sh (apt-get install --no-install-recommends xvfb xauth)")
+    try:
+        import napari  # noqa: F401
+    except ImportError:
+        pytest.fail("napari is not installed: pip install -e '.[test]' (napari[pyqt5])")
+    shot = tmp_path / "napari.png"
+    env = {**ENV, "QT_QPA_PLATFORM": "xcb", "XDG_RUNTIME_DIR": str(tmp_path)}
+    r = subprocess.run([xvfb, "-a", "-s", "-screen 0 1280x1024x24", sys.executable, "-m", "pipeline.cli", "view",
+                        str(run / "out" / "v"), "--screenshot", str(shot)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and shot.exists(), r.stderr[-3000:]
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert min(img.shape[:2]) > 200
+    outline = (img[..., 0] > 180) & (img[..., 1] > 150) & (img[..., 2] < 120)  # yellow class outlines
+    grey = (np.abs(img[..., 0] - img[..., 2]) < 10) & (img[..., 0] > 120)  # bright objects of the image
+    assert outline.sum() > 500 and grey.sum() > 500, (outline.sum(), grey.sum())
+
+
+def test_view_without_napari_is_one_clear_line(run, tmp_path):
+    blocker = tmp_path / "nonapari"
+    blocker.mkdir()
+    (blocker / "napari.py").write_text("raise ImportError('No module named napari')\n")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(blocker), ENV.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", str(run / "out" / "v")], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "napari" in r.stderr and "pip install 'seamline[view]'" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", str(run / "out" / "nope")], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "no run summary" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert json.loads((run / "out" / "v.json").read_text())["objects"] > 10
