@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.training.grids import VALIDATION_GRID
 
-__all__ = ["TrainConfig", "DataConfig", "ArchConfig"]
+__all__ = ["TrainConfig", "DataConfig", "ArchConfig", "AugmentConfig"]
 
 
 class _Strict(BaseModel):
@@ -38,6 +38,25 @@ class ArchConfig(_Strict):
     heads: list[str] = Field(default_factory=lambda: ["foreground", "boundary", "distance"])
 
 
+class AugmentConfig(_Strict):
+    """Random intensity changes applied to every training crop (the zoom is the top-level ``scale``). The
+    defaults are the recipe of the shipped model's two DSB2018 stages; ``configs/train_nuclei_realworld.yaml`` widens them for 20x–60x whole-slide scans.
+
+    Ranges are ``[low, high]``; a ``*_p`` key is the probability that the change is applied to a crop.
+    """
+
+    gain: tuple[float, float] = (0.8, 1.2)  # brightness factor after gamma
+    gamma: tuple[float, float] = (0.7, 1.4)  # log-uniform
+    blur_p: float = Field(default=0.0, ge=0, le=1)  # Gaussian blur: out-of-focus scans, optics of low magnification
+    blur_sigma: tuple[float, float] = (0.5, 2.0)  # px, uniform
+    noise_p: float = Field(default=0.3, ge=0, le=1)  # additive Gaussian noise (read noise, dim channels)
+    noise_sigma: tuple[float, float] = (0.005, 0.03)  # in normalised units, uniform
+    offset_p: float = Field(default=0.0, ge=0, le=1)  # a background level: image × (1 − o) + o
+    offset: tuple[float, float] = (0.0, 0.15)
+    dim_p: float = Field(default=0.0, ge=0, le=1)  # weak stain: contrast multiplied (after the normalisation)
+    dim: tuple[float, float] = (0.3, 1.0)
+
+
 class TrainConfig(_Strict):
     data: DataConfig
     model: ArchConfig = Field(default_factory=ArchConfig)
@@ -53,6 +72,7 @@ class TrainConfig(_Strict):
     # (seamline segment resamples inputs to it); place-based GeoTIFF data is resampled to it.
     pixel_size: tuple[float, Literal["m", "um"]] | None = None
     lr: float = Field(default=2e-3, gt=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     contact_weight: float = Field(default=5.0, ge=0)  # extra loss weight on the band between touching objects
     val_every: int = Field(default=1, gt=0)  # validate (and maybe keep the checkpoint) every N epochs and the last
     val_fraction: float = Field(default=0.15, ge=0, lt=1)
@@ -67,6 +87,11 @@ class TrainConfig(_Strict):
     # field is far over 64 px: for the shipped model, context beyond 192 px moves the heads by < 0.01 (beyond
     # 128 px by < 0.08), and 192 makes tiled = untiled object for object. Measure your own with bench/receptive_field.py.
     receptive_field_px: int = Field(default=192, ge=0)
+    # Written into the checkpoint: the nominal object diameter in training pixels (the median over the training
+    # images of each image's median equivalent diameter) and, where known, in µm. seamline segment rescales a
+    # scene so that its objects come out this size (pipeline/stages/objectscale.py).
+    object_diameter_px: float | None = Field(default=None, gt=0)
+    object_diameter_um: float | None = Field(default=None, gt=0)
     postprocess: dict[str, float] = Field(
         default_factory=lambda: {"fg_threshold": 0.5, "marker_threshold": 0.5, "boundary_threshold": 0.5, "min_marker_area": 4, "min_area": 8}
     )

@@ -219,17 +219,40 @@ def _resample(img: np.ndarray, lab: np.ndarray, out: int) -> tuple[np.ndarray, n
 
 
 class Augmenter:
-    """Random crop with scale jitter, flips, 90° rotations and intensity jitter (gain, gamma, noise).
+    """Random crop with scale jitter, flips, 90° rotations and intensity changes (gain, gamma, noise; blur,
+    background offset and dimming when ``augment`` asks for them: :class:`~.config.AugmentConfig`).
 
     Returns ``(image, targets, weights)``: (C, crop, crop) image, (3, crop, crop) targets of
-    :func:`make_targets` and (crop, crop) loss weights of :func:`contact_weights`.
+    :func:`make_targets` and (crop, crop) loss weights of :func:`contact_weights`. A change whose
+    probability is 0 draws no random numbers, so the default recipe gives the crops it always gave.
     """
 
-    def __init__(self, crop: int, seed: int, scale: tuple[float, float] = (0.75, 1.33), contact_weight: float = 0.0):
+    def __init__(self, crop: int, seed: int, scale: tuple[float, float] | None = None, contact_weight: float = 0.0,
+                 augment=None):
+        from pipeline.training.config import AugmentConfig
+
+        self.aug = augment or AugmentConfig()
         self.crop = crop
-        self.scale = scale
+        self.scale = tuple(scale) if scale is not None else (0.75, 1.33)
         self.contact_weight = contact_weight
         self.rng = np.random.default_rng(seed)
+
+    def _intensity(self, img: np.ndarray) -> np.ndarray:
+        rng, a = self.rng, self.aug
+        if a.blur_p and rng.random() < a.blur_p:
+            sigma = float(rng.uniform(*a.blur_sigma))
+            img = ndi.gaussian_filter(img, (0, sigma, sigma), mode="reflect")
+        if a.dim_p and rng.random() < a.dim_p:
+            img = img * float(rng.uniform(*a.dim))
+        gain = rng.uniform(*a.gain)
+        gamma = float(np.exp(rng.uniform(np.log(a.gamma[0]), np.log(a.gamma[1]))))
+        img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1)
+        if a.offset_p and rng.random() < a.offset_p:
+            o = float(rng.uniform(*a.offset))
+            img = img * (1 - o) + o
+        if rng.random() < a.noise_p:
+            img = np.clip(img + rng.normal(0, rng.uniform(*a.noise_sigma), img.shape), 0, 1)
+        return img
 
     def __call__(self, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = self.rng
@@ -253,10 +276,6 @@ class Augmenter:
         img, lab = np.rot90(img, k, axes=(1, 2)), np.rot90(lab, k)
         if rng.random() < 0.5:
             img, lab = img[:, :, ::-1], lab[:, ::-1]
-        gain = rng.uniform(0.8, 1.2)
-        gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
-        img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1)
-        if rng.random() < 0.3:
-            img = np.clip(img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape), 0, 1)
+        img = self._intensity(img)
         lab = np.ascontiguousarray(lab)
         return np.ascontiguousarray(img, dtype=np.float32), make_targets(lab), contact_weights(lab, self.contact_weight)

@@ -125,7 +125,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
         aug = BoxAugmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale))
     else:
-        aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight)
+        aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight, augment=cfg.augment)
     rng = np.random.default_rng(cfg.seed)
     post = dict(cfg.postprocess)
 
@@ -190,6 +190,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "postprocess": val_post if val else post,
                 "normalization": {"method": "percentile", "low": 1.0, "high": 99.8, "per": "scene, per band"},
                 "receptive_field_px": cfg.receptive_field_px,
+                **({"object_diameter_px": cfg.object_diameter_px} if cfg.object_diameter_px else {}),
+                **({"object_diameter_um": cfg.object_diameter_um} if cfg.object_diameter_um else {}),
                 "training": {
                     "data": str(cfg.data.root or cfg.data.rasters),
                     "kind": cfg.data.kind,
@@ -205,6 +207,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "schedule": cfg.schedule,
                     "minutes": round((time.perf_counter() - t_start) / 60, 1),
                     "contact_weight": cfg.contact_weight,
+                    "augment": cfg.augment.model_dump(),
                     "device": device,
                     "init_from": cfg.init_from,
                 },
