@@ -276,3 +276,13 @@ def test_stretch_clips_below_low_percentile_to_black():
     block = np.array([[[0, 5, 10, 250, 255]]], np.uint8)
     rgb = to_rgb(stretch(block, [(5.0, 250.0)]))
     assert rgb[0, :, 0].tolist() == [0, 0, 5, 255, 255]  # (10 - 5) / 245 * 255 = 5.2
+
+
+def test_class_palette_is_stable():
+    from pipeline.report.render import class_colours
+
+    a = class_colours(["building", "tree"], ["tree", "car", "building"])
+    b = class_colours(["building", "tree"], ["car"])
+    assert list(a) == ["building", "tree", "car"] and a == {**b, "tree": a["tree"]}
+    assert a["building"] == PALETTE[0] and a["tree"] == PALETTE[1] and a["car"] == PALETTE[2]
+    assert class_colours(None, ["b", "a"]) == {"a": PALETTE[0], "b": PALETTE[1]}  # no model order: sorted names

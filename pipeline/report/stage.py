@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 __all__ = ["run_report", "model_classes", "write_index", "INDEX_NAME"]
 
@@ -29,36 +30,44 @@ def model_classes(model: str) -> list[str] | None:
 
 
 def run_report(zarr_path: str, out_dir: Path, stem: str, summary: dict, tile: int, classes: list[str] | None,
-               nodata=None) -> dict[str, str]:
-    """Write the quicklook(s) and the HTML report for one scene; returns {output name: path}."""
+               nodata=None, parquet: str | None = None, dest: Callable[[str, str], str] | None = None) -> dict[str, str]:
+    """Write the quicklook(s) and the HTML report for one scene; returns {output kind: path written}.
+
+    ``parquet``: where the objects are now (default: the summary's final GeoParquet path); ``dest(kind, name)``:
+    the local path to write output ``name`` to (default: ``out_dir/name``) — a publishing step (staging
+    folder, then copy, JSON last) plugs in here."""
     from pipeline.report.crops import crop_windows, render_crops
     from pipeline.report.html import histograms, render_page, write_text_atomic
     from pipeline.report.quicklook import make_quicklook, write_cog, write_png
     from pipeline.report.render import class_colours
 
     t0 = time.perf_counter()
-    parquet = summary["outputs"]["parquet"]
+    parquet = parquet or summary["outputs"]["parquet"]
+    if dest is None:
+        def dest(kind: str, name: str) -> str:
+            return str(Path(out_dir) / name)
     transform = summary["transform"]
     percentiles = summary["stats"]["percentiles"]
     colours = class_colours(classes, (summary.get("counts_per_class") or {}).keys())
     q = make_quicklook(zarr_path, parquet, transform, percentiles, colours, tile, nodata)
     out: dict[str, str] = {}
-    png = write_png(q.image, out_dir / f"{stem}.quicklook.png")
+    png = write_png(q.image, Path(dest("quicklook_png", f"{stem}.quicklook.png")))
     out["quicklook_png"] = str(png)
     crs = summary.get("crs")
     if crs:
         import pyproj
 
         out["quicklook_tif"] = str(write_cog(q.image, q.factor, transform, pyproj.CRS.from_json_dict(crs).to_wkt(),
-                                             out_dir / f"{stem}.quicklook.tif"))
+                                             Path(dest("quicklook_tif", f"{stem}.quicklook.tif"))))
     crops = render_crops(crop_windows(q, int(summary["height"]), int(summary["width"]), tile), zarr_path, parquet,
                          transform, percentiles, colours, tile, nodata)
     hist = histograms(parquet, summary.get("area_stats"))
-    page_summary = {**summary, "outputs": {**summary["outputs"], **out, "report": str(out_dir / f"{stem}.html")}}
+    report_path = Path(dest("report", f"{stem}.html"))
+    page_summary = {**summary, "outputs": {**summary["outputs"], **out, "report": str(report_path)}}
     page_summary.setdefault("timings_s", {})
     page_summary["timings_s"] = {**page_summary["timings_s"], "quicklook_and_crops": round(time.perf_counter() - t0, 3)}
     page = render_page(page_summary, stem, colours, hist, q.image, q.factor, crops, png.name)
-    out["report"] = str(write_text_atomic(page, out_dir / f"{stem}.html"))
+    out["report"] = str(write_text_atomic(page, report_path))
     return out
 
 
