@@ -21,7 +21,7 @@ clients_work() {
 }
 
 if clients_work; then
-    echo "install-clients: ogrinfo, QGIS python and chromium already work, skipping apt"
+    echo "install-clients: ogrinfo, QGIS python, chromium and xvfb already work, skipping apt"
     exit 0
 fi
 
