@@ -286,3 +286,17 @@ def test_class_palette_is_stable():
     assert list(a) == ["building", "tree", "car"] and a == {**b, "tree": a["tree"]}
     assert a["building"] == PALETTE[0] and a["tree"] == PALETTE[1] and a["car"] == PALETTE[2]
     assert class_colours(None, ["b", "a"]) == {"a": PALETTE[0], "b": PALETTE[1]}  # no model order: sorted names
+
+
+def test_page_lists_skipped_tiles_and_warnings():
+    from pipeline.report.html import render_page
+
+    hist = {"area": (np.linspace(0, 1, 4), np.array([1, 2, 3]), False), "score": (np.linspace(0, 1, 4), np.array([3, 2, 1]), False)}
+    s = {"objects": 6, "counts_per_class": {"nucleus": 6}, "tiling": {"tiles": 12}, "tiles_processed": 5, "tiles_resumed": 1,
+         "tiles_skipped": {"tissue": 4, "nodata": 2, "total": 6, "fraction": 0.5}, "warnings": ["halo < receptive <field>"],
+         "timings_s": {"tiles": 2.0, "total": 3.0}, "outputs": {}}
+    page = render_page(s, "x", {"nucleus": PALETTE[0]}, hist, None, 1, [], None)
+    for cell in ('<td>skipped (no tissue)</td><td class="n">4</td>', '<td>skipped (all nodata)</td><td class="n">2</td>',
+                 '<td>resumed (done by an earlier run)</td><td class="n">1</td>'):
+        assert cell in page, cell
+    assert "halo &lt; receptive &lt;field&gt;" in page  # warnings escaped

@@ -125,8 +125,12 @@ def render_page(summary: dict, stem: str, colours: dict, hist: dict, quicklook: 
         for c, k in sorted(counts.items(), key=lambda kv: -kv[1]))
     tiling = summary.get("tiling", {})
     tiles_rows = [("tiles in the grid", tiling.get("tiles", "?")), ("processed in this run", summary.get("tiles_processed", 0))]
-    if "tiles_skipped" in summary:
-        tiles_rows.append(("skipped (no data)", summary["tiles_skipped"]))
+    skipped = summary.get("tiles_skipped")
+    if isinstance(skipped, dict):  # {"tissue": n, "nodata": n, "total": n, ...}: tiles never run through the model
+        tiles_rows.append(("skipped (no tissue)", int(skipped.get("tissue", 0))))
+        tiles_rows.append(("skipped (all nodata)", int(skipped.get("nodata", 0))))
+    elif skipped is not None:
+        tiles_rows.append(("skipped", int(skipped)))
     tiles_rows.append(("resumed (done by an earlier run)", summary.get("tiles_resumed", 0)))
     timings = {k: float(v) for k, v in (summary.get("timings_s") or {}).items() if k != "total"}
     tmax = max(timings.values(), default=1.0) or 1.0
