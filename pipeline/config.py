@@ -33,6 +33,15 @@ class StatsParams(_Strict):
     high: float = Field(default=99.8, gt=0, le=100)
 
 
+class RegularizeParams(_Strict):
+    """Building outline regularisation (pipeline/stages/regularize.py); off unless set."""
+
+    classes: list[str] = Field(default_factory=lambda: ["building"])  # only objects of these classes
+    tolerance: float = Field(default=0.5, gt=0)  # Douglas-Peucker tolerance in map units (m; um or px without a CRS)
+    angle_tolerance: float = Field(default=15.0, ge=0, lt=45)  # edges this close to the dominant axes are squared
+    min_iou: float = Field(default=0.8, ge=0, le=1)  # squared outline must fit the original this well, else simplified only
+
+
 class SegmentConfig(_Strict):
     """Defaults are for a 2-core, 24 GB machine; see configs/*.yaml for examples."""
 
@@ -55,6 +64,7 @@ class SegmentConfig(_Strict):
     class_name: str | None = None  # default: the model's class
     pixel_size_um: tuple[float, float] | None = None  # override the TIFF's physical pixel size
     classical: ClassicalParams = Field(default_factory=ClassicalParams)
+    regularize: RegularizeParams | None = None  # e.g. {classes: [building]}: squared building outlines, area_raw kept
     stats: StatsParams = Field(default_factory=StatsParams)
     keep_intermediate: bool = False
     qupath_geojson: bool = True  # <stem>.geojson: detections with measurements, QuPath's import format

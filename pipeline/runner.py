@@ -255,7 +255,7 @@ def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) ->
         **extra,
     }
     return write_outputs(str(plan.workdir), len(plan.grid), groups, info, plan.out_dir, info.stem, plan.class_name, summary,
-                         geojson=c.qupath_geojson)
+                         geojson=c.qupath_geojson, regularize=c.regularize.model_dump() if c.regularize else None)
 
 
 def run_report(plan: ScenePlan, summary: dict) -> dict[str, str]:

@@ -135,6 +135,20 @@ def assemble_objects(workdir: str, n_tiles: int, groups: dict[int, int], batch_r
         yield buf
 
 
+def _regularized(geoms_px: np.ndarray, info: SceneInfo, params: dict[str, Any]) -> np.ndarray:
+    """Regularise pixel-space polygons with a tolerance given in map units (metres for a projected scene,
+    µm for microscopy with a pixel size, else pixels): square pixels make the two equivalent."""
+    from pipeline.stages.regularize import regularize_many
+
+    if info.crs_wkt:
+        px = float(np.hypot(info.transform[0], info.transform[3]))
+    elif info.pixel_size_um:
+        px = float(info.pixel_size_um[0])
+    else:
+        px = 1.0
+    return regularize_many(geoms_px, params["tolerance"] / px, params["angle_tolerance"], params["min_iou"])
+
+
 def _tmp_name(final: Path) -> Path:
     return final.with_name(f".{final.stem}.{os.getpid()}.tmp{final.suffix}")
 
@@ -176,7 +190,8 @@ def _arrow_batch(rows: dict[str, np.ndarray], geoms: np.ndarray, extra: list[str
 
 
 def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: SceneInfo, out_dir: Path, stem: str,
-                  class_name: str, summary: dict[str, Any], geojson: bool = False) -> dict[str, Any]:
+                  class_name: str, summary: dict[str, Any], geojson: bool = False,
+                  regularize: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``<stem>.parquet``, ``<stem>.gpkg`` and ``<stem>.json`` atomically (and, with ``geojson``, the
     QuPath ``<stem>.geojson``: :mod:`pipeline.io.qupath`); returns the summary."""
     from pipeline.io.qupath import GeoJSONWriter, class_color
@@ -194,6 +209,9 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
     crs = output_crs(info)
     channels = channel_names(info)
     extra = measurement_names(channels)
+    if regularize:  # building outlines squared (pipeline/stages/regularize.py): keep the area before too
+        extra = [*extra, "area_raw"]
+    per_class: dict[str, list] = {}  # class -> [count, total area]
     next_id = 1
     areas: list[np.ndarray] = []
     area_unit = "px"
@@ -214,8 +232,13 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
             gj = GeoJSONWriter(tmps["geojson"])
         for batch in assemble_objects(workdir, n_tiles, groups):
             geoms_px = np.array(batch["geometry"], dtype=object)
-            m = measure(geoms_px, info)
             n = len(geoms_px)
+            area_raw = None
+            if regularize:
+                area_raw = measure(geoms_px, info)["area"]
+                if class_name in regularize["classes"]:
+                    geoms_px = _regularized(geoms_px, info, regularize)
+            m = measure(geoms_px, info)
             area_px = np.asarray(batch["area_px"], np.int64)
             rows = {
                 "object_id": np.arange(next_id, next_id + n, dtype=np.int64),
@@ -226,8 +249,15 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
                 **{k: v for k, v in m.items() if k != "geometry"},
             }
             rows.update(object_columns(batch, geoms_px, m["area"], m["perimeter"], info, channels))
+            if area_raw is not None:
+                rows["area_raw"] = area_raw
             next_id += n
             areas.append(rows["area"])
+            for c in np.unique(rows["class"]).tolist():  # per class (multi-class models fill the class column)
+                sel = rows["class"] == c
+                tot = per_class.setdefault(str(c), [0, 0.0])
+                tot[0] += int(sel.sum())
+                tot[1] += float(np.asarray(rows["area"])[sel].sum())
             area_unit = str(rows["area_unit"][0]) if n else area_unit
             table = _arrow_batch(rows, m["geometry"], extra)
             if gj is not None:
@@ -271,7 +301,8 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
         summary = {
             **summary,
             "objects": int(n_obj),
-            "counts_per_class": {class_name: int(n_obj)} if n_obj else {},
+            "counts_per_class": {c: v[0] for c, v in sorted(per_class.items())},
+            "area_per_class": {c: v[1] for c, v in sorted(per_class.items())},  # in area_unit
             "area_unit": area_unit if n_obj else None,
             "area_stats": _area_stats(all_areas),
             **scene_density(int(n_obj), valid_pixels(workdir, n_tiles), info, summary.get("tissue_px")),
