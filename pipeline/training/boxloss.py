@@ -108,8 +108,10 @@ def box_losses(logits, targets, boxes: list[np.ndarray], pos_weight_boundary: fl
     outside = 1 - inside
     bce0 = F.binary_cross_entropy_with_logits(fg_l, torch.zeros_like(fg_l), reduction="none")
     bce1 = F.binary_cross_entropy_with_logits(fg_l, torch.ones_like(fg_l), reduction="none")
-    n = fg_l.numel()
-    loss = (bce0 * outside).sum() / n + core_weight * (bce1 * core).sum() / core.sum().clamp(min=1)
+    # Mean over the pixels each term is about: the background term must hold its own against the projection
+    # term, which only ever pushes the foreground up (normalised by all pixels it was too weak: foreground
+    # spread over the understory between the boxes).
+    loss = (bce0 * outside).sum() / outside.sum().clamp(min=1) + core_weight * (bce1 * core).sum() / core.sum().clamp(min=1)
     p = torch.sigmoid(fg_l)
     proj, count = p.new_zeros(()), 0
     for i, bx in enumerate(boxes):
