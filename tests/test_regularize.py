@@ -79,5 +79,5 @@ def test_segment_writes_regularised_outlines_and_area_before(tmp_path, dask_clie
     np.testing.assert_allclose(g["area"], 40 * 24 * 0.0625, rtol=0.1)
     summary = json.loads((tmp_path / "out" / "roofs.json").read_text())
     assert summary["counts_per_class"] == {"building": 4} and summary["area_per_class"]["building"] == pytest.approx(g["area"].sum())
-    gp = gpd.read_file(tmp_path / "out" / "roofs.gpkg")
+    gp = gpd.read_file(tmp_path / "out" / "roofs.gpkg", layer="objects")
     assert "area_raw" in gp.columns and set(gp["class"]) == {"building"}
