@@ -101,8 +101,18 @@ def add_scene_layers(viewer, summary: dict, max_polygons: int = MAX_POLYGONS) ->
     from pipeline.report.render import class_colours
     from pipeline.report.stage import model_classes
 
+    from pipeline.io.raster import open_raster
+
     stem = Path(summary["outputs"]["parquet"]).name[: -len(".parquet")]
-    h, w, bands = int(summary["height"]), int(summary["width"]), int(summary.get("bands", 1))
+    try:
+        # The input at its own (full) resolution: its size and transform, not the run's working grid (a run
+        # may have read a pyramid level or resampled; the objects are in full-resolution coordinates).
+        with open_raster(summary["input"]) as ds:
+            h, w, bands = ds.height, ds.width, ds.count
+            transform = tuple(ds.transform)[:6] if summary.get("crs") else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    except SeamlineError:
+        raise InputError(f"seamline view: the input {summary['input']} of this run cannot be read any more; "
+                         "restore it (the objects are in the outputs, the pixels are not)") from None
     pct = summary.get("stats", {}).get("percentiles") or [[0, 1]] * bands
     try:
         names = ("red", "green", "blue") if bands >= 3 else ("gray",)
@@ -116,7 +126,7 @@ def add_scene_layers(viewer, summary: dict, max_polygons: int = MAX_POLYGONS) ->
                          "restore it (the objects are in the outputs, the pixels are not)") from None
     colours = class_colours(model_classes(str(summary.get("model", {}).get("path", "classical"))),
                             (summary.get("counts_per_class") or {}).keys())
-    n, polys, cents, classes = _objects(summary["outputs"]["parquet"], summary["transform"], max_polygons)
+    n, polys, cents, classes = _objects(summary["outputs"]["parquet"], transform, max_polygons)
     edge = [np.array([*colours.get(c, (255, 221, 0)), 255]) / 255 for c in classes]
     if cents is not None:
         viewer.add_points(cents, name=f"{stem} objects (centroids: {n:,} > {max_polygons:,})", size=4,
