@@ -66,7 +66,7 @@ def _one_scene(client, input_path: str, out_dir: str, cfg: SegmentConfig) -> dic
     job = runner.make_job(plan, stats)
     tiles = tiles_task(client, plan, job)
     groups = stitch_task(client, plan, job)
-    summary = write_task(plan, groups, {"stats": stats, "worker_seconds": tiles["timings"],
+    summary = write_task(plan, groups, {**runner.skipping_summary(plan, stats), "worker_seconds": tiles["timings"],
                                          "tiles_processed": tiles["tiles"], "tiles_resumed": tiles["skipped"],
                                          "joined_objects": len(set(groups.values())), "orchestrator": "prefect"})
     if cfg.report:  # before the work folder goes: the quicklook is made from its zarr store

@@ -42,6 +42,23 @@ class RegularizeParams(_Strict):
     min_iou: float = Field(default=0.8, ge=0, le=1)  # squared outline must fit the original this well, else simplified only
 
 
+class ResolutionParams(_Strict):
+    """The resolution rule's overrides (pipeline/stages/resolution.py)."""
+
+    pixel_size: tuple[float, Literal["m", "um"]] | None = None  # the model's training pixel size (else checkpoint's)
+    level: int | None = Field(default=None, ge=0)  # read this pyramid level as stored (overrides the rule)
+
+
+class TissueParams(_Strict):
+    """Tile skipping by tissue detection on a low-resolution level (pipeline/stages/skipping.py)."""
+
+    enabled: bool = False  # on in configs/microscopy.yaml; off for satellite scenes
+    min_fraction: float = Field(default=0.02, ge=0, le=1)  # tiles with less tissue than this are skipped
+    method: Literal["auto", "saturation", "intensity"] = "auto"  # auto: saturation for brightfield, else intensity
+    min_size_um: float = Field(default=4.0, ge=0)  # specks smaller than this (equivalent diameter, µm) are not tissue
+    dilate_um: float = Field(default=20.0, ge=0)  # grow the mask (µm) so tissue rims and sparse nuclei are kept
+
+
 class SegmentConfig(_Strict):
     """Defaults are for a 2-core, 24 GB machine; see configs/*.yaml for examples."""
 
@@ -63,6 +80,14 @@ class SegmentConfig(_Strict):
     memory_limit: str = "auto"
     class_name: str | None = None  # default: the model's class
     pixel_size_um: tuple[float, float] | None = None  # override the TIFF's physical pixel size
+    reader: Literal["auto", "gdal", "openslide", "tifffile", "zarr"] = "auto"  # which library reads the input
+    series: int | None = Field(default=None, ge=0)  # image of a multi-image OME-TIFF / OME-Zarr container
+    channels: list[str | int] | None = None  # names (OME, band descriptions, red/green/blue) or 1-based indices
+    bands: list[str | int] | None = None  # the same as channels (satellite wording: bands: [4, 3, 2]); not both
+    single_stain: Literal["auto", "on", "off"] = "auto"  # RGB render of one stain (R = G = 0) -> one grey channel
+    skip_nodata: bool = True  # skip tiles that are entirely nodata / alpha 0 / NaN before the model
+    resolution: ResolutionParams = Field(default_factory=ResolutionParams)
+    tissue: TissueParams = Field(default_factory=TissueParams)
     classical: ClassicalParams = Field(default_factory=ClassicalParams)
     regularize: RegularizeParams | None = None  # e.g. {classes: [building]}: squared building outlines, area_raw kept
     stats: StatsParams = Field(default_factory=StatsParams)
@@ -77,6 +102,8 @@ class SegmentConfig(_Strict):
         from pipeline.stages.tiling import validate_tiling
 
         validate_tiling(self.tile, 0 if self.halo is None else self.halo)
+        if self.channels is not None and self.bands is not None:
+            raise ParameterError("channels and bands are the same setting; give only one of them")
         if self.stats.low >= self.stats.high:
             raise ParameterError(f"stats.low ({self.stats.low}) must be below stats.high ({self.stats.high})")
         return self

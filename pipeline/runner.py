@@ -24,7 +24,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.config import SegmentConfig
 from pipeline.errors import CheckpointError, InputError, ParameterError
-from pipeline.io.raster import SceneInfo, inspect_raster
+from pipeline.io.raster import SceneInfo
 from pipeline.stages.tiles import TileJob
 from pipeline.stages.tiling import TileGrid
 
@@ -45,6 +45,7 @@ class ScenePlan:
     class_name: str
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    input: Any = None  # pipeline.stages.inputs.InputPlan: source description, resolution, overview
 
     @property
     def zarr_path(self) -> str:
@@ -62,8 +63,10 @@ def _fingerprint(info: SceneInfo, cfg: SegmentConfig, model: str) -> str:
         src_id = f"{src}:{st.st_size}:{st.st_mtime_ns}"
     except OSError:
         src_id = src
-    relevant = cfg.model_dump(include={"tile", "halo", "classical", "stats", "pixel_size_um", "tta", "inference"})
-    return hashlib.sha256(json.dumps([src_id, relevant, model, __version__], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    relevant = cfg.model_dump(include={"tile", "halo", "classical", "stats", "pixel_size_um", "tta", "inference",
+                                       "tissue", "skip_nodata"})
+    reading = info.as_attrs()  # reader, series, level, resample, channels: what the store holds
+    return hashlib.sha256(json.dumps([src_id, relevant, reading, model, __version__], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def check_model(spec: str) -> tuple[str, dict | None]:
@@ -111,9 +114,13 @@ def resolve_halo(cfg: SegmentConfig, model: str, md: dict | None) -> tuple[int, 
 
 def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> ScenePlan:
     """Validate the input and the model, and prepare (or resume) the work folder. No heavy work."""
-    info = inspect_raster(input_path, cfg.pixel_size_um)
+    from pipeline.stages.inputs import plan_input
+
     model, md = check_model(cfg.model)
+    inp = plan_input(input_path, cfg, md, Path(model).name if md else model)
+    info = inp.info
     halo, warnings = resolve_halo(cfg, model, md)
+    warnings = [*inp.warnings, *warnings]
     cfg = cfg.model_copy(update={"halo": halo})
     for w in warnings:
         log.warning(w)
@@ -138,7 +145,7 @@ def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> Scen
     (workdir / "parts").mkdir(parents=True, exist_ok=True)
     if not manifest.exists():
         manifest.write_text(json.dumps({"fingerprint": fp, "input": info.path}))
-    return ScenePlan(info, out, workdir, cfg, model, class_name, warnings=warnings)
+    return ScenePlan(info, out, workdir, cfg, model, class_name, warnings=warnings, input=inp)
 
 
 def run_ingest(client, plan: ScenePlan) -> dict:
@@ -148,23 +155,43 @@ def run_ingest(client, plan: ScenePlan) -> dict:
     stats_file = plan.workdir / "stats.json"
     if stats_file.exists():
         return json.loads(stats_file.read_text())
+    from pipeline.stages.skipping import needed_tiles, nodata_skip, tile_fractions, tissue_mask, tissue_skip
+
     info, tile = plan.info, plan.cfg.tile
+    grid = plan.grid
+    skip_tissue: set[int] = set()
+    tissue: dict[str, Any] | None = None
+    inp = plan.input
+    if plan.cfg.tissue.enabled and inp is not None and inp.overview is not None:
+        tc = plan.cfg.tissue
+        ov_um = info.pixel_size_um[0] / info.scale * inp.overview_downsample if info.pixel_size_um else None
+        mask, tissue = tissue_mask(inp.overview, None, tc.method, ov_um, tc.min_size_um, tc.dilate_um)
+        fr = tile_fractions(mask, grid, inp.overview_downsample / info.scale)
+        skip_tissue = tissue_skip(fr, tc.min_fraction)
+        tissue["working_px"] = int(round(float(mask.sum()) * (inp.overview_downsample / info.scale) ** 2))
+        if info.pixel_size_um:
+            tissue["area_mm2"] = round(float(mask.sum()) * (ov_um / 1000) ** 2, 6)
     create_store(plan.zarr_path, info, tile)
     stride = sample_stride(info.height, info.width)
-    blocks = plan_ingest(info, tile)
-    futures = client.map(ingest_block, [info.path] * len(blocks), [plan.zarr_path] * len(blocks), blocks,
-                         [stride] * len(blocks), pure=False)
+    blocks = plan_ingest(info, tile, needed_tiles(grid, skip_tissue) if skip_tissue else None)
+    futures = client.map(ingest_block, [info] * len(blocks), [plan.zarr_path] * len(blocks), blocks,
+                         [stride] * len(blocks), [tile] * len(blocks), pure=False)
     try:
-        samples = client.gather(futures)
+        results = client.gather(futures)
     except InputError:
         raise
     except Exception as exc:  # GDAL read errors from a truncated or corrupt file surface here
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise InputError(f"input {info.path}: reading pixel data failed ({first}); the file looks truncated or corrupt — re-copy or re-export it") from None
+    samples = [r[0] for r in results]
+    skip_nodata = nodata_skip(grid, [c for r in results for c in r[1]]) - skip_tissue if plan.cfg.skip_nodata else set()
     cl = plan.cfg.classical
     stats = scene_statistics(samples, info.nodata, plan.cfg.stats.low, plan.cfg.stats.high, cl.threshold, cl.low_ratio,
                              cl.low_threshold)
     stats["stride"] = stride
+    stats["skip"] = {"tissue": sorted(skip_tissue), "nodata": sorted(skip_nodata)}
+    if tissue is not None:
+        stats["tissue"] = tissue
     stats_file.write_text(json.dumps(stats))
     return stats
 
@@ -176,9 +203,12 @@ def make_job(plan: ScenePlan, stats: dict) -> TileJob:
 
     c = plan.cfg
     threads = None if c.scheduler else cores_per_worker(c.workers)
+    skip = stats.get("skip", {})
     return TileJob(plan.zarr_path, str(plan.workdir), plan.info.height, plan.info.width, c.tile, c.halo, plan.model,
-                   c.classical.model_dump(exclude={"threshold", "low_ratio", "low_threshold"}), stats, plan.info.nodata, c.device,
-                   threads, c.batch_size, c.tta, c.inference)
+                   c.classical.model_dump(exclude={"threshold", "low_ratio", "low_threshold"}),
+                   {k: v for k, v in stats.items() if k != "skip"}, plan.info.nodata, c.device,
+                   threads, c.batch_size, c.tta, c.inference,
+                   skip=frozenset(skip.get("tissue", [])) | frozenset(skip.get("nodata", [])), masked=plan.info.has_mask)
 
 
 def task_batches(n: int, tiles_per_task: int, slots: int) -> list[list[int]]:
@@ -207,7 +237,7 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
                           compressors=[ZstdCodec(level=1)], fill_value=0)
     batches = task_batches(len(job.grid), plan.cfg.tiles_per_task, sum(client.nthreads().values()))
     futures = client.map(process_tiles, [job] * len(batches), batches, pure=False)
-    total = {"tiles": 0, "skipped": 0, "pieces": 0, "pixels": 0, "timings": {}}
+    total = {"tiles": 0, "skipped": 0, "pieces": 0, "pixels": 0, "empty": 0, "timings": {}}
     from distributed import as_completed
 
     from pipeline.report.progress import current
@@ -216,8 +246,8 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
     progress.start_tiles(len(job.grid), plan.info.width * plan.info.height)
     for fut in as_completed(futures):
         r = fut.result()
-        progress.advance(r["tiles"], r["skipped"])
-        for k in ("tiles", "skipped", "pieces", "pixels"):
+        progress.advance(r["tiles"], r["skipped"] + r.get("empty", 0))  # skipped (no tissue, nodata) tiles count as done
+        for k in ("tiles", "skipped", "pieces", "pixels", "empty"):
             total[k] += r[k]
         for k, v in r["timings"].items():
             total["timings"][k] = total["timings"].get(k, 0.0) + v
@@ -249,6 +279,7 @@ def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) ->
         "dtype": info.dtype,
         "transform": list(info.transform),
         "pixel_size_um": list(info.pixel_size_um) if info.pixel_size_um else None,
+        "source": _source_summary(plan),
         "tiling": {"tile": c.tile, "halo": c.halo, "grid": list(plan.grid.shape), "tiles": len(plan.grid)},
         "model": {"spec": c.model, "path": plan.model, "class": plan.class_name, "tta": c.tta},
         "warnings": plan.warnings,
@@ -256,6 +287,29 @@ def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) ->
     }
     return write_outputs(str(plan.workdir), len(plan.grid), groups, info, plan.out_dir, info.stem, plan.class_name, summary,
                          geojson=c.qupath_geojson, regularize=c.regularize.model_dump() if c.regularize else None)
+
+
+def skipping_summary(plan: ScenePlan, stats: dict) -> dict[str, Any]:
+    """Summary entries for the scene statistics and the tiles skipped (no tissue, all nodata)."""
+    skip = stats.get("skip", {})
+    n_t, n_n = len(skip.get("tissue", [])), len(skip.get("nodata", []))
+    return {"stats": {k: v for k, v in stats.items() if k not in ("skip", "tissue")},
+            "tiles_skipped": {"tissue": n_t, "nodata": n_n, "total": n_t + n_n,
+                              "fraction": round((n_t + n_n) / len(plan.grid), 4)},
+            "tissue": stats.get("tissue"),
+            # tissue area in working pixels (measure_objects.scene_density: objects per mm² of tissue)
+            **({"tissue_px": int(stats["tissue"]["working_px"])} if stats.get("tissue") else {})}
+
+
+def _source_summary(plan: ScenePlan) -> dict[str, Any]:
+    """What was read: backend, levels, channels, the resolution rule's choice, the stain, tile skipping."""
+    info, inp = plan.info, plan.input
+    out: dict[str, Any] = dict(inp.source) if inp is not None else {}
+    out.update({"level": info.level, "resample": info.resample, "scale": info.scale,
+                "level0": list(info.level0) if info.level0 else [info.height, info.width],
+                "channels_used": list(info.channel_names) if info.channel_names else None,
+                "stain": inp.stain if inp is not None else None})
+    return out
 
 
 def run_report(plan: ScenePlan, summary: dict) -> dict[str, str]:
@@ -320,8 +374,9 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
                                                     plan.out_dir / f"{plan.info.stem}.ome.zarr")
                 timings["label_image"] = time.perf_counter() - t
         t = time.perf_counter()
-        extra = {"stats": stats, "worker_seconds": tiles["timings"], "tiles_processed": tiles["tiles"],
-                 "tiles_resumed": tiles["skipped"], "joined_objects": len(set(groups.values()))}
+        extra = {"worker_seconds": tiles["timings"], "tiles_processed": tiles["tiles"],
+                 "tiles_resumed": tiles["skipped"], "joined_objects": len(set(groups.values())),
+                 **skipping_summary(plan, stats)}
         with progress.stage("write outputs"):
             summary = run_write(plan, groups, {**extra, "timings_s": timings})
         timings["write"] = time.perf_counter() - t

@@ -39,17 +39,20 @@ def build_segment_config(args: argparse.Namespace):
 def _cmd_segment(args: argparse.Namespace) -> int:
     from pipeline.stages.dispatch import dask_client
     from pipeline.errors import ParameterError
-    from pipeline.io.raster import inspect_raster
+    from pipeline.io.sources import open_source, resolve_channels, stem_of
     from pipeline.runner import segment_scene
 
     cfg = build_segment_config(args)
     # Validate every input before any work: a bad file in a batch must not leave half the outputs behind.
     stems = {}
     for p in args.inputs:
-        info = inspect_raster(p, cfg.pixel_size_um)
-        if info.stem in stems:
-            raise ParameterError(f"inputs {stems[info.stem]} and {p} would both write {info.stem}.*; rename one or run them separately")
-        stems[info.stem] = p
+        with open_source(p, cfg.reader, cfg.series) as src:  # any format; bad channels fail here too
+            resolve_channels(src, cfg.bands if cfg.bands is not None else cfg.channels,
+                             "bands" if cfg.bands is not None else "channels")
+        stem = stem_of(p)
+        if stem in stems:
+            raise ParameterError(f"inputs {stems[stem]} and {p} would both write {stem}.*; rename one or run them separately")
+        stems[stem] = p
     from pipeline.runner import check_model, resolve_halo
 
     model, md = check_model(cfg.model)  # a broken checkpoint fails here, before the cluster starts

@@ -261,7 +261,9 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
             area_unit = str(rows["area_unit"][0]) if n else area_unit
             table = _arrow_batch(rows, m["geometry"], extra)
             if gj is not None:
-                gj.add(geoms_px, rows, class_name, class_color(class_name), channels, channel_columns(channels))
+                # QuPath wants full-resolution (level-0) pixels; geoms_px are working pixels (info.scale of them)
+                gj_geoms = geoms_px if info.scale == 1 else __import__("shapely").transform(geoms_px, lambda xy: xy * info.scale)
+                gj.add(gj_geoms, rows, class_name, class_color(class_name), channels, channel_columns(channels))
             import shapely
 
             types.update(shapely.get_type_id(m["geometry"]).tolist())

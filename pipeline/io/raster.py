@@ -27,7 +27,14 @@ _UNIT_TO_UM = {"nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "µm": 1.0, "\\u00B5m":
 
 @dataclass(frozen=True)
 class SceneInfo:
-    """What Seamline needs to know about an input raster (JSON-serialisable via :meth:`as_attrs`)."""
+    """What Seamline needs to know about an input (JSON-serialisable via :meth:`as_attrs`).
+
+    ``width``/``height``/``count``/``transform``/``pixel_size_um`` describe the *working* image: the one the
+    zarr store holds and the model sees. It is pyramid level ``level`` of the source, area-averaged down by
+    ``resample`` (1 = read as stored), so one working pixel spans ``scale`` level-0 pixels; ``transform`` is
+    the level-0 transform scaled by ``scale``, so polygons come out in level-0 coordinates / the CRS.
+    ``channels`` are the source's 0-based channels copied (None = all), ``channel_names`` their names.
+    """
 
     path: str
     width: int
@@ -39,6 +46,16 @@ class SceneInfo:
     nodata: float | None
     pixel_size_um: tuple[float, float] | None = None
     driver: str = "GTiff"
+    reader: str = "gdal"
+    series: int | None = None
+    level: int = 0
+    resample: float = 1.0
+    scale: float = 1.0
+    level0: tuple[int, int] | None = None  # (height, width) of level 0; None = the working size
+    levels: tuple[tuple[int, int, float], ...] = ()
+    channels: tuple[int, ...] | None = None
+    channel_names: tuple[str, ...] | None = None
+    has_mask: bool = False  # the source has an alpha band / mask / may hold nodata or NaN: the store has "valid"
 
     @property
     def georeferenced(self) -> bool:
@@ -46,37 +63,46 @@ class SceneInfo:
 
     @property
     def stem(self) -> str:
-        # A URL's query goes; a chained URL ("zip://a.tif::s3://bucket/b.zip") names the image first.
-        name = Path(self.path.split("::")[0].split("?")[0]).name
-        for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-            if name.lower().endswith(suf):
-                return name[: -len(suf)]
-        return Path(name).stem
+        from pipeline.io.sources import stem_of
+
+        return stem_of(self.path)
 
     def as_attrs(self) -> dict[str, Any]:
         return {
             "source": self.path, "width": self.width, "height": self.height, "count": self.count,
             "dtype": self.dtype, "crs_wkt": self.crs_wkt, "transform": list(self.transform),
             "nodata": self.nodata, "pixel_size_um": list(self.pixel_size_um) if self.pixel_size_um else None,
-            "driver": self.driver,
+            "driver": self.driver, "reader": self.reader, "series": self.series, "level": self.level,
+            "resample": self.resample, "scale": self.scale, "level0": list(self.level0) if self.level0 else None,
+            "levels": [list(lv) for lv in self.levels],
+            "channels": list(self.channels) if self.channels is not None else None,
+            "channel_names": list(self.channel_names) if self.channel_names is not None else None,
+            "has_mask": self.has_mask,
         }
 
     @classmethod
     def from_attrs(cls, a: dict[str, Any]) -> "SceneInfo":
         return cls(a["source"], a["width"], a["height"], a["count"], a["dtype"], a["crs_wkt"], tuple(a["transform"]),
-                   a["nodata"], tuple(a["pixel_size_um"]) if a.get("pixel_size_um") else None, a.get("driver", "GTiff"))
+                   a["nodata"], tuple(a["pixel_size_um"]) if a.get("pixel_size_um") else None, a.get("driver", "GTiff"),
+                   a.get("reader", "gdal"), a.get("series"), a.get("level", 0), a.get("resample", 1.0),
+                   a.get("scale", 1.0), tuple(a["level0"]) if a.get("level0") else None,
+                   tuple(tuple(lv) for lv in a.get("levels", ())),
+                   tuple(a["channels"]) if a.get("channels") is not None else None,
+                   tuple(a["channel_names"]) if a.get("channel_names") is not None else None, a.get("has_mask", False))
 
 
 def _is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def open_raster(path: str):
-    """Open with rasterio; fsspec URLs through an fsspec opener. Raises InputError naming the file."""
+def open_raster(path: str, **open_kwargs: Any):
+    """Open with rasterio; fsspec URLs through an fsspec opener. Raises InputError naming the file.
+
+    ``open_kwargs`` go to ``rasterio.open`` (e.g. ``overview_level`` to open one overview as a dataset)."""
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(open_kwargs)
     name = path  # what messages call the input: the path or URL as the user gave it
     if path.startswith("file://"):
         path = path[len("file://"):]
@@ -107,7 +133,7 @@ def open_raster(path: str):
     except RasterioIOError as exc:
         first = str(exc).splitlines()[0][:160]
         raise InputError(f"input {name}: not a readable GeoTIFF/TIFF ({first}); pass a GeoTIFF, COG or (OME-)TIFF file") from None
-    if ds.driver not in ("GTiff", "COG", "LIBERTIFF"):
+    if ds.driver not in ("GTiff", "COG", "LIBERTIFF", "VRT"):
         ds.close()
         raise InputError(f"input {name}: expected a GeoTIFF/TIFF, found a {ds.driver} file; convert it with gdal_translate -of COG")
     return ds
@@ -155,39 +181,57 @@ def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
             sx, sy = el.get("PhysicalSizeX"), el.get("PhysicalSizeY")
             if sx is None or sy is None:
                 return None
-            ux = _UNIT_TO_UM.get(el.get("PhysicalSizeXUnit", "µm"), 1.0)
-            uy = _UNIT_TO_UM.get(el.get("PhysicalSizeYUnit", "µm"), 1.0)
+            # An unknown unit (OME allows "pixel", "reference frame") is not a physical size.
+            ux = _UNIT_TO_UM.get(el.get("PhysicalSizeXUnit", "µm"))
+            uy = _UNIT_TO_UM.get(el.get("PhysicalSizeYUnit", "µm"))
+            if ux is None or uy is None:
+                return None
             return (float(sx) * ux, float(sy) * uy)
     return None
 
 
+def check_dataset(ds, path: str) -> str:
+    """Reject what Seamline cannot process (empty, mixed or unsupported types, unreadable pixel data) with one
+    line naming the file; returns the dtype. Reads two small windows to catch truncated files early."""
+    if ds.width == 0 or ds.height == 0 or ds.count == 0:
+        raise InputError(f"input {path}: image is empty ({ds.width}x{ds.height}, {ds.count} bands); expected at least 1x1 pixel")
+    dtypes = set(ds.dtypes)
+    if len(dtypes) != 1:
+        raise InputError(f"input {path}: bands have different types {sorted(dtypes)}; convert to one type with gdal_translate -ot")
+    dtype = ds.dtypes[0]
+    if dtype not in SUPPORTED_DTYPES:
+        raise InputError(f"input {path}: unsupported pixel type {dtype}; expected one of {', '.join(SUPPORTED_DTYPES)} (convert with gdal_translate -ot Float32)")
+    from rasterio.windows import Window as RWindow
+
+    try:
+        ds.read(1, window=RWindow(0, 0, min(16, ds.width), min(16, ds.height)))
+        ds.read(window=RWindow(max(0, ds.width - 16), max(0, ds.height - 16), min(16, ds.width), min(16, ds.height)))
+    except Exception as exc:  # rasterio raises RasterioIOError; GDAL may raise others for corrupt blocks
+        detail = exc.__cause__ or exc  # rasterio's "Read failed. See previous exception" wraps GDAL's message
+        first = str(detail).splitlines()[0][:160] if str(detail) else type(exc).__name__
+        raise InputError(f"input {path}: pixel data cannot be read, the file looks truncated or corrupt ({first}); re-copy or re-export it") from None
+    return dtype
+
+
+def clean_nodata(nodata) -> float | None:
+    if nodata is not None and isinstance(nodata, float) and math.isnan(nodata):
+        return None  # NaN nodata is handled by float maths; JSON cannot hold NaN
+    return nodata
+
+
 def inspect_raster(path: str, pixel_size_um: tuple[float, float] | None = None) -> SceneInfo:
-    """Validate an input raster and describe it; reads two small windows to catch truncated files early."""
+    """Validate a GDAL-readable raster and describe it at full resolution (all bands).
+
+    The pipeline itself describes its input through :func:`pipeline.io.sources.open_source` and
+    :func:`pipeline.stages.resolution.plan_input` (every format, levels, channels); this is the GDAL-only view
+    kept for callers that want exactly that."""
     path = str(path)
     ds = open_raster(path)
     with ds:
-        if ds.width == 0 or ds.height == 0 or ds.count == 0:
-            raise InputError(f"input {path}: image is empty ({ds.width}x{ds.height}, {ds.count} bands); expected at least 1x1 pixel")
-        dtypes = set(ds.dtypes)
-        if len(dtypes) != 1:
-            raise InputError(f"input {path}: bands have different types {sorted(dtypes)}; convert to one type with gdal_translate -ot")
-        dtype = ds.dtypes[0]
-        if dtype not in SUPPORTED_DTYPES:
-            raise InputError(f"input {path}: unsupported pixel type {dtype}; expected one of {', '.join(SUPPORTED_DTYPES)} (convert with gdal_translate -ot Float32)")
-        from rasterio.windows import Window as RWindow
-
-        try:
-            ds.read(1, window=RWindow(0, 0, min(16, ds.width), min(16, ds.height)))
-            ds.read(window=RWindow(max(0, ds.width - 16), max(0, ds.height - 16), min(16, ds.width), min(16, ds.height)))
-        except Exception as exc:  # rasterio raises RasterioIOError; GDAL may raise others for corrupt blocks
-            detail = exc.__cause__ or exc  # rasterio's "Read failed. See previous exception" wraps GDAL's message
-            first = str(detail).splitlines()[0][:160] if str(detail) else type(exc).__name__
-            raise InputError(f"input {path}: pixel data cannot be read, the file looks truncated or corrupt ({first}); re-copy or re-export it") from None
+        dtype = check_dataset(ds, path)
         crs_wkt = ds.crs.to_wkt() if ds.crs is not None else None
         t = ds.transform
-        nodata = ds.nodata
-        if nodata is not None and isinstance(nodata, float) and math.isnan(nodata):
-            nodata = None  # NaN nodata is handled by float maths; JSON cannot hold NaN
+        nodata = clean_nodata(ds.nodata)
         driver = ds.driver
         size = (ds.width, ds.height, ds.count)
     ps = pixel_size_um if pixel_size_um else (None if crs_wkt else _pixel_size_from_tiff(path))

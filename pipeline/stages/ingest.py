@@ -1,7 +1,8 @@
 """Stage 1 and 2: copy a raster into a zarr v3 store whose chunks are the tile grid, and gather the sample
 for scene statistics in the same pass.
 
-Blocks are read with windowed GDAL reads and written to disjoint chunks, so any number of workers can ingest
+Blocks are read through the reader interface (:mod:`pipeline.io.sources`: GDAL, OpenSlide, tifffile, zarr) at
+the working level and area-averaged to the working resolution (:mod:`pipeline.stages.resolution`), and written to disjoint chunks, so any number of workers can ingest
 one scene in parallel without locks (zarr 3 has none). Each block also returns its pixels on a *global*
 sampling lattice (every ``stride``-th row and column of the scene): the sample, and so the statistics, do not
 depend on the tile size — a tiled run and a whole-image run normalise identically.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.io.raster import SceneInfo, open_raster, read_window
+from pipeline.io.raster import SceneInfo
 
 __all__ = ["IngestBlock", "plan_ingest", "create_store", "ingest_block", "sample_stride", "scene_statistics", "MAX_SAMPLE_PX"]
 
@@ -34,8 +35,10 @@ def sample_stride(height: int, width: int) -> int:
     return max(1, math.ceil(math.sqrt(height * width / MAX_SAMPLE_PX)))
 
 
-def plan_ingest(info: SceneInfo, tile: int) -> list[IngestBlock]:
-    """Blocks of whole chunk rows, split in column runs of whole chunks to stay under ~64 MB each."""
+def plan_ingest(info: SceneInfo, tile: int, needed: set[tuple[int, int]] | None = None) -> list[IngestBlock]:
+    """Blocks of whole chunk rows, split in column runs of whole chunks to stay under ~64 MB each.
+
+    ``needed``: (tile_row, tile_col) of the tiles to copy (tissue skipping); None = all."""
     itemsize = np.dtype(info.dtype).itemsize
     chunk_bytes = tile * tile * info.count * itemsize
     per_block = max(1, BLOCK_BYTES // max(chunk_bytes, 1))
@@ -43,14 +46,23 @@ def plan_ingest(info: SceneInfo, tile: int) -> list[IngestBlock]:
     blocks = []
     for r in range(0, info.height, tile):
         h = min(tile, info.height - r)
-        for c0 in range(0, n_cols, per_block):
-            col = c0 * tile
-            w = min(per_block * tile, info.width - col)
+        cols = [c for c in range(n_cols) if needed is None or (r // tile, c) in needed]
+        runs: list[list[int]] = []
+        for c in cols:  # consecutive chunk columns, at most per_block of them
+            if runs and c == runs[-1][-1] + 1 and len(runs[-1]) < per_block:
+                runs[-1].append(c)
+            else:
+                runs.append([c])
+        for run in runs:
+            col = run[0] * tile
+            w = min(len(run) * tile, info.width - col)
             blocks.append(IngestBlock(r, col, h, w))
     return blocks
 
 
 def create_store(zarr_path: str, info: SceneInfo, tile: int) -> None:
+    """The working image (bands, y, x) in tile-sized chunks, and for sources that can hold invalid pixels
+    (nodata, NaN, alpha/mask) a ``valid`` array (y, x; 1 = data) that tiles use to keep objects off nodata."""
     import zarr
     from zarr.codecs import ZstdCodec
 
@@ -66,19 +78,59 @@ def create_store(zarr_path: str, info: SceneInfo, tile: int) -> None:
         dimension_names=("band", "y", "x"),
         overwrite=True,
     )
+    if info.has_mask:
+        zarr.create_array(store=zarr_path, name="valid", shape=(info.height, info.width), chunks=(tile, tile),
+                          dtype="uint8", compressors=[ZstdCodec(level=1)], fill_value=0, overwrite=True)
 
 
-def ingest_block(src: str, zarr_path: str, block: IngestBlock, stride: int) -> np.ndarray:
-    """Copy one block into the store; return its pixels on the global sampling lattice (bands, n)."""
+def read_working(info: SceneInfo, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A window of the working image: the source's level window, area-averaged, the chosen channels; and
+    where it is valid (None when the source cannot hold invalid pixels)."""
+    from pipeline.io.sources import Level, open_source
+    from pipeline.stages.resolution import area_resample, source_window
+
+    src = open_source(info.path, info.reader, info.series, cache=True)
+    try:
+        lv: Level = src.levels[info.level]
+        r, c, hh, ww = source_window(lv, info.resample, row, col, h, w)
+        data, mask = src.read_with_mask(info.level, r, c, hh, ww, list(info.channels) if info.channels is not None else None)
+        valid = src.valid_pixels(data, mask) if info.has_mask else None
+    finally:
+        if not src.cached:
+            src.close()
+    if info.resample != 1.0:
+        data = area_resample(data, info.resample, row, col, h, w, lv, info.dtype)
+        if valid is not None:
+            valid = area_resample(valid[None].astype(np.float32), info.resample, row, col, h, w, lv, "float32")[0] >= 0.5
+    if valid is not None:
+        if data.dtype.kind == "f":
+            valid &= np.all(np.isfinite(data), axis=0)
+        valid = np.ascontiguousarray(valid)
+    return data, valid
+
+
+def ingest_block(info: SceneInfo, zarr_path: str, block: IngestBlock, stride: int, tile: int) -> tuple[np.ndarray, list]:
+    """Copy one block into the store. Returns its valid pixels on the global sampling lattice (bands, n)
+    and ``[(tile_row, tile_col, valid_px), ...]`` for the tile cores it covers (all pixels when the source
+    has no mask), from which all-nodata tiles are skipped."""
     import zarr
 
-    with open_raster(src) as ds:
-        data = read_window(ds, block.row, block.col, block.height, block.width)
+    data, valid = read_working(info, block.row, block.col, block.height, block.width)
+    sl = (slice(block.row, block.row + block.height), slice(block.col, block.col + block.width))
     arr = zarr.open_array(zarr_path, path="image", mode="r+")
-    arr[:, block.row : block.row + block.height, block.col : block.col + block.width] = data
+    arr[:, sl[0], sl[1]] = data
+    if valid is not None:
+        zarr.open_array(zarr_path, path="valid", mode="r+")[sl] = valid.astype(np.uint8)
+    counts = []
+    for c in range(0, block.width, tile):
+        n = block.height * min(tile, block.width - c) if valid is None else int(valid[:, c : c + tile].sum())
+        counts.append((block.row // tile, (block.col + c) // tile, n))
     r0 = (-block.row) % stride
     c0 = (-block.col) % stride
-    return data[:, r0::stride, c0::stride].reshape(data.shape[0], -1)
+    sample = data[:, r0::stride, c0::stride]
+    if valid is not None:
+        return sample[:, valid[r0::stride, c0::stride]], counts
+    return sample.reshape(data.shape[0], -1), counts
 
 
 def _otsu(values: np.ndarray) -> float:

@@ -72,6 +72,8 @@ class TileJob:
     batch_size: int = 4
     tta: bool = False
     inference: str = "eager"
+    skip: frozenset[int] = frozenset()  # tiles the model never runs on (no tissue, all nodata): empty parts
+    masked: bool = False  # the store has a "valid" array: objects are never made of invalid (nodata) pixels
 
     @property
     def grid(self) -> TileGrid:
@@ -152,25 +154,33 @@ def _write_part(path: Path, index: int, ids, area_px, score_sum, geoms, meas: di
     os.replace(tmp, path)
 
 
-def _read_windows(job: TileJob, tiles: list[Tile]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Normalised windows for the model, and the raw windows (kept for the per-object measurements)."""
+def _read_windows(job: TileJob, tiles: list[Tile], valids: dict[int, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Normalised windows for the model, and the raw windows (kept for the per-object measurements).
+    Invalid (nodata, NaN, alpha 0) pixels are set to 0 for the model and their masks kept in ``valids``."""
     import zarr
 
     arr = zarr.open_array(job.zarr_path, path="image", mode="r")
+    varr = zarr.open_array(job.zarr_path, path="valid", mode="r") if job.masked else None
     out, raw = [], []
     for t in tiles:
         w = t.window
         data = arr[:, w.row : w.row_end, w.col : w.col_end]
         norm = apply_normalization(data, job.stats["percentiles"])
-        if job.nodata is not None:
+        if varr is not None:
+            valid = varr[w.row : w.row_end, w.col : w.col_end].astype(bool)
+            norm[:, ~valid] = 0.0
+            valids[t.index] = valid
+        elif job.nodata is not None:
             norm[:, np.all(data == job.nodata, axis=0)] = 0.0
         out.append(norm)
         raw.append(data)
     return out, raw
 
 
-def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw: np.ndarray) -> tuple[int, tuple[float, float, float]]:
+def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw: np.ndarray,
+                  valid: np.ndarray | None = None) -> tuple[int, tuple[float, float, float]]:
     """Label one tile's window, store the window labels, vectorize and measure the core, write the part file.
+    Labels on invalid pixels (``valid`` False: nodata, NaN, alpha 0) are removed: no object is made of them.
     Returns the number of pieces and the seconds spent labelling, vectorizing and measuring."""
     from pipeline.stages.measure_objects import piece_measurements
 
@@ -179,6 +189,8 @@ def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw:
         labels, prob = model.instances(heads, job.stats["threshold"], job.stats.get("threshold_low"))
     else:
         labels, prob = model.instances(heads)
+    if valid is not None and not valid.all():
+        labels = np.where(valid, labels, 0).astype(labels.dtype, copy=False)
     tb = time.perf_counter()
     block = np.zeros((job.window_size, job.window_size), np.uint32)
     block[: labels.shape[0], : labels.shape[1]] = labels
@@ -194,7 +206,8 @@ def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw:
     tc = time.perf_counter()
     raw_core = raw[(slice(None), *core_rel)]
     meas = piece_measurements(labels[core_rel], ids, raw_core, t.core.row, t.core.col)
-    _write_part(part_path(job.workdir, t.index), t.index, ids, area_px, score_sum, geoms, meas, _valid_pixels(raw_core, job.nodata))
+    valid_px = int(valid[core_rel].sum()) if valid is not None else _valid_pixels(raw_core, job.nodata)
+    _write_part(part_path(job.workdir, t.index), t.index, ids, area_px, score_sum, geoms, meas, valid_px)
     return len(ids), (tb - ta, tc - tb, time.perf_counter() - tc)
 
 
@@ -236,8 +249,13 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
     grid = job.grid
     todo = [grid[i] for i in indices if not part_path(job.workdir, i).exists()]
     timings = {"read": 0.0, "model": 0.0, "instances": 0.0, "vectorize": 0.0, "measure": 0.0}
+    empty = [t for t in todo if t.index in job.skip]
+    if empty:  # no tissue / all nodata: nothing to find; the stitch sees an empty part and zero labels
+        _write_empty_parts(job, empty)
+    todo = [t for t in todo if t.index not in job.skip]
     if not todo:
-        return {"tiles": 0, "skipped": len(indices), "pieces": 0, "timings": timings, "pixels": 0}
+        return {"tiles": 0, "skipped": len(indices) - len(empty), "pieces": 0, "timings": timings, "pixels": 0,
+                "empty": len(empty)}
     model = get_model(job.model, job.classical, job.device, job.threads, job.tta, job.inference)
     step = 1 if model.kind == "classical" else job.batch_size
     batches = [todo[s : s + step] for s in range(0, len(todo), step)]
@@ -245,10 +263,11 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
     pieces = 0
     pixels = 0
     pending = None
+    valids: dict[int, np.ndarray] = {}
     for tiles in [*batches, None]:
         if tiles is not None:
             t0 = time.perf_counter()
-            norms, raws = _read_windows(job, tiles)
+            norms, raws = _read_windows(job, tiles, valids)
             prepared = [model.prepare(n) for n in norms]
             t1 = time.perf_counter()
             submitted = (tiles, raws, *_submit(model, job, tiles, prepared))
@@ -260,14 +279,30 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
             out = p_heads.result()
             timings["model"] += time.perf_counter() - t0
             for i, (t, (r, c, h, w)) in enumerate(zip(p_tiles, crops)):
-                n_pieces, tt = _post_process(model, job, win_arr, t, out[i, :, r : r + h, c : c + w], p_raws[i])
+                n_pieces, tt = _post_process(model, job, win_arr, t, out[i, :, r : r + h, c : c + w], p_raws[i],
+                                             valids.pop(t.index, None))
                 pieces += n_pieces
                 pixels += t.core.height * t.core.width
                 timings["instances"] += tt[0]
                 timings["vectorize"] += tt[1]
                 timings["measure"] += tt[2]
         pending = submitted if tiles is not None else None
-    return {"tiles": len(todo), "skipped": len(indices) - len(todo), "pieces": pieces, "timings": timings, "pixels": pixels}
+    return {"tiles": len(todo), "skipped": len(indices) - len(todo) - len(empty), "pieces": pieces, "timings": timings,
+            "pixels": pixels, "empty": len(empty)}
+
+
+def _write_empty_parts(job: TileJob, tiles: list[Tile]) -> None:
+    """Part files with no pieces (the same columns as any other) for skipped tiles; valid_px 0 (the tissue
+    mask, not the valid image area, measures a slide with tissue skipping)."""
+    import zarr
+
+    from pipeline.stages.measure_objects import piece_measurements
+
+    arr = zarr.open_array(job.zarr_path, path="image", mode="r")
+    raw = np.zeros((arr.shape[0], 0, 0), arr.dtype)
+    meas = piece_measurements(np.zeros((0, 0), np.uint32), np.zeros(0, np.int64), raw, 0, 0)
+    for t in tiles:
+        _write_part(part_path(job.workdir, t.index), t.index, [], np.zeros(0, np.int64), np.zeros(0), [], meas, 0)
 
 
 def _valid_pixels(core: np.ndarray, nodata: float | None) -> int:
