@@ -145,6 +145,7 @@ def test_quicklook_png_and_cog(batch):
         assert ds.crs.to_epsg() == 32633 and ds.count == 3 and ds.dtypes[0] == "uint8"
         assert ds.transform == Affine(0.5, 0, 500000.0, 0, -0.5, 5_000_000.0)
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert [c.name for c in ds.colorinterp] == ["red", "green", "blue"]
         np.testing.assert_array_equal(np.moveaxis(ds.read(), 0, -1), png)
     assert not (out / "micro.quicklook.tif").exists(), "no COG for a scene without georeferencing"
     assert (out / "micro.quicklook.png").exists()

@@ -152,14 +152,16 @@ def write_cog(image: np.ndarray, factor: int, transform: Sequence[float], crs_wk
     pixels ``factor`` times the scene's: QGIS places it over the full-resolution outputs."""
     import rasterio
     from affine import Affine
+    from rasterio.enums import ColorInterp
 
     t = Affine(*transform[:6]) * Affine.scale(factor)
     h, w, _ = image.shape
     tmp = _tmp(dest)
     try:
         with rasterio.open(tmp, "w", driver="COG", width=w, height=h, count=3, dtype="uint8", crs=crs_wkt,
-                           transform=t, compress="DEFLATE", photometric="RGB") as ds:
+                           transform=t, compress="DEFLATE") as ds:
             ds.write(np.moveaxis(image, -1, 0))
+            ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
