@@ -73,7 +73,7 @@ class SegmentConfig(_Strict):
     device: str = "auto"
     # CPU forward pass: eager (PyTorch channels-last float32), bf16, compile (torch.compile), onnx (ONNX Runtime);
     # see docs/BENCHMARKS.md for which is fastest here and keeps the validation AP
-    inference: Literal["eager", "bf16", "compile", "onnx"] = "eager"
+    inference: Literal["eager", "bf16", "compile", "onnx"] = "onnx"
     tta: bool = False  # learned models: average over 4 mirror images (4x slower, a little more accurate)
     # Per LocalCluster worker: Dask pauses a worker near it and restarts one that exceeds it. "auto" shares
     # the machine's memory between the workers; a learned model on 4096-px tiles needs ~6 GB per CPU worker.

@@ -68,7 +68,13 @@ def make_forward(net, backend: str, threads: int | None, weights_file: str | os.
     if backend == "compile":
         return torch.compile(net)
     if backend == "onnx":
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            from pipeline.errors import ParameterError
+
+            raise ParameterError("inference 'onnx': onnxruntime is not installed; pip install onnxruntime onnx "
+                                 "(the 'onnx' extra), or set inference: eager") from None
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads or torch.get_num_threads())
