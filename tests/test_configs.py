@@ -15,7 +15,7 @@ from helpers import deepforest_crowns
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["microscopy.yaml", "classical.yaml", "satellite.yaml"])
+@pytest.mark.parametrize("name", ["microscopy.yaml", "classical.yaml", "satellite.yaml", "buildings.yaml"])
 def test_segment_configs_validate(name):
     cfg = load_yaml_config(CONFIGS / name, SegmentConfig)
     assert cfg.halo is None or cfg.halo < cfg.tile  # None: the model's receptive field

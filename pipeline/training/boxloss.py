@@ -55,8 +55,8 @@ class BoxAugmenter:
     ellipse distance, ellipse core; boxes (M, 4) integer pixel edges within the crop.
     """
 
-    def __init__(self, crop: int, seed: int, scale: tuple[float, float] = (0.75, 1.33)):
-        self.crop, self.scale = crop, scale
+    def __init__(self, crop: int, seed: int, scale: tuple[float, float] = (0.75, 1.33), mode: str = "projection"):
+        self.crop, self.scale, self.mode = crop, scale, mode
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, s: Sample):
@@ -89,6 +89,9 @@ class BoxAugmenter:
         img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1)
         if rng.random() < 0.3:
             img = np.clip(img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape), 0, 1)
+        if self.mode == "ellipse":  # the simpler baseline: inscribed ellipses as instance masks, standard losses
+            lab = ellipse_labels(b.astype(np.float64), (S, S))
+            return np.ascontiguousarray(img, dtype=np.float32), make_targets(lab), np.ones((S, S), np.float32)
         inside = np.zeros((S, S), np.float32)
         for x0, y0, x1, y1 in b:
             inside[y0:y1, x0:x1] = 1

@@ -68,6 +68,9 @@ class TrainConfig(_Strict):
     crop: int = Field(default=256, ge=64)
     crops_per_image: int = Field(default=1, gt=0)
     scale: tuple[float, float] = (0.75, 1.33)  # random zoom of the crops (augmentation)
+    # box data: 'projection' (BoxInst projection + background outside boxes, training/boxloss.py) or 'ellipse'
+    # (the inscribed ellipse of each box taken as its mask: the simpler baseline)
+    box_supervision: Literal["projection", "ellipse"] = "projection"
     # Ground sampling distance the model is trained at, e.g. [0.15, "m"]: written into the checkpoint
     # (seamline segment resamples inputs to it); place-based GeoTIFF data is resampled to it.
     pixel_size: tuple[float, Literal["m", "um"]] | None = None

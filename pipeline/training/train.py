@@ -123,7 +123,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if boxes:  # box-supervised: projection loss + background outside the boxes (training/boxloss.py)
         from pipeline.training.boxloss import BoxAugmenter, box_losses
 
-        aug = BoxAugmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale))
+        aug = BoxAugmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), mode=cfg.box_supervision)
     else:
         aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight, augment=cfg.augment)
     rng = np.random.default_rng(cfg.seed)
@@ -153,7 +153,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             y = torch.from_numpy(np.stack([c[1] for c in crops])).to(device)
             with torch.autocast(device, dtype=torch.float16, enabled=device == "cuda"):
                 logits = net(x)
-            if boxes:
+            if boxes and cfg.box_supervision == "projection":
                 loss = box_losses(logits.float(), y, [c[2] for c in crops])
             else:
                 loss = _losses(logits.float(), y, torch.from_numpy(np.stack([c[2] for c in crops])).to(device))
@@ -195,6 +195,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "training": {
                     "data": str(cfg.data.root or cfg.data.rasters),
                     "kind": cfg.data.kind,
+                    **({"box_supervision": cfg.box_supervision} if boxes else {}),
                     "score": "box F1 at box IoU 0.4" if boxes else "F1 and AP at mask IoU 0.5",
                     "train_images": len(train_s),
                     "val_images": len(val_s),
