@@ -126,8 +126,8 @@ def write_label_image(client, workdir: str, grid: TileGrid, groups: dict[int, in
     shutil.rmtree(tmp, ignore_errors=True)
     if info.pixel_size_um and not info.crs_wkt:
         scale, unit = (info.pixel_size_um[1], info.pixel_size_um[0]), "micrometer"
-    else:
-        scale, unit = (1.0, 1.0), None
+    else:  # level-0 pixels per working pixel (the resolution rule may read a coarser level or resample)
+        scale, unit = (float(getattr(info, "scale", 1.0)), float(getattr(info, "scale", 1.0))), None
     shapes = _level_shapes(grid.height, grid.width)
     root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
     lg = root.require_group("labels")
