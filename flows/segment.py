@@ -33,31 +33,32 @@ __all__ = ["segment_scene_flow", "segment_batch_flow", "outputs_current"]
 
 
 def outputs_current(input_path: str, out_dir: str | Path) -> bool:
-    """True when ``<stem>.parquet/.gpkg/.json`` exist and are newer than the input (the scene is done)."""
+    """True when the scene's published JSON summary is there, every file it names agrees (size), and it was
+    made from this version of the input (the scene is done)."""
+    from pipeline.io import storage
+    from pipeline.io.publish import verify_outputs
     from pipeline.io.raster import SceneInfo
 
     stem = SceneInfo(input_path, 1, 1, 1, "uint8", None, (1, 0, 0, 0, 1, 0), None).stem
-    outs = [Path(out_dir) / f"{stem}.{ext}" for ext in ("parquet", "gpkg", "json")]
-    if not all(p.exists() for p in outs):
+    s = verify_outputs(str(out_dir), stem)
+    if s is None:
         return False
     try:
-        src_mtime = os.stat(input_path).st_mtime
+        return s.get("input_version") in (None, storage.version_of(input_path))
     except OSError:
-        return True  # remote input: existence of all outputs is the marker
-    return min(p.stat().st_mtime for p in outs) >= src_mtime
+        return False
 
 
 plan_task = task(runner.plan_scene, name="plan", cache_policy=NONE)
 ingest_task = task(runner.run_ingest, name="ingest+stats", cache_policy=NONE, retries=1)
 tiles_task = task(runner.run_tiles, name="segment-tiles", cache_policy=NONE, retries=2, retry_delay_seconds=2)
 stitch_task = task(runner.run_stitch, name="stitch", cache_policy=NONE, retries=1)
-write_task = task(runner.run_write, name="write", cache_policy=NONE, retries=1)
+write_task = task(runner.stage_outputs, name="write", cache_policy=NONE, retries=1)
 report_task = task(runner.run_report, name="quicklook+report", cache_policy=NONE)
+publish_task = task(lambda staging, summary: staging.publish(summary), name="publish", cache_policy=NONE)
 
 
 def _one_scene(client, input_path: str, out_dir: str, cfg: SegmentConfig) -> dict:
-    import shutil
-
     plan = plan_task(input_path, out_dir, cfg)
     from pipeline.report.progress import current
 
@@ -66,14 +67,15 @@ def _one_scene(client, input_path: str, out_dir: str, cfg: SegmentConfig) -> dic
     job = runner.make_job(plan, stats)
     tiles = tiles_task(client, plan, job)
     groups = stitch_task(client, plan, job)
-    summary = write_task(plan, groups, {**runner.skipping_summary(plan, stats), "worker_seconds": tiles["timings"],
-                                         "tiles_processed": tiles["tiles"], "tiles_resumed": tiles["skipped"],
-                                         "joined_objects": len(set(groups.values())), "orchestrator": "prefect"})
-    if cfg.report:  # before the work folder goes: the quicklook is made from its zarr store
-        summary["outputs"].update(report_task(plan, summary))
-        runner.write_summary(summary)
+    staging, summary = write_task(plan, groups, {**runner.skipping_summary(plan, stats), "worker_seconds": tiles["timings"],
+                                                  "tiles_processed": tiles["tiles"], "tiles_resumed": tiles["skipped"],
+                                                  "joined_objects": len(set(groups.values())), "orchestrator": "prefect"})
+    with staging:
+        if cfg.report:  # before the work folder goes: the quicklook is made from its zarr store
+            report_task(plan, summary, staging)
+        summary = publish_task(staging, summary)  # every output copied, then <stem>.json last
     if not cfg.keep_intermediate:
-        shutil.rmtree(plan.workdir, ignore_errors=True)
+        runner.remove_workdir(plan)
     return summary
 
 

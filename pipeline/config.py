@@ -95,7 +95,9 @@ class SegmentConfig(_Strict):
     qupath_geojson: bool = True  # <stem>.geojson: detections with measurements, QuPath's import format
     label_image: bool = True  # <stem>.ome.zarr: OME-NGFF multiscale label image (napari-ome-zarr, QuPath)
     report: bool = True  # <stem>.quicklook.png (+ .tif when georeferenced) and <stem>.html
-    workdir: str | None = None  # default: OUT/.seamline-work/<stem>
+    # Parent of each scene's work folder (<workdir>/<stem>): a path or URL (s3://…) — a fast local disk on one
+    # machine, a bucket on a cluster whose nodes share no disk. Default: OUT/.seamline-work
+    workdir: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "SegmentConfig":

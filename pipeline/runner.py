@@ -1,8 +1,9 @@
 """One scene through every stage. Each stage is a plain function; :func:`segment_scene` chains them and
 ``flows/`` wires the same functions into Prefect tasks.
 
-The work folder (``OUT/.seamline-work/<stem>``) holds the zarr store, the per-tile parts and window labels.
-It is keyed by a fingerprint of the input and the settings that change results: a re-run after a failure
+The work folder (``OUT/.seamline-work/<stem>``, or ``<workdir>/<stem>``) holds the zarr store, the per-tile
+parts and window labels. Like the input and the outputs it may be a local path or any fsspec URL
+(:mod:`pipeline.io.storage`): on a cluster whose nodes share no disk, a bucket. It is keyed by a fingerprint of the input and the settings that change results: a re-run after a failure
 resumes (ingest is skipped when complete, finished tiles are skipped); a run with other settings starts over.
 """
 
@@ -13,8 +14,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.config import SegmentConfig
 from pipeline.errors import CheckpointError, InputError, ParameterError
+from pipeline.io import storage
 from pipeline.io.raster import SceneInfo
 from pipeline.stages.tiles import TileJob
 from pipeline.stages.tiling import TileGrid
@@ -32,24 +34,26 @@ WINDOW_CHUNK = 256
 
 log = logging.getLogger("seamline")
 
-__all__ = ["ScenePlan", "resolve_halo", "check_model", "plan_scene", "run_ingest", "run_tiles", "run_stitch", "run_write", "run_report", "write_summary", "segment_scene"]
+__all__ = ["ScenePlan", "resolve_halo", "check_model", "plan_scene", "run_ingest", "run_tiles", "run_stitch", "stage_outputs", "run_write", "run_report", "segment_scene"]
 
 
 @dataclass
 class ScenePlan:
     info: SceneInfo
-    out_dir: Path
-    workdir: Path
+    out_dir: str  # path or URL
+    workdir: str  # path or URL
     cfg: SegmentConfig  # with the halo resolved (never None)
     model: str
     class_name: str
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     input: Any = None  # pipeline.stages.inputs.InputPlan: source description, resolution, overview
+    fingerprint: str = ""  # input version + settings that change results (the work folder's key)
+    input_version: str | None = None  # size + ETag/mtime of the input (pipeline.io.storage.version_of)
 
     @property
     def zarr_path(self) -> str:
-        return str(self.workdir / "scene.zarr")
+        return storage.join(self.workdir, "scene.zarr")
 
     @property
     def grid(self) -> TileGrid:
@@ -59,9 +63,8 @@ class ScenePlan:
 def _fingerprint(info: SceneInfo, cfg: SegmentConfig, model: str) -> str:
     src = info.path
     try:
-        st = os.stat(src)
-        src_id = f"{src}:{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
+        src_id = f"{src}:{storage.version_of(src)}"
+    except (OSError, InputError, ValueError):
         src_id = src
     relevant = cfg.model_dump(include={"tile", "halo", "classical", "stats", "pixel_size_um", "tta", "inference",
                                        "tissue", "skip_nodata"})
@@ -112,6 +115,18 @@ def resolve_halo(cfg: SegmentConfig, model: str, md: dict | None) -> tuple[int, 
     return cfg.halo, []
 
 
+def check_writable(url: str, what: str) -> None:
+    """Write and delete one small object, so a read-only bucket or missing credentials fail before the work."""
+    probe = storage.join(url, f".seamline-probe-{uuid.uuid4().hex[:12]}")
+    try:
+        storage.write_bytes(probe, b"")
+        storage.remove(probe)
+    except InputError:
+        raise
+    except Exception as exc:  # botocore/aiohttp raise their own types for endpoint and credential errors
+        raise storage.storage_error(f"{what} {url}", exc, "writing a test object") from None
+
+
 def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> ScenePlan:
     """Validate the input and the model, and prepare (or resume) the work folder. No heavy work."""
     from pipeline.stages.inputs import plan_input
@@ -131,30 +146,40 @@ def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> Scen
         bands = int(md["in_channels"])
         if info.count not in (1, bands) and info.count < bands:
             raise InputError(f"input {input_path}: {info.count} bands, but model {Path(model).name} expects {bands} (or 1); pick another model")
-    out = Path(out_dir)
-    workdir = Path(cfg.workdir) if cfg.workdir else out / ".seamline-work" / info.stem
+    out = str(out_dir)
+    workdir = storage.join(cfg.workdir or storage.join(out, ".seamline-work"), info.stem)
+    check_writable(out, "--out")
     fp = _fingerprint(info, cfg, model)
-    manifest = workdir / "manifest.json"
-    if workdir.exists():
-        try:
-            same = json.loads(manifest.read_text()).get("fingerprint") == fp
-        except (OSError, json.JSONDecodeError):
-            same = False
+    manifest = storage.join(workdir, "manifest.json")
+    try:
+        same = json.loads(storage.read_text(manifest)).get("fingerprint") == fp
+        fresh = False
+    except (OSError, json.JSONDecodeError):
+        same, fresh = False, True
+    try:
         if not same:
-            shutil.rmtree(workdir)
-    (workdir / "parts").mkdir(parents=True, exist_ok=True)
-    if not manifest.exists():
-        manifest.write_text(json.dumps({"fingerprint": fp, "input": info.path}))
-    return ScenePlan(info, out, workdir, cfg, model, class_name, warnings=warnings, input=inp)
+            storage.remove(workdir, recursive=True)  # other settings, other input version, or a broken start
+            storage.ensure_dir(storage.join(workdir, "parts"))
+            storage.write_text(manifest, json.dumps({"fingerprint": fp, "input": info.path}))
+    except InputError:
+        raise
+    except Exception as exc:
+        raise storage.storage_error(f"work folder {workdir}", exc, "writing" if fresh else "resetting") from None
+    try:
+        version = storage.version_of(info.path)
+    except (OSError, InputError, ValueError):
+        version = None
+    return ScenePlan(info, out, workdir, cfg, model, class_name, warnings=warnings, input=inp, fingerprint=fp,
+                     input_version=version)
 
 
 def run_ingest(client, plan: ScenePlan) -> dict:
     """Stage 1–2: raster → zarr (parallel, disjoint chunks) and scene statistics from the global lattice."""
     from pipeline.stages.ingest import create_store, ingest_block, plan_ingest, sample_stride, scene_statistics
 
-    stats_file = plan.workdir / "stats.json"
-    if stats_file.exists():
-        return json.loads(stats_file.read_text())
+    stats_file = storage.join(plan.workdir, "stats.json")
+    if storage.exists(stats_file):
+        return json.loads(storage.read_text(stats_file))
     from pipeline.stages.skipping import needed_tiles, nodata_skip, tile_fractions, tissue_mask, tissue_skip
 
     info, tile = plan.info, plan.cfg.tile
@@ -192,7 +217,7 @@ def run_ingest(client, plan: ScenePlan) -> dict:
     stats["skip"] = {"tissue": sorted(skip_tissue), "nodata": sorted(skip_nodata)}
     if tissue is not None:
         stats["tissue"] = tissue
-    stats_file.write_text(json.dumps(stats))
+    storage.write_text(stats_file, json.dumps(stats))
     return stats
 
 
@@ -204,7 +229,7 @@ def make_job(plan: ScenePlan, stats: dict) -> TileJob:
     c = plan.cfg
     threads = None if c.scheduler else cores_per_worker(c.workers)
     skip = stats.get("skip", {})
-    return TileJob(plan.zarr_path, str(plan.workdir), plan.info.height, plan.info.width, c.tile, c.halo, plan.model,
+    return TileJob(plan.zarr_path, plan.workdir, plan.info.height, plan.info.width, c.tile, c.halo, plan.model,
                    c.classical.model_dump(exclude={"threshold", "low_ratio", "low_threshold"}),
                    {k: v for k, v in stats.items() if k != "skip"}, plan.info.nodata, c.device,
                    threads, c.batch_size, c.tta, c.inference,
@@ -225,16 +250,16 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
 
     from pipeline.stages.tiles import process_tiles
 
-    win_path = plan.workdir / "windows.zarr"
-    if not win_path.exists():
+    win_path = storage.join(plan.workdir, "windows.zarr")
+    if not storage.exists(storage.join(win_path, "zarr.json")):
         from zarr.codecs import ZstdCodec
 
         w = job.window_size
         # Chunks much smaller than a window: the stitch reads only the seam bands along a window's edges,
         # and decompresses only the chunks they cross. One tile still writes only its own chunks.
         c = min(w, WINDOW_CHUNK)
-        zarr.create_array(store=str(win_path), shape=(len(job.grid), w, w), chunks=(1, c, c), dtype="uint32",
-                          compressors=[ZstdCodec(level=1)], fill_value=0)
+        zarr.create_array(store=storage.zarr_store(win_path), shape=(len(job.grid), w, w), chunks=(1, c, c), dtype="uint32",
+                          compressors=[ZstdCodec(level=1)], fill_value=0, overwrite=True)
     batches = task_batches(len(job.grid), plan.cfg.tiles_per_task, sum(client.nthreads().values()))
     futures = client.map(process_tiles, [job] * len(batches), batches, pure=False)
     total = {"tiles": 0, "skipped": 0, "pieces": 0, "pixels": 0, "empty": 0, "timings": {}}
@@ -265,9 +290,13 @@ def run_stitch(client, plan: ScenePlan, job: TileJob) -> dict[int, int]:
     return components(np.concatenate(edges) if edges else np.zeros((0, 2), np.int64))
 
 
-def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) -> dict:
-    """Stage 6–7: whole objects, real-unit measures, three outputs written atomically."""
+def stage_outputs(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]):
+    """Stage 6–7: whole objects, real-unit measures, GeoParquet and GeoPackage staged for publishing.
+    Returns ``(staging, summary)``; other output writers add their files to ``staging`` before
+    ``staging.publish(summary)`` (see :mod:`pipeline.io.publish`)."""
     from pipeline.io.outputs import write_outputs
+    from pipeline.io.publish import Staging
+    from pipeline.watch import settings_fingerprint
 
     info, c = plan.info, plan.cfg
     summary = {
@@ -283,10 +312,20 @@ def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) ->
         "tiling": {"tile": c.tile, "halo": c.halo, "grid": list(plan.grid.shape), "tiles": len(plan.grid)},
         "model": {"spec": c.model, "path": plan.model, "class": plan.class_name, "tta": c.tta},
         "warnings": plan.warnings,
+        "workdir": plan.workdir,
+        "input_version": plan.input_version,
+        "fingerprint": plan.fingerprint,
+        "settings_fingerprint": settings_fingerprint(c),
         **extra,
     }
-    return write_outputs(str(plan.workdir), len(plan.grid), groups, info, plan.out_dir, info.stem, plan.class_name, summary,
-                         geojson=c.qupath_geojson, regularize=c.regularize.model_dump() if c.regularize else None)
+    staging = Staging(plan.out_dir, info.stem)
+    try:
+        summary = write_outputs(plan.workdir, len(plan.grid), groups, info, staging, plan.class_name, summary,
+                                geojson=c.qupath_geojson, regularize=c.regularize.model_dump() if c.regularize else None)
+    except BaseException:
+        staging.discard()
+        raise
+    return staging, summary
 
 
 def skipping_summary(plan: ScenePlan, stats: dict) -> dict[str, Any]:
@@ -312,14 +351,24 @@ def _source_summary(plan: ScenePlan) -> dict[str, Any]:
     return out
 
 
-def run_report(plan: ScenePlan, summary: dict) -> dict[str, str]:
-    """Stage 8: quicklook PNG (+ COG when georeferenced) and the HTML report, from the zarr store and the
-    GeoParquet file — so before the work folder is removed. Returns the files written (for the summary)."""
+def run_write(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]) -> dict:
+    """Stage 6–7 and publishing: the outputs, then ``<stem>.json`` last (the commit marker)."""
+    staging, summary = stage_outputs(plan, groups, extra)
+    with staging:
+        return staging.publish(summary)
+
+
+def run_report(plan: ScenePlan, summary: dict, staging) -> dict[str, str]:
+    """Stage 8: quicklook PNG (+ COG when georeferenced) and the HTML report, from the zarr store and the staged
+    GeoParquet file, into ``staging`` (published with the rest) — so before the work folder is removed."""
     from pipeline.report.stage import model_classes, run_report as report_scene
 
+    stem = plan.info.stem
+    final = {k: storage.join(plan.out_dir, n) for k, n in staging.entries.items()}
     try:
-        return report_scene(plan.zarr_path, plan.out_dir, plan.info.stem, summary, plan.cfg.tile,
-                            model_classes(plan.model), plan.info.nodata)
+        return report_scene(plan.zarr_path, plan.out_dir, stem, {**summary, "outputs": {**summary.get("outputs", {}), **final}},
+                            plan.cfg.tile, model_classes(plan.model), plan.info.nodata,
+                            parquet=os.path.join(staging.dir, f"{stem}.parquet"), dest=staging.path)
     except Exception as exc:  # noqa: BLE001 - the objects are written; a picture must not fail the run
         msg = f"quicklook/report not written: {type(exc).__name__}: {exc}"
         log.warning(msg)
@@ -327,16 +376,18 @@ def run_report(plan: ScenePlan, summary: dict) -> dict[str, str]:
         return {}
 
 
-def write_summary(summary: dict) -> None:
-    """(Re)write ``<stem>.json`` atomically: it lists every output, so it goes last."""
-    final_json = Path(summary["outputs"]["json"])
-    tmp = final_json.with_name(f".{final_json.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    os.replace(tmp, final_json)
+def remove_workdir(plan: ScenePlan) -> None:
+    """Delete the work folder (and, locally, its parent ``.seamline-work`` when it is empty)."""
+    storage.remove(plan.workdir, recursive=True)
+    if storage.is_local(plan.workdir):
+        try:
+            Path(storage.local_path(plan.workdir)).parent.rmdir()
+        except OSError:
+            pass
 
 
 def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, client=None) -> dict:
-    """Run every stage for one scene; returns the run summary (also written as ``<stem>.json``)."""
+    """Run every stage for one scene; returns the run summary (also published as ``<stem>.json``, last)."""
     from pipeline.stages.dispatch import dask_client
     from pipeline.memwatch import TreeMemoryWatch
 
@@ -368,41 +419,39 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
                 from pipeline.io.labels_zarr import write_label_image
 
                 t = time.perf_counter()
-                plan.out_dir.mkdir(parents=True, exist_ok=True)
+                # Written into the work folder (reachable from every worker, local or a bucket) and published
+                # with the other outputs.
                 with progress.stage("label image"):
-                    label_image = write_label_image(cl, str(plan.workdir), plan.grid, groups, plan.info,
-                                                    plan.out_dir / f"{plan.info.stem}.ome.zarr")
+                    label_image = write_label_image(cl, plan.workdir, plan.grid, groups, plan.info,
+                                                    storage.join(plan.workdir, f"{plan.info.stem}.ome.zarr"))
                 timings["label_image"] = time.perf_counter() - t
         t = time.perf_counter()
         extra = {"worker_seconds": tiles["timings"], "tiles_processed": tiles["tiles"],
                  "tiles_resumed": tiles["skipped"], "joined_objects": len(set(groups.values())),
                  **skipping_summary(plan, stats)}
         with progress.stage("write outputs"):
-            summary = run_write(plan, groups, {**extra, "timings_s": timings})
-        timings["write"] = time.perf_counter() - t
+            staging, summary = stage_outputs(plan, groups, extra)
         if label_image is not None:
-            summary["label_image"] = label_image
-            summary["outputs"]["ome_zarr"] = label_image["path"]
+            staging.add_url("ome_zarr", f"{plan.info.stem}.ome.zarr", label_image["path"])
+            summary["label_image"] = {**label_image, "path": storage.join(plan.out_dir, f"{plan.info.stem}.ome.zarr")}
+        timings["write"] = time.perf_counter() - t
+    with staging:
         if cfg.report:
             t = time.perf_counter()
             with progress.stage("quicklook + report"):
                 summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-                summary["outputs"].update(run_report(plan, summary))
+                run_report(plan, summary, staging)
             timings["report"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_all
-    summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    summary["megapixels_per_s"] = round(plan.info.width * plan.info.height / 1e6 / timings["total"], 3)
-    # This process and its children: driver + LocalCluster scheduler and workers (a remote cluster's
-    # workers are not counted; the summary says which).
-    summary["peak_rss_process_tree_mb"] = round(mem.peak_bytes / 2**20, 1)
-    summary["cluster"] = "remote" if cfg.scheduler else "local"
-    write_summary(summary)
+        timings["total"] = time.perf_counter() - t_all
+        summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        summary["megapixels_per_s"] = round(plan.info.width * plan.info.height / 1e6 / timings["total"], 3)
+        # This process and its children: driver + LocalCluster scheduler and workers (a remote cluster's
+        # workers are not counted; the summary says which).
+        summary["peak_rss_process_tree_mb"] = round(mem.peak_bytes / 2**20, 1)
+        summary["cluster"] = "remote" if cfg.scheduler else "local"
+        summary = staging.publish(summary)
     if not cfg.keep_intermediate:
-        shutil.rmtree(plan.workdir, ignore_errors=True)
-        try:
-            plan.workdir.parent.rmdir()
-        except OSError:
-            pass
+        remove_workdir(plan)
     return summary
 
 

@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--screenshot", metavar="PNG", help="save the canvas to PNG and exit instead of opening a window")
     v.add_argument("--max-polygons", type=int, default=50_000, help="beyond this many objects show centroids")
     v.set_defaults(func=_cmd_view)
+
+    from pipeline.cli.watch import add_watch_command
+
+    add_watch_command(sub)
     return p
 
 

@@ -57,8 +57,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     model, md = check_model(cfg.model)  # a broken checkpoint fails here, before the cluster starts
     resolve_halo(cfg, model, md)  # and a default halo (the model's) that does not fit the tile size
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
+    from pipeline.io import storage
+
+    out = args.out
+    if storage.is_local(out) and Path(storage.local_path(out)).exists() and not Path(storage.local_path(out)).is_dir():
         raise ParameterError(f"--out {out}: exists and is not a folder; pass a folder path")
     from pipeline.io.batch import batch_row, failed_row, write_batch_summary
     from pipeline.report.progress import Progress, use
@@ -85,7 +87,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if len(results) > 1 and cfg.report:
         from pipeline.report.stage import write_index
 
-        print(f"batch index: {write_index(out, results)}")
+        if storage.is_local(out):
+            print(f"batch index: {write_index(storage.local_path(out), results)}")
+        else:  # rendered locally, then one object (thumbnails only from local quicklooks)
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as d:
+                page = write_index(Path(d), results)
+                storage.write_bytes(storage.join(out, page.name), page.read_bytes())
+            print(f"batch index: {storage.join(out, page.name)}")
     if first_error is not None:
         raise first_error
     return 0

@@ -7,7 +7,6 @@ under temporary names then renamed, so a reader never sees half a table.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ def failed_row(input_path: str, error: str) -> dict[str, Any]:
     return row
 
 
-def write_batch_summary(out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
+def write_batch_summary(out_dir: str | Path, rows: list[dict[str, Any]]) -> dict[str, str]:
     """Write ``summary.parquet`` and ``summary.csv`` into ``out_dir``; returns their paths."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -52,14 +51,15 @@ def write_batch_summary(out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, 
                   ("tissue_area", "objects_density", "megapixels", "megapixels_per_s")})
     types.update({"objects": pa.int64(), "width": pa.int64(), "height": pa.int64()})
     table = pa.table({c: pa.array([r.get(c) for r in rows], types[c]) for c in BATCH_COLUMNS})
-    finals = {"parquet": out_dir / "summary.parquet", "csv": out_dir / "summary.csv"}
-    tmps = {k: p.with_name(f".{p.stem}.{os.getpid()}.tmp{p.suffix}") for k, p in finals.items()}
-    try:
-        pq.write_table(table, tmps["parquet"], compression="zstd")
-        pacsv.write_csv(table, tmps["csv"])
-        for k in finals:
-            os.replace(tmps[k], finals[k])
-    finally:
-        for p in tmps.values():
-            Path(p).unlink(missing_ok=True)
+    import io
+
+    from pipeline.io import storage
+
+    finals = {"parquet": storage.join(str(out_dir), "summary.parquet"), "csv": storage.join(str(out_dir), "summary.csv")}
+    pbuf, cbuf = io.BytesIO(), io.BytesIO()
+    pq.write_table(table, pbuf, compression="zstd")
+    pacsv.write_csv(table, cbuf)
+    # Each one atomic object (locally: temp name + rename; object store: one PUT): never half a file.
+    storage.write_bytes(finals["parquet"], pbuf.getvalue())
+    storage.write_bytes(finals["csv"], cbuf.getvalue())
     return {k: str(v) for k, v in finals.items()}

@@ -12,17 +12,15 @@ tile core (chunk = tile: disjoint writes, no locks) from the window labels the t
 final object ids: ids are given in the writer's order (tiles in order, each tile's part-file rows in order,
 joined pieces under the id of their group's first piece), computed here without a second pass over objects.
 Each further level is decimated from the one below (nearest: labels are never interpolated), in parallel
-by output chunk. Nothing is held whole in memory; the store is written under a temporary name and renamed.
+by output chunk. Nothing is held whole in memory. The store is written into the work folder (a path or URL
+every worker reaches) and published with the other outputs (:mod:`pipeline.io.publish`).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import numpy as np
 
+from pipeline.io import storage
 from pipeline.stages.tiles import part_path
 from pipeline.stages.tiling import TileGrid
 
@@ -35,13 +33,11 @@ MIN_LEVEL_SIDE = 256  # stop adding levels once the image fits in this
 def object_id_plan(workdir: str, n_tiles: int, groups: dict[int, int]) -> tuple[np.ndarray, dict[int, int], int]:
     """First object id of every tile (ids start at 1), the id of every joined group (by its first piece's key)
     and the number of objects — the order in which :func:`pipeline.io.outputs.assemble_objects` numbers them."""
-    import pyarrow.parquet as pq
-
     first = np.zeros(n_tiles, np.int64)
     rep_id: dict[int, int] = {}
     nxt = 1
     for t in range(n_tiles):
-        keys = pq.read_table(part_path(workdir, t), columns=["key"]).column("key").to_numpy()
+        keys = storage.read_parquet(part_path(workdir, t), columns=["key"]).column("key").to_numpy()
         first[t] = nxt
         emitted = _emitted(keys, groups)
         if groups:
@@ -63,32 +59,32 @@ def _emitted(keys: np.ndarray, groups: dict[int, int]) -> np.ndarray:
 def _write_level0(workdir: str, store: str, grid_args: tuple, t: int, first_id: int, joined: dict[int, tuple[int, int]],
                   dtype: str) -> None:
     """Tile ``t``'s core of level 0. ``joined``: this tile's joined pieces, key → (object id, group's first key)."""
-    import pyarrow.parquet as pq
     import zarr
 
     grid = TileGrid(*grid_args)
     tile = grid[t]
-    keys = pq.read_table(part_path(workdir, t), columns=["key"]).column("key").to_numpy()
+    keys = storage.read_parquet(part_path(workdir, t), columns=["key"]).column("key").to_numpy()
     emitted = _emitted(keys, {k: r for k, (_, r) in joined.items()})
     ids = np.where(emitted, first_id + np.cumsum(emitted) - 1, 0).astype(np.int64)
     for i, k in enumerate(keys.tolist()):
         if k in joined:
             ids[i] = joined[k][0]
-    win = zarr.open_array(workdir + "/windows.zarr", mode="r")
+    win = zarr.open_array(storage.zarr_store(storage.join(workdir, "windows.zarr"), read_only=True), mode="r")
     r, c = tile.core.relative_to(tile.window)
     lab = np.asarray(win[t, r, c]).astype(np.int64)
     labels = keys & 0xFFFFFFFF
     lut = np.zeros(int(max(lab.max(initial=0), labels.max(initial=0))) + 1, np.int64)
     lut[labels] = ids
-    out = zarr.open_array(store, path="labels/objects/0", mode="r+")
+    out = zarr.open_array(storage.zarr_store(store), path="labels/objects/0", mode="r+")
     out[tile.core.row : tile.core.row_end, tile.core.col : tile.core.col_end] = lut[lab].astype(dtype)
 
 
 def _write_level(store: str, level: int, cr: int, cc: int) -> None:
     import zarr
 
-    src = zarr.open_array(store, path=f"labels/objects/{level - 1}", mode="r")
-    dst = zarr.open_array(store, path=f"labels/objects/{level}", mode="r+")
+    zs = storage.zarr_store(store)
+    src = zarr.open_array(zs, path=f"labels/objects/{level - 1}", mode="r")
+    dst = zarr.open_array(zs, path=f"labels/objects/{level}", mode="r+")
     h, w = dst.shape
     r0, c0 = cr * LEVEL_CHUNK, cc * LEVEL_CHUNK
     r1, c1 = min(h, r0 + LEVEL_CHUNK), min(w, c0 + LEVEL_CHUNK)
@@ -115,21 +111,22 @@ def _metadata(levels: int, scale: tuple[float, float], unit: str | None, name: s
             "image-label": {"version": "0.4", "source": {"image": "../../"}}}
 
 
-def write_label_image(client, workdir: str, grid: TileGrid, groups: dict[int, int], info, final: Path) -> dict:
-    """Write ``final`` (``<stem>.ome.zarr``) with the Dask ``client``; returns what the summary records."""
+def write_label_image(client, workdir: str, grid: TileGrid, groups: dict[int, int], info, dest: str) -> dict:
+    """Write ``dest`` (``<stem>.ome.zarr`` in the work folder) with the Dask ``client``; returns what the
+    summary records."""
     import zarr
     from numcodecs import Zstd
 
     first, rep_id, n_obj = object_id_plan(workdir, len(grid), groups)
     dtype = "uint32" if n_obj < 2**32 else "uint64"
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = dest
+    storage.remove(tmp, recursive=True)
     if info.pixel_size_um and not info.crs_wkt:
         scale, unit = (info.pixel_size_um[1], info.pixel_size_um[0]), "micrometer"
     else:  # level-0 pixels per working pixel (the resolution rule may read a coarser level or resample)
         scale, unit = (float(getattr(info, "scale", 1.0)), float(getattr(info, "scale", 1.0))), None
     shapes = _level_shapes(grid.height, grid.width)
-    root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+    root = zarr.open_group(storage.zarr_store(tmp), mode="w", zarr_format=2)
     lg = root.require_group("labels")
     lg.attrs["labels"] = ["objects"]
     og = lg.require_group("objects")
@@ -151,7 +148,5 @@ def write_label_image(client, workdir: str, grid: TileGrid, groups: dict[int, in
         cells = [(r, c) for r in range(-(-h // LEVEL_CHUNK)) for c in range(-(-w // LEVEL_CHUNK))]
         client.gather(client.map(_write_level, [str(tmp)] * len(cells), [lv] * len(cells), [c[0] for c in cells],
                                  [c[1] for c in cells], pure=False))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return {"path": str(final), "levels": [list(s) for s in shapes], "dtype": dtype, "objects": n_obj}
+    return {"path": dest, "levels": [list(s) for s in shapes], "dtype": dtype, "objects": n_obj}
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -24,6 +23,8 @@ import numpy as np
 from pipeline.stages.measure import measure, output_crs
 from pipeline.stages.measure_objects import channel_names, measurement_names, object_columns, scene_density
 from pipeline.io.raster import SceneInfo
+from pipeline.io import storage
+from pipeline.io.publish import Staging
 from pipeline.stages.tiles import part_path
 
 __all__ = ["assemble_objects", "write_outputs", "OUTPUT_COLUMNS", "ROW_GROUP"]
@@ -33,10 +34,8 @@ OUTPUT_COLUMNS = ["object_id", "class", "score", "area_px", "area", "area_unit",
                   "centroid_x", "centroid_y", "tile"]
 
 
-def _read_part(path: Path, columns: list[str] | None = None):
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path, columns=columns)
+def _read_part(url: str, columns: list[str] | None = None):
+    return storage.read_parquet(url, columns=columns)
 
 
 _BASE = ["key", "area_px", "score_sum", "geometry"]
@@ -46,7 +45,7 @@ def _stat_columns(workdir: str) -> list[str]:
     """The per-piece measurement columns of this run's part files (their scalar ones)."""
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(part_path(workdir, 0)).names
+    names = storage.read_parquet_schema(part_path(workdir, 0)).names
     return [c for c in names if c not in _BASE and not c.endswith("_values")]
 
 
@@ -56,7 +55,7 @@ def valid_pixels(workdir: str, n_tiles: int) -> int:
 
     total = 0
     for t in range(n_tiles):
-        md = pq.read_schema(part_path(workdir, t)).metadata or {}
+        md = storage.read_parquet_schema(part_path(workdir, t)).metadata or {}
         total += int(md.get(b"valid_px", b"0"))
     return total
 
@@ -149,10 +148,6 @@ def _regularized(geoms_px: np.ndarray, info: SceneInfo, params: dict[str, Any]) 
     return regularize_many(geoms_px, params["tolerance"] / px, params["angle_tolerance"], params["min_iou"])
 
 
-def _tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.stem}.{os.getpid()}.tmp{final.suffix}")
-
-
 def _geo_metadata(crs_json: dict, types: list[str], bbox: list[float]) -> bytes:
     return json.dumps({
         "version": "1.1.0",
@@ -189,11 +184,12 @@ def _arrow_batch(rows: dict[str, np.ndarray], geoms: np.ndarray, extra: list[str
     return table
 
 
-def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: SceneInfo, out_dir: Path, stem: str,
+def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: SceneInfo, out: Staging,
                   class_name: str, summary: dict[str, Any], geojson: bool = False,
                   regularize: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``<stem>.parquet``, ``<stem>.gpkg`` and ``<stem>.json`` atomically (and, with ``geojson``, the
-    QuPath ``<stem>.geojson``: :mod:`pipeline.io.qupath`); returns the summary."""
+    """Stage ``<stem>.parquet`` and ``<stem>.gpkg`` (and, with ``geojson``, the QuPath ``<stem>.geojson``:
+    :mod:`pipeline.io.qupath`) in ``out``; returns the summary, which ``out.publish`` writes last as
+    ``<stem>.json`` (:mod:`pipeline.io.publish`)."""
     from pipeline.io.qupath import GeoJSONWriter, class_color
     from pipeline.stages.measure_objects import channel_columns
 
@@ -201,11 +197,10 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
     import pyarrow.parquet as pq
     import pyogrio
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    exts = ("parquet", "gpkg", "geojson", "json") if geojson else ("parquet", "gpkg", "json")
-    finals = {ext: out_dir / f"{stem}.{ext}" for ext in exts}
-    tmps = {ext: _tmp_name(p) for ext, p in finals.items()}
-    staging = Path(workdir) / "staging.parquet"
+    stem = out.stem
+    exts = ("parquet", "gpkg", "geojson") if geojson else ("parquet", "gpkg")
+    tmps = {ext: out.path(ext, f"{stem}.{ext}") for ext in exts}
+    staging = os.path.join(out.dir, ".rows.parquet")  # local scratch: GPKG (SQLite) and parquet need a file
     crs = output_crs(info)
     channels = channel_names(info)
     extra = measurement_names(channels)
@@ -225,8 +220,6 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
         # tables afterwards leaves blobs saying 99999 ("Undefined SRS"), which breaks GeoPackage Req 33.
         gpkg_layer_options["SRID"] = "-1"
     try:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
         first_gpkg = True
         if geojson:
             gj = GeoJSONWriter(tmps["geojson"])
@@ -310,28 +303,23 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
             **scene_density(int(n_obj), valid_pixels(workdir, n_tiles), info, summary.get("tissue_px")),
             "channels": channels,
             "crs": crs.to_json_dict() if info.crs_wkt else None,
-            "outputs": {k: str(v) for k, v in finals.items()},
         }
-        tmps["json"].write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
-        for ext in exts:
-            os.replace(tmps[ext], finals[ext])
         return summary
     except BaseException:
         if writer is not None:
             writer.close()
         if gj is not None:
             gj.abort()
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
         raise
     finally:
-        staging.unlink(missing_ok=True)
+        if os.path.exists(staging):
+            os.unlink(staging)
 
 
 _TYPE_NAMES = {3: "Polygon", 6: "MultiPolygon", 7: "GeometryCollection"}
 
 
-def _finish_geoparquet(staging: Path | None, dest: Path, crs, types: set[int], bbox: list[float], extra: list[str]) -> None:
+def _finish_geoparquet(staging: str | None, dest: str, crs, types: set[int], bbox: list[float], extra: list[str]) -> None:
     """Copy the staged rows into the final file with complete GeoParquet 1.1 metadata (types and bbox
     are only known once every row is written)."""
     import pyarrow as pa
@@ -356,7 +344,7 @@ def _finish_geoparquet(staging: Path | None, dest: Path, crs, types: set[int], b
             w.write_table(pa.Table.from_batches([rb]).cast(schema), row_group_size=ROW_GROUP)
 
 
-def _write_gpkg(gdf, path: Path, **kw) -> None:
+def _write_gpkg(gdf, path: str, **kw) -> None:
     """pyogrio's writer; the "no crs" warning is expected for images without georeferencing, whose layer is
     then set to the Undefined Cartesian SRS (see :func:`_gpkg_undefined_cartesian`)."""
     import warnings
@@ -368,7 +356,7 @@ def _write_gpkg(gdf, path: Path, **kw) -> None:
         pyogrio.write_dataframe(gdf, path, **kw)
 
 
-def _gpkg_undefined_cartesian(path: Path) -> None:
+def _gpkg_undefined_cartesian(path: str) -> None:
     """Point the layer at srs_id -1 (GeoPackage's "Undefined Cartesian SRS"), as microscopy pixels are."""
     con = sqlite3.connect(path)
     try:

@@ -112,6 +112,9 @@ def open_raster(path: str, **open_kwargs: Any):
         try:
             # The filesystem and the path inside it; chained URLs ("zip://a.tif::s3://bucket/b.zip") too.
             fs, path = url_to_fs(path)
+            # fsspec instances are shared and cache listings: a scene replaced under the same key (a new version,
+            # as `seamline watch` sees them) must not be read with the old size — GDAL aborts on that.
+            fs.invalidate_cache(path)
             exists = fs.exists(path)
         except (ValueError, ImportError, OSError) as exc:
             raise InputError(f"input {name}: cannot open this URL ({exc}); install the fsspec backend for its "

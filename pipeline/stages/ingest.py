@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.io import storage
 from pipeline.io.raster import SceneInfo
 
 __all__ = ["IngestBlock", "plan_ingest", "create_store", "ingest_block", "sample_stride", "scene_statistics", "MAX_SAMPLE_PX"]
@@ -67,7 +68,7 @@ def create_store(zarr_path: str, info: SceneInfo, tile: int) -> None:
     from zarr.codecs import ZstdCodec
 
     zarr.create_array(
-        store=zarr_path,
+        store=storage.zarr_store(zarr_path),
         name="image",
         shape=(info.count, info.height, info.width),
         chunks=(info.count, tile, tile),
@@ -79,7 +80,7 @@ def create_store(zarr_path: str, info: SceneInfo, tile: int) -> None:
         overwrite=True,
     )
     if info.has_mask:
-        zarr.create_array(store=zarr_path, name="valid", shape=(info.height, info.width), chunks=(tile, tile),
+        zarr.create_array(store=storage.zarr_store(zarr_path), name="valid", shape=(info.height, info.width), chunks=(tile, tile),
                           dtype="uint8", compressors=[ZstdCodec(level=1)], fill_value=0, overwrite=True)
 
 
@@ -117,10 +118,10 @@ def ingest_block(info: SceneInfo, zarr_path: str, block: IngestBlock, stride: in
 
     data, valid = read_working(info, block.row, block.col, block.height, block.width)
     sl = (slice(block.row, block.row + block.height), slice(block.col, block.col + block.width))
-    arr = zarr.open_array(zarr_path, path="image", mode="r+")
+    arr = zarr.open_array(storage.zarr_store(zarr_path), path="image", mode="r+")
     arr[:, sl[0], sl[1]] = data
     if valid is not None:
-        zarr.open_array(zarr_path, path="valid", mode="r+")[sl] = valid.astype(np.uint8)
+        zarr.open_array(storage.zarr_store(zarr_path), path="valid", mode="r+")[sl] = valid.astype(np.uint8)
     counts = []
     for c in range(0, block.width, tile):
         n = block.height * min(tile, block.width - c) if valid is None else int(valid[:, c : c + tile].sum())

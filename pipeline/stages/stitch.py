@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.io import storage
 from pipeline.stages.tiles import TileJob, part_path, tile_key
 from pipeline.stages.tiling import TileGrid
 
@@ -47,9 +48,7 @@ def match_band(la: np.ndarray, lb: np.ndarray, core_a: np.ndarray, core_b: np.nd
 
 def _core_labels(workdir: str, index: int) -> np.ndarray:
     """Labels with pixels in tile ``index``'s core: the pieces its part file holds (sorted)."""
-    import pyarrow.parquet as pq
-
-    keys = pq.read_table(part_path(workdir, index), columns=["key"]).column("key").to_numpy()
+    keys = storage.read_parquet(part_path(workdir, index), columns=["key"]).column("key").to_numpy()
     return np.sort(keys & 0xFFFFFFFF)
 
 
@@ -61,7 +60,7 @@ def seam_edges(job: TileJob, index: int) -> np.ndarray:
     import zarr
 
     grid: TileGrid = job.grid
-    arr = zarr.open_array(job.workdir + "/windows.zarr", mode="r")
+    arr = zarr.open_array(storage.zarr_store(storage.join(job.workdir, "windows.zarr"), read_only=True), mode="r")
     ta = grid[index]
     core_a = _core_labels(job.workdir, index)
     out = []

@@ -14,14 +14,13 @@ The model is loaded once per worker process (``_MODELS`` cache), never shipped w
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from pipeline.io import storage
 from pipeline.stages.normalize import apply_normalization
 from pipeline.stages.tiling import Tile, TileGrid
 
@@ -49,16 +48,17 @@ def tile_key(index: int, label: np.ndarray | int):
     return (np.int64(index) << np.int64(32)) | np.asarray(label, dtype=np.int64)
 
 
-def part_path(workdir: str | Path, index: int) -> Path:
-    return Path(workdir) / "parts" / f"t{index:07d}.parquet"
+def part_path(workdir: str, index: int) -> str:
+    """The part file of one tile: a local path or a URL, like the work folder (:mod:`pipeline.io.storage`)."""
+    return storage.join(workdir, "parts", f"t{index:07d}.parquet")
 
 
 @dataclass(frozen=True)
 class TileJob:
     """Everything a worker needs for a batch of tiles: references, never arrays."""
 
-    zarr_path: str
-    workdir: str
+    zarr_path: str  # path or URL of the scene's zarr store
+    workdir: str  # path or URL of the work folder
     height: int
     width: int
     tile: int
@@ -127,12 +127,11 @@ def vectorize_core(labels: np.ndarray, core_rel: tuple[slice, slice], row0: int,
     return ids, counts[ids].astype(np.int64), geoms
 
 
-def _write_part(path: Path, index: int, ids, area_px, score_sum, geoms, meas: dict | None = None, valid_px: int | None = None) -> None:
+def _write_part(path: str, index: int, ids, area_px, score_sum, geoms, meas: dict | None = None, valid_px: int | None = None) -> None:
     """One row per piece; ``meas`` adds the per-piece measurements (:mod:`pipeline.stages.measure_objects`),
     the sorted pixel values of edge pieces as list columns. ``valid_px`` (the core's pixels holding image data)
     goes into the file's metadata: the scene's valid area is their sum, also after a resumed run."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
     import shapely
 
     cols = {
@@ -149,9 +148,7 @@ def _write_part(path: Path, index: int, ids, area_px, score_sum, geoms, meas: di
     table = pa.table(cols)
     if valid_px is not None:
         table = table.replace_schema_metadata({b"valid_px": str(int(valid_px)).encode()})
-    tmp = path.with_suffix(".part.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    storage.write_parquet(path, table)  # atomic: a part file exists only complete (it marks the tile done)
 
 
 def _read_windows(job: TileJob, tiles: list[Tile], valids: dict[int, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -159,8 +156,8 @@ def _read_windows(job: TileJob, tiles: list[Tile], valids: dict[int, np.ndarray]
     Invalid (nodata, NaN, alpha 0) pixels are set to 0 for the model and their masks kept in ``valids``."""
     import zarr
 
-    arr = zarr.open_array(job.zarr_path, path="image", mode="r")
-    varr = zarr.open_array(job.zarr_path, path="valid", mode="r") if job.masked else None
+    arr = zarr.open_array(storage.zarr_store(job.zarr_path, read_only=True), path="image", mode="r")
+    varr = zarr.open_array(storage.zarr_store(job.zarr_path, read_only=True), path="valid", mode="r") if job.masked else None
     out, raw = [], []
     for t in tiles:
         w = t.window
@@ -247,7 +244,7 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
     import zarr
 
     grid = job.grid
-    todo = [grid[i] for i in indices if not part_path(job.workdir, i).exists()]
+    todo = [grid[i] for i in indices if not storage.exists(part_path(job.workdir, i))]
     timings = {"read": 0.0, "model": 0.0, "instances": 0.0, "vectorize": 0.0, "measure": 0.0}
     empty = [t for t in todo if t.index in job.skip]
     if empty:  # no tissue / all nodata: nothing to find; the stitch sees an empty part and zero labels
@@ -259,7 +256,7 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
     model = get_model(job.model, job.classical, job.device, job.threads, job.tta, job.inference)
     step = 1 if model.kind == "classical" else job.batch_size
     batches = [todo[s : s + step] for s in range(0, len(todo), step)]
-    win_arr = zarr.open_array(job.workdir + "/windows.zarr", mode="r+")
+    win_arr = zarr.open_array(storage.zarr_store(storage.join(job.workdir, "windows.zarr")), mode="r+")
     pieces = 0
     pixels = 0
     pending = None
@@ -298,7 +295,7 @@ def _write_empty_parts(job: TileJob, tiles: list[Tile]) -> None:
 
     from pipeline.stages.measure_objects import piece_measurements
 
-    arr = zarr.open_array(job.zarr_path, path="image", mode="r")
+    arr = zarr.open_array(storage.zarr_store(job.zarr_path, read_only=True), path="image", mode="r")
     raw = np.zeros((arr.shape[0], 0, 0), arr.dtype)
     meas = piece_measurements(np.zeros((0, 0), np.uint32), np.zeros(0, np.int64), raw, 0, 0)
     for t in tiles:

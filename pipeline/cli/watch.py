@@ -1,0 +1,83 @@
+"""``seamline watch SOURCE --out DEST``: ``--once`` processes what is new and exits (cron, Airflow, CI); without
+it the same work is served as a Prefect deployment on a schedule (``--cron`` or ``--interval``).
+
+Serving needs Prefect, which the library never imports: only that branch imports ``flows.watch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_watch_command", "validate_cron"]
+
+
+def validate_cron(expr: str) -> str:
+    """A five-field cron expression, or one clear line naming it and the fix."""
+    from datetime import datetime
+
+    from cronsim import CronSim, CronSimError
+
+    from pipeline.errors import ParameterError
+
+    try:
+        CronSim(expr, datetime(2026, 1, 1))
+    except (CronSimError, ValueError, KeyError, IndexError) as exc:
+        raise ParameterError(f"--cron {expr!r}: not a cron expression ({exc}); use five fields, "
+                             "e.g. \"*/15 * * * *\" (every 15 minutes)") from None
+    return expr
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from pipeline.cli.segment import build_segment_config
+    from pipeline.errors import ParameterError
+
+    cfg = build_segment_config(args)
+    if args.once and (args.cron or args.interval):
+        raise ParameterError("--once runs one pass now; --cron/--interval serve a schedule: pass one or the other")
+    if not args.once:
+        if bool(args.cron) == bool(args.interval):
+            raise ParameterError("seamline watch: pass --once, or a schedule: --cron \"*/15 * * * *\" or --interval SECONDS")
+        if args.cron:
+            validate_cron(args.cron)
+        if args.interval is not None and args.interval <= 0:
+            raise ParameterError(f"--interval {args.interval}: must be a positive number of seconds")
+        from flows.watch import serve_watch  # Prefect only here, never in the library
+
+        serve_watch(args.source, args.out, config=args.config, overrides=_overrides(args), cron=args.cron,
+                    interval=args.interval, max_attempts=args.max_attempts)
+        return 0
+    from pipeline.stages.dispatch import dask_client
+    from pipeline.watch import watch_once
+
+    with dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+        r = watch_once(args.source, args.out, cfg, client=client, max_attempts=args.max_attempts,
+                       lease_s=args.lease_seconds)
+    for x in r["results"]:
+        print(f"{x['scene']}: {x['status']}" + (f" ({x['objects']} objects)" if x["status"] == "done" else f": {x['error']}"))
+    print(f"{r['scenes']} scenes: {r['processed']} processed, {r['failed']} failed, {r['skipped_done']} already done, "
+          f"{r['skipped_leased']} held by another watch, {r['gave_up']} failed too often; ledger {args.out.rstrip('/')}/_seamline/ledger.parquet")
+    return 1 if r["failed"] else 0
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ("model", "tile", "halo", "workers", "scheduler") if getattr(args, k, None) is not None}
+
+
+def add_watch_command(sub) -> None:
+    w = sub.add_parser("watch", help="process every new or changed raster under a folder or bucket prefix, once per version")
+    w.add_argument("source", metavar="SOURCE", help="folder or prefix: /data/incoming, s3://bucket/incoming")
+    w.add_argument("--out", required=True, metavar="DEST", help="output folder or prefix (ledger in DEST/_seamline/)")
+    w.add_argument("--config", metavar="FILE", help="YAML config (see configs/); flags override it")
+    w.add_argument("--model", help="'classical', 'default' or a checkpoint path")
+    w.add_argument("--tile", type=int)
+    w.add_argument("--halo", type=int)
+    w.add_argument("--workers", type=int)
+    w.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler")
+    w.add_argument("--once", action="store_true", help="process what is new now and exit")
+    w.add_argument("--cron", help="serve a Prefect deployment on this schedule, e.g. \"*/15 * * * *\"")
+    w.add_argument("--interval", type=float, metavar="SECONDS", help="serve a Prefect deployment every SECONDS")
+    w.add_argument("--max-attempts", dest="max_attempts", type=int, default=3,
+                   help="a failing scene is retried on later runs up to this many attempts (default 3)")
+    w.add_argument("--lease-seconds", dest="lease_seconds", type=float, default=3600.0,
+                   help="a scene's lease expires this long after its holder's last renewal (default 3600)")
+    w.set_defaults(func=_cmd_watch)

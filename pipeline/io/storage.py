@@ -1,0 +1,229 @@
+"""One storage layer for inputs, the work folder and the outputs: local paths or any fsspec URL.
+
+Why one layer: on a cluster the workers share no disk with the driver, so every file the pipeline touches —
+the zarr store, tile part files, window labels, manifest, statistics and the published outputs — must be
+reachable by URL from every process (``s3://``, ``gs://``, ``az://``, ``file://``; ``memory://`` in tests).
+Local paths keep their fast path: plain ``os`` calls and atomic ``os.replace``, no fsspec in between.
+
+Credentials and endpoints come from each backend's standard environment (s3fs/botocore read
+``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``…, ``AWS_REGION``, ``AWS_PROFILE``); there is no project setting.
+
+Publishing (object stores have no rename) lives in :mod:`pipeline.io.publish`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError
+
+__all__ = ["is_local", "local_path", "join", "fs_path", "exists", "read_bytes", "read_text", "write_bytes",
+           "write_text", "write_parquet", "read_parquet", "read_parquet_schema", "remove", "listdir", "info", "version_of", "zarr_store", "ensure_dir", "storage_error",
+           "name_of"]
+
+
+def is_local(url: str | Path) -> bool:
+    """A plain path or a ``file://`` URL (no fsspec needed)."""
+    s = str(url)
+    return "://" not in s or s.startswith("file://")
+
+
+def local_path(url: str | Path) -> str:
+    s = str(url)
+    return s[len("file://"):] if s.startswith("file://") else s
+
+
+def join(base: str | Path, *parts: str) -> str:
+    """``base/part/...`` for a path or URL (never ``os.path`` on a URL: it would mangle ``s3://``)."""
+    s = str(base)
+    if is_local(s) and not s.startswith("file://"):
+        return os.path.join(s, *parts)
+    return posixpath.join(s.rstrip("/"), *parts)
+
+
+def name_of(url: str | Path) -> str:
+    return posixpath.basename(str(url).rstrip("/"))
+
+
+def fs_path(url: str | Path):
+    """``(filesystem, path)`` for a URL (fsspec's own instance cache keeps this cheap)."""
+    import fsspec
+
+    s = str(url)
+    if is_local(s):
+        return fsspec.filesystem("file"), local_path(s)
+    try:
+        return fsspec.core.url_to_fs(s)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"{s}: cannot open this URL ({exc}); install the fsspec backend for it "
+                         "(s3fs is included; pip install 'seamline[gcs]' or 'seamline[azure]')") from None
+
+
+def storage_error(url: str, exc: BaseException, doing: str) -> InputError:
+    """One clear line for the usual ways object storage fails (endpoint, credentials, bucket, permission)."""
+    msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    name = type(exc).__name__
+    low = (name + " " + msg).lower()
+    if "nocredentials" in low or "unable to locate credentials" in low or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low:
+        fix = "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to valid credentials"
+    elif "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
+        fix = "create the bucket or correct its name"
+    elif "connect" in low or "endpoint" in low or "could not connect" in low or "timeout" in low:
+        fix = "check AWS_ENDPOINT_URL / the network, and that the storage service is running"
+    elif "accessdenied" in low or "forbidden" in low or "permission" in low or isinstance(exc, PermissionError):
+        fix = "grant this identity write access to it, or choose another location"
+    elif isinstance(exc, FileNotFoundError):
+        fix = "check the URL (bucket and key)"
+    else:
+        fix = "check the URL, credentials and endpoint"
+    return InputError(f"{url}: {doing} failed ({name}: {msg}); {fix}")
+
+
+def exists(url: str | Path) -> bool:
+    if is_local(url):
+        return os.path.exists(local_path(url))
+    fs, p = fs_path(url)
+    fs.invalidate_cache(p)  # fsspec instances are shared and cache listings; objects change under them
+    return fs.exists(p)
+
+
+def read_bytes(url: str | Path) -> bytes:
+    if is_local(url):
+        with open(local_path(url), "rb") as f:
+            return f.read()
+    fs, p = fs_path(url)
+    return fs.cat_file(p)
+
+
+def read_text(url: str | Path) -> str:
+    return read_bytes(url).decode()
+
+
+def write_bytes(url: str | Path, data: bytes) -> None:
+    """Write a whole object atomically: locally a temporary name and ``os.replace``; on an object store one
+    PUT (an object appears complete or not at all)."""
+    if is_local(url):
+        p = local_path(url)
+        os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+        tmp = f"{p}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+        return
+    fs, p = fs_path(url)
+    fs.pipe_file(p, data)
+
+
+def write_text(url: str | Path, text: str) -> None:
+    write_bytes(url, text.encode())
+
+
+def write_parquet(url: str | Path, table) -> None:
+    """A pyarrow table as one parquet object, atomically (see :func:`write_bytes`)."""
+    import pyarrow.parquet as pq
+
+    if is_local(url):
+        p = local_path(url)
+        tmp = f"{p}.{os.getpid()}.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, p)
+        return
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes(url, buf.getvalue())
+
+
+def read_parquet(url: str | Path, columns: list[str] | None = None):
+    import pyarrow.parquet as pq
+
+    if is_local(url):
+        return pq.read_table(local_path(url), columns=columns)
+    return pq.read_table(io.BytesIO(read_bytes(url)), columns=columns)
+
+
+def read_parquet_schema(url: str | Path):
+    """A parquet file's schema (with its metadata), reading only the footer."""
+    import pyarrow.parquet as pq
+
+    if is_local(url):
+        return pq.read_schema(local_path(url))
+    fs, p = fs_path(url)
+    with fs.open(p, "rb") as f:
+        return pq.read_schema(f)
+
+
+def remove(url: str | Path, recursive: bool = False) -> None:
+    """Delete a file or (recursive) a folder/prefix; missing is not an error."""
+    if is_local(url):
+        import shutil
+
+        p = local_path(url)
+        if os.path.isdir(p):
+            if recursive:
+                shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        return
+    fs, p = fs_path(url)
+    try:
+        fs.rm(p, recursive=recursive)
+    except FileNotFoundError:
+        pass
+
+
+def listdir(url: str | Path) -> list[str]:
+    """Names (not paths) directly under a folder or prefix; empty when absent."""
+    if is_local(url):
+        try:
+            return sorted(os.listdir(local_path(url)))
+        except FileNotFoundError:
+            return []
+    fs, p = fs_path(url)
+    try:
+        return sorted(posixpath.basename(e.rstrip("/")) for e in fs.ls(p, detail=False, refresh=True))
+    except FileNotFoundError:
+        return []
+
+
+def info(url: str | Path) -> dict[str, Any]:
+    fs, p = fs_path(url)
+    fs.invalidate_cache(p)
+    return fs.info(p)
+
+
+def version_of(url: str | Path) -> str:
+    """One version of an input object: size + ETag where the store has one (S3, GCS, Azure), else mtime.
+
+    ``key + version`` identifies the bytes; mtime alone is not reliable across stores (NOTES).
+    """
+    if is_local(url):
+        st = os.stat(local_path(url))
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    d = info(url)
+    tag = d.get("ETag") or d.get("etag") or d.get("md5Hash") or d.get("content_md5") or d.get("mtime") \
+        or d.get("LastModified") or d.get("last_modified") or d.get("created")
+    return f"{d.get('size')}:{str(tag).strip(chr(34))}"
+
+
+def ensure_dir(url: str | Path) -> None:
+    """Folders exist only locally; on object stores a prefix exists once something is under it."""
+    if is_local(url):
+        os.makedirs(local_path(url), exist_ok=True)
+
+
+def zarr_store(url: str | Path, read_only: bool = False):
+    """What ``zarr`` should open for ``url``: the local path itself (zarr's LocalStore, the fast path), or an
+    FsspecStore for a URL (its credentials from the backend's standard environment)."""
+    if is_local(url):
+        return local_path(url)
+    from zarr.storage import FsspecStore
+
+    return FsspecStore.from_url(str(url), read_only=read_only)

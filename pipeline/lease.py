@@ -1,0 +1,126 @@
+"""A lease per scene on any storage, so that two ``seamline watch`` processes on one DEST never process the
+same scene twice, and a dead holder blocks nobody for longer than the lease's time to live.
+
+The lease is one small JSON object (holder token, host, pid, expiry). Acquiring it:
+
+1. **create-if-absent** where the store has conditional writes: ``O_CREAT | O_EXCL`` on a local disk, S3's
+   ``If-None-Match: *`` (s3fs ``mode="create"``) on object stores that honour it;
+2. an **expired** lease (or a store without conditional writes) is taken over by *write-then-read-back*:
+   write our token, wait ``settle`` seconds, read it back; only the process whose token is there holds it
+   (of two writers racing, both read the last write);
+3. while work runs, a thread renews the expiry every third of the time to live; before the result counts,
+   :meth:`Lease.still_held` reads the object back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from pipeline.io import storage
+
+__all__ = ["Lease"]
+
+
+class Lease:
+    def __init__(self, url: str, ttl_s: float = 3600.0, settle_s: float = 0.5):
+        self.url, self.ttl_s, self.settle_s = url, float(ttl_s), float(settle_s)
+        self.token = uuid.uuid4().hex
+        self.held = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                           "expires": time.time() + self.ttl_s}).encode()
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(storage.read_bytes(self.url))
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            return {}  # unreadable (being written): treat as someone else's, unexpired
+
+    def _create_if_absent(self) -> bool | None:
+        """True: created; False: exists; None: the store cannot do it (fall back to read-back)."""
+        body = self._body()
+        if storage.is_local(self.url):
+            p = storage.local_path(self.url)
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            try:
+                fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            return True
+        fs, p = storage.fs_path(self.url)
+        if fs.protocol not in ("s3", "s3a", ("s3", "s3a")) and "s3" not in fs.protocol:
+            return None
+        try:
+            fs.pipe_file(p, body, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:  # 412 Precondition Failed arrives as a generic error on some versions
+            if "412" in str(exc) or "PreconditionFailed" in str(exc) or "ConditionalRequestConflict" in str(exc):
+                return False
+            if "NotImplemented" in str(exc) or "501" in str(exc):
+                return None
+            raise
+
+    def acquire(self) -> bool:
+        """Try once; True when this process now holds the lease (and its renewal thread runs)."""
+        created = self._create_if_absent()
+        if created is False:
+            cur = self._read()
+            if cur is None:  # released in between: try again once
+                created = self._create_if_absent()
+            elif cur == {} or float(cur.get("expires", 0)) > time.time():
+                return False
+        if created is not True:  # expired, or no conditional writes here: write, wait, read back
+            storage.write_bytes(self.url, self._body())
+            time.sleep(self.settle_s)
+        cur = self._read()
+        self.held = bool(cur) and cur.get("token") == self.token
+        if self.held:
+            self._thread = threading.Thread(target=self._renew, name="seamline-lease", daemon=True)
+            self._thread.start()
+        return self.held
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                cur = self._read()
+                if not cur or cur.get("token") != self.token:
+                    self.held = False
+                    return
+                storage.write_bytes(self.url, self._body())
+            except Exception:  # noqa: BLE001 - storage unreachable: the lease lapses, still_held() will say so
+                continue
+
+    def still_held(self) -> bool:
+        cur = self._read()
+        self.held = bool(cur) and cur.get("token") == self.token
+        return self.held
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.held and self.still_held():
+            storage.remove(self.url)
+        self.held = False
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
