@@ -68,6 +68,14 @@ def moto_s3(log_dir: Path) -> Iterator[str]:
         log.close()
 
 
+def fresh_s3fs() -> None:
+    """fsspec caches filesystem instances by their arguments, not the environment: after pointing the AWS
+    variables at another server (a new test module), drop the cached S3 filesystems."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 def make_bucket(endpoint: str, name: str | None = None) -> str:
     import boto3
 

@@ -17,7 +17,7 @@ from pipeline.errors import InputError
 from pipeline.io import storage
 from pipeline.io.publish import Staging, verify_outputs
 from pipeline.synthetic import write_scene
-from tests.servers import ROOT, S3_ENV, make_bucket, moto_s3, s3_client
+from tests.servers import fresh_s3fs, ROOT, S3_ENV, make_bucket, moto_s3, s3_client
 
 
 # --------------------------------------------------------------------------- publishing (no server needed)
@@ -80,6 +80,7 @@ def s3(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
     with moto_s3(tmp_path_factory.mktemp("moto")) as endpoint:
         os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
+        fresh_s3fs()
         try:
             yield endpoint
         finally:
