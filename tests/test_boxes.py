@@ -174,3 +174,26 @@ def test_evaluate_boxes_on_a_real_tile_counts_and_classes(tmp_path):
     r = evaluate_boxes(tmp_path / "p.parquet", tmp_path / "t.gpkg")
     assert r["per_class"]["tree"]["f1"] == 1.0 and r["per_class"]["dead"]["fn"] == 6
     assert isinstance(gpd.read_parquet(tmp_path / "p.parquet"), gpd.GeoDataFrame)
+
+
+def test_evaluate_reports_per_class_for_polygons(tmp_path):
+    """`seamline evaluate` (masks, IoU 0.5) per class when both polygon files carry a class column: matching
+    within each class, so an outline found with the wrong class is a miss of one class and a false one of
+    the other."""
+    import geopandas as gpd
+    import shapely
+
+    from pipeline.evaluation.evaluate import evaluate_files, format_table
+
+    squares = [shapely.box(x, 0, x + 10, 10) for x in (0, 20, 40, 60)]
+    truth = gpd.GeoDataFrame({"class": ["alive", "alive", "dead", "dead"]}, geometry=squares, crs="EPSG:32617")
+    pred = gpd.GeoDataFrame({"class": ["alive", "dead", "dead", "dead"]}, geometry=squares, crs="EPSG:32617")
+    truth.to_file(tmp_path / "t.gpkg")
+    pred.to_file(tmp_path / "p.gpkg")
+    from affine import Affine
+
+    r = evaluate_files(tmp_path / "p.gpkg", tmp_path / "t.gpkg", like=((12, 72), Affine(1, 0, 0, 0, -1, 11), "EPSG:32617"))
+    assert r["all"]["at_0.5"]["tp"] == 4  # classes ignored overall
+    assert (r["per_class"]["alive"]["tp"], r["per_class"]["alive"]["fn"]) == (1, 1)
+    assert (r["per_class"]["dead"]["tp"], r["per_class"]["dead"]["fp"]) == (2, 1)
+    assert "per class" in format_table(r)

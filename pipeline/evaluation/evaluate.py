@@ -146,12 +146,15 @@ def _read_vector(path: Path):
                          "GeoJSON or GeoParquet file") from None
 
 
-def _rasterize(path: Path, grid) -> np.ndarray:
-    """Burn each row of a polygon file with its own id (row order, from 1) onto ``grid``."""
+def _rasterize(path: Path, grid, cls: str | None = None) -> np.ndarray:
+    """Burn each row of a polygon file with its own id (row order, from 1) onto ``grid`` (only the rows of
+    class ``cls`` when given)."""
     from rasterio.features import rasterize
 
     shape, transform, crs = grid
     gdf = _read_vector(path)
+    if cls is not None:
+        gdf = gdf[gdf["class"].astype(str) == cls]
     if crs is not None and gdf.crs is not None and gdf.crs != crs:
         gdf = gdf.to_crs(crs)  # a GeoTIFF and polygons in different CRSs would otherwise silently miss
     geoms = [(g, i + 1) for i, g in enumerate(gdf.geometry) if g is not None and not g.is_empty]
@@ -414,6 +417,8 @@ def evaluate_files(pred_path, gt_path, tile: int | None = None, seam_band: int =
         pred, gt = _rasterize(pred_p, grid), _rasterize(gt_p, grid)
         transform = grid[1]
     result = {"prediction": str(pred_p), "ground_truth": str(gt_p), "tile_source": source}
+    if pk == "vector" and gk == "vector" and (per := _per_class(pred_p, gt_p, grid)):
+        result["per_class"] = per
     placed = _origin_in_run(gt.shape, transform, run_grid)
     if placed is None:
         result.update(evaluate_pair(pred, gt, seam_band=seam_band))
@@ -425,6 +430,22 @@ def evaluate_files(pred_path, gt_path, tile: int | None = None, seam_band: int =
     if origin != (0, 0):
         result["origin"] = list(origin)
     return result
+
+
+def _per_class(pred_p: Path, gt_p: Path, grid) -> dict | None:
+    """Scores at IoU 0.5 per class (matching within the class) when both polygon files have a ``class``
+    column, share a class and hold two or more classes between them; else None."""
+    pc, gc = _read_vector(pred_p), _read_vector(gt_p)
+    if "class" not in pc.columns or "class" not in gc.columns:
+        return None
+    p_cls, g_cls = set(pc["class"].astype(str)), set(gc["class"].astype(str))
+    if not p_cls & g_cls or len(p_cls | g_cls) < 2:
+        return None
+    out = {}
+    for c in sorted(p_cls | g_cls):
+        r = evaluate_pair(_rasterize(pred_p, grid, c), _rasterize(gt_p, grid, c))["all"]
+        out[c] = {"n_gt": r["n_gt"], "n_pred": r["n_pred"], **{k: r["at_0.5"][k] for k in ("tp", "fp", "fn", "f1", "precision", "recall")}}
+    return out
 
 
 def format_table(result: dict) -> str:
@@ -471,6 +492,10 @@ def format_table(result: dict) -> str:
         row(f"{key.upper()}@0.50", lambda r, key=key: r["at_0.5"][key], "{:d}")
     row("splits", lambda r: r["splits"], "{:d}")
     row("merges", lambda r: r["merges"], "{:d}")
+    if result.get("per_class"):
+        lines += ["", f"{'per class (IoU 0.50)':<24}{'truth':>8}{'pred':>8}{'TP':>6}{'FP':>6}{'FN':>6}{'F1':>8}"]
+        for c, r in result["per_class"].items():
+            lines.append(f"{c:<24}{r['n_gt']:>8}{r['n_pred']:>8}{r['tp']:>6}{r['fp']:>6}{r['fn']:>6}{r['f1']:>8.3f}")
     if "seam" in result:
         lines += ["", f"seam: objects within {result['seam_band']} px of a tile seam; TP/FN counted by ground-truth "
                   "object, FP by predicted object"]
