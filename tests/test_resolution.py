@@ -72,3 +72,20 @@ def test_area_resample_is_exact_area_average_and_block_independent(factor):
     if factor == 2.0:
         ref = img[:, :202, :156].astype(float).reshape(2, 101, 2, 78, 2).mean(axis=(2, 4))
         assert np.array_equal(whole[:, :101, :78], np.rint(ref).astype(np.uint16))
+
+
+def test_plan_input_warns_when_a_learned_model_has_no_pixel_size(tmp_path):
+    from helpers import shared
+
+    from pipeline.config import SegmentConfig
+    from pipeline.stages.inputs import plan_input
+
+    ndpi = str(shared("slides", "test3-DAPI-2-387.ndpi"))
+    p = plan_input(ndpi, SegmentConfig(), {"in_channels": 3}, "nuclei")
+    assert (p.info.level, p.info.scale) == (0, 1.0) and any("no pixel_size" in w for w in p.warnings)
+    assert p.info.channel_names == ("blue",) and p.stain["detected"]  # R = G = 0: one grey channel
+    p = plan_input(ndpi, SegmentConfig(), {"in_channels": 3, "pixel_size": [0.9, "um"]}, "nuclei")
+    # scale 3.94: level 1 (2x) is the one just finer; level 2 (4x) would be coarser than the model wants
+    assert p.info.level == 1 and p.info.resample == pytest.approx(0.9 / 0.22817 / 2, rel=1e-3)
+    assert p.info.pixel_size_um == pytest.approx((0.9, 0.9), rel=1e-6) and not p.warnings[1:]
+    assert p.info.transform[0] == pytest.approx(0.9 / 0.22817, rel=1e-3)  # level-0 pixels per working pixel

@@ -119,8 +119,12 @@ def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: flo
     unit = src.pixel_unit
     if cfg.pixel_size_um and src.crs_wkt is None:
         ps, unit = tuple(cfg.pixel_size_um), "um"
-    res = choose_resolution(src.levels, ps, unit, model_pixel_size(md, cfg.resolution.pixel_size),
+    model_px = model_pixel_size(md, cfg.resolution.pixel_size)
+    res = choose_resolution(src.levels, ps, unit, model_px,
                             extra_scale=extra_scale, level=cfg.resolution.level, model_name=model_name)
+    if md is not None and model_px is None and cfg.resolution.level is None:
+        warnings.append(f"{model_name} does not say which pixel size it was trained at (no pixel_size in its "
+                        "metadata): ran at the image's native resolution; set resolution.pixel_size to rescale")
     warnings.extend(res.warnings)
     lv = src.levels[res.level]
     h, w = working_shape(lv, res.resample)
