@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="docs/bench/tissue_skip.json")
+    ap.add_argument("--on-first", action="store_true", help="run tissue on before off (to see the order's effect)")
     a = ap.parse_args()
     from pipeline.config import SegmentConfig
     from pipeline.runner import segment_scene
@@ -62,7 +63,8 @@ def main() -> None:
         meta = build_slide(slide)
         runs = {}
         with dask_client(a.workers, 1, None, "auto") as client:
-            for name, enabled in (("tissue_off", False), ("tissue_on", True)):
+            order = [("tissue_off", False), ("tissue_on", True)]
+            for name, enabled in (order[::-1] if a.on_first else order):
                 cfg = SegmentConfig(model=a.model, tile=a.tile, workers=a.workers, batch_size=1,
                                     tissue={"enabled": enabled})
                 t = time.perf_counter()
@@ -73,6 +75,7 @@ def main() -> None:
                               "timings_s": s["timings_s"]}
         off, on = runs["tissue_off"], runs["tissue_on"]
         result = {"slide": meta, "model": a.model, "tile": a.tile, "workers": a.workers, "runs": runs,
+                  "order": list(runs),
                   "time_ratio_on_over_off": round(on["seconds"] / off["seconds"], 3),
                   "processed_tile_ratio": round(on["tiles_processed"] / off["tiles_processed"], 3),
                   "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform(),

@@ -112,3 +112,28 @@ def test_channels_by_name_and_index_and_errors(tmp_path):
             resolve_channels(s, ["DAPI"])
         with pytest.raises(InputError, match=r"bands: 4 is out of range, the image has 3 channel\(s\)"):
             resolve_channels(s, [4], "bands")
+
+
+def test_fsspec_urls_for_ome_tiff_and_ome_zarr(tmp_path):
+    """Read in place through fsspec: an OME-TIFF inside a zip (detected as OME, not handed to GDAL's first
+    plane), and an OME-Zarr on an fsspec filesystem (memory://, as an object store would be)."""
+    import zipfile
+
+    import fsspec
+
+    ome = _slide("minerva_2048x2048_ome6_tiled.ome.tif")
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(ome, "slide.ome.tif")
+    url = f"zip://slide.ome.tif::file://{archive}"
+    assert detect_reader(url) == "tifffile"
+    with open_source(url) as a, open_source(ome) as b:
+        assert a.count == 3 and len(a.levels) == 2
+        assert np.array_equal(a.read(1, 100, 200, 32, 48), b.read(1, 100, 200, 32, 48))
+    fs = fsspec.filesystem("memory")
+    fs.put(_slide("fake-series-2.zarr"), "/readers_test/f.zarr", recursive=True)
+    try:
+        with open_source("memory:///readers_test/f.zarr", series=1) as z, open_source(_slide("fake-series-2.zarr"), series=1) as ref:
+            assert z.reader == "zarr" and np.array_equal(z.read(0, 5, 7, 40, 30), ref.read(0, 5, 7, 40, 30))
+    finally:
+        fs.rm("/readers_test", recursive=True)

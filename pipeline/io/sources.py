@@ -224,9 +224,12 @@ def _looks_ome(path: str) -> bool:
 def open_binary(path: str):
     """A binary file object for a local path or an fsspec URL (read by ranges, never downloaded whole)."""
     if _is_url(path):
-        import fsspec
+        from fsspec.core import url_to_fs
 
-        return fsspec.open(path, "rb").open()
+        fs, inner = url_to_fs(path)  # the filesystem (e.g. a zip over s3) stays alive with the file it opened
+        fh = fs.open(inner, "rb")
+        fh._seamline_fs = fs
+        return fh
     return open(_local(path), "rb")
 
 
