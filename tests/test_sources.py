@@ -137,3 +137,18 @@ def test_fsspec_urls_for_ome_tiff_and_ome_zarr(tmp_path):
             assert z.reader == "zarr" and np.array_equal(z.read(0, 5, 7, 40, 30), ref.read(0, 5, 7, 40, 30))
     finally:
         fs.rm("/readers_test", recursive=True)
+
+
+def test_tissue_mask_on_the_real_he_slide():
+    """Brightfield: Otsu on saturation of the low-resolution overview finds the H&E tissue of the real SVS and
+    leaves the glass (its left and right margins) out."""
+    from pipeline.stages.inputs import overview
+    from pipeline.stages.skipping import tissue_mask
+
+    with open_source(_slide("CMU-1-Small-Region.svs")) as s:
+        ov, valid, down = overview(s, max_px=1024)
+        mask, info = tissue_mask(ov, valid, "auto", s.pixel_size_um[0] * down)
+    assert info["method"] == "saturation" and 0.3 < info["tissue_fraction"] < 0.6
+    h, w = mask.shape
+    assert mask[h // 2 - 20 : h // 2 + 20, w // 2 - 20 : w // 2 + 20].mean() > 0.9  # the tissue band
+    assert mask[h // 2 :, : w // 8].mean() < 0.05  # glass on the left, below the thin strand
