@@ -88,6 +88,10 @@ class SegmentConfig(_Strict):
     skip_nodata: bool = True  # skip tiles that are entirely nodata / alpha 0 / NaN before the model
     resolution: ResolutionParams = Field(default_factory=ResolutionParams)
     tissue: TissueParams = Field(default_factory=TissueParams)
+    # Objects' diameter in input px: the scene is rescaled so they come out the model's object_diameter_px.
+    # None: from the pixel size, else native; "estimate": estimated from the image when there is no pixel
+    # size; "native": no rescaling (stages/objectscale.py).
+    object_diameter: float | Literal["native", "estimate"] | None = None
     classical: ClassicalParams = Field(default_factory=ClassicalParams)
     regularize: RegularizeParams | None = None  # e.g. {classes: [building]}: squared building outlines, area_raw kept
     stats: StatsParams = Field(default_factory=StatsParams)
@@ -106,6 +110,9 @@ class SegmentConfig(_Strict):
         validate_tiling(self.tile, 0 if self.halo is None else self.halo)
         if self.channels is not None and self.bands is not None:
             raise ParameterError("channels and bands are the same setting; give only one of them")
+        if isinstance(self.object_diameter, (int, float)) and not self.object_diameter > 0:
+            raise ParameterError(f"object_diameter: expected a diameter in pixels > 0 or 'native', found "
+                                 f"{self.object_diameter}; measure a typical object across in the input image")
         if self.stats.low >= self.stats.high:
             raise ParameterError(f"stats.low ({self.stats.low}) must be below stats.high ({self.stats.high})")
         return self

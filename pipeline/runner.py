@@ -50,6 +50,7 @@ class ScenePlan:
     input: Any = None  # pipeline.stages.inputs.InputPlan: source description, resolution, overview
     fingerprint: str = ""  # input version + settings that change results (the work folder's key)
     input_version: str | None = None  # size + ETag/mtime of the input (pipeline.io.storage.version_of)
+    scale: dict | None = None  # the object-scale decision (pipeline.stages.objectscale.ObjectScale.as_dict)
 
     @property
     def zarr_path(self) -> str:
@@ -67,7 +68,7 @@ def _fingerprint(info: SceneInfo, cfg: SegmentConfig, model: str) -> str:
     except (OSError, InputError, ValueError):
         src_id = src
     relevant = cfg.model_dump(include={"tile", "halo", "classical", "stats", "pixel_size_um", "tta", "inference",
-                                       "tissue", "skip_nodata"})
+                                       "tissue", "skip_nodata", "object_diameter"})
     reading = info.as_attrs()  # reader, series, level, resample, channels: what the store holds
     return hashlib.sha256(json.dumps([src_id, relevant, reading, model, __version__], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -132,10 +133,14 @@ def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> Scen
     from pipeline.stages.inputs import plan_input
 
     model, md = check_model(cfg.model)
-    inp = plan_input(input_path, cfg, md, Path(model).name if md else model)
+    name = Path(model).name if md else model
+    inp = plan_input(input_path, cfg, md, name)
+    scale = object_scale(inp, cfg, md)
+    if scale.factor != 1.0:  # the object-size hook of the resolution rule: level-0 px per working px
+        inp = plan_input(input_path, cfg, md, name, extra_scale=1.0 / scale.factor)
     info = inp.info
     halo, warnings = resolve_halo(cfg, model, md)
-    warnings = [*inp.warnings, *warnings]
+    warnings = [*scale.warnings, *inp.warnings, *warnings]
     cfg = cfg.model_copy(update={"halo": halo})
     for w in warnings:
         log.warning(w)
@@ -170,7 +175,26 @@ def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> Scen
     except (OSError, InputError, ValueError):
         version = None
     return ScenePlan(info, out, workdir, cfg, model, class_name, warnings=warnings, input=inp, fingerprint=fp,
-                     input_version=version)
+                     input_version=version, scale=scale.as_dict())
+
+
+def object_scale(inp, cfg: SegmentConfig, md: dict | None):
+    """The object-diameter route (:mod:`pipeline.stages.objectscale`) for a planned input read at level 0:
+    config ``object_diameter``, else the level-0 pixel size, else an estimate from a few full-resolution
+    windows of the channels the model gets (read only in that last case)."""
+    from pipeline.io.sources import open_source
+    from pipeline.stages.objectscale import choose_scale, estimate_scene_diameter
+
+    info = inp.info
+    ps = (info.pixel_size_um[0] / info.scale, info.pixel_size_um[1] / info.scale) if info.pixel_size_um else None
+    h0, w0 = info.level0 or (info.height, info.width)
+
+    def estimate():
+        with open_source(info.path, cfg.reader, cfg.series) as src:
+            channels = list(info.channels) if info.channels is not None else None
+            return estimate_scene_diameter(lambda r, c, h, w: src.read(0, r, c, h, w, channels), h0, w0, info.nodata)
+
+    return choose_scale(md, ps, cfg.object_diameter, estimate)
 
 
 def run_ingest(client, plan: ScenePlan) -> dict:
@@ -309,6 +333,7 @@ def stage_outputs(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]
         "transform": list(info.transform),
         "pixel_size_um": list(info.pixel_size_um) if info.pixel_size_um else None,
         "source": _source_summary(plan),
+        "object_scale": plan.scale,
         "tiling": {"tile": c.tile, "halo": c.halo, "grid": list(plan.grid.shape), "tiles": len(plan.grid)},
         "model": {"spec": c.model, "path": plan.model, "class": plan.class_name, "tta": c.tta},
         "warnings": plan.warnings,

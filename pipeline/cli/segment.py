@@ -144,8 +144,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     slide = out / "demo_nuclei.ome.tif"
     truth = out / "demo_nuclei_truth.tif"
     if not slide.exists() or not truth.exists():
-        print(f"writing demo slide {slide} ({args.size}x{args.size}, 0.325 um pixels) and its ground truth")
-        write_scene(slide, args.size, args.size, crs=None, pixel_size_um=0.325, seed=2018, cell=26, radius=(5, 11),
+        # 0.5 µm pixels: the synthetic nuclei (about 16 px across) are then 8 µm, the size of real ones, so the
+        # object-scale rule runs the model at the slide's own resolution.
+        print(f"writing demo slide {slide} ({args.size}x{args.size}, 0.5 um pixels) and its ground truth")
+        write_scene(slide, args.size, args.size, crs=None, pixel_size_um=0.5, seed=2018, cell=26, radius=(5, 11),
                     fill=0.85, labels_path=truth)
     cfg = SegmentConfig(model=args.model, tile=512, workers=args.workers)
     from pipeline.report.progress import Progress, use
