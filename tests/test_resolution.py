@@ -84,6 +84,9 @@ def test_plan_input_warns_when_a_learned_model_has_no_pixel_size(tmp_path):
     p = plan_input(ndpi, SegmentConfig(), {"in_channels": 3}, "nuclei")
     assert (p.info.level, p.info.scale) == (0, 1.0) and any("no pixel_size" in w for w in p.warnings)
     assert p.info.channel_names == ("blue",) and p.stain["detected"]  # R = G = 0: one grey channel
+    # a model that states its objects' size instead is scaled by the object-diameter route: no such warning
+    p = plan_input(ndpi, SegmentConfig(), {"in_channels": 3, "object_diameter_px": 17.7}, "nuclei")
+    assert not any("no pixel_size" in w for w in p.warnings)
     p = plan_input(ndpi, SegmentConfig(), {"in_channels": 3, "pixel_size": [0.9, "um"]}, "nuclei")
     # scale 3.94: level 1 (2x) is the one just finer; level 2 (4x) would be coarser than the model wants
     assert p.info.level == 1 and p.info.resample == pytest.approx(0.9 / 0.22817 / 2, rel=1e-3)

@@ -122,7 +122,9 @@ def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: flo
     model_px = model_pixel_size(md, cfg.resolution.pixel_size)
     res = choose_resolution(src.levels, ps, unit, model_px,
                             extra_scale=extra_scale, level=cfg.resolution.level, model_name=model_name)
-    if md is not None and model_px is None and cfg.resolution.level is None:
+    # A model that states its objects' size instead (object_diameter_px, the nuclei model) is scaled by the
+    # object-diameter route, whose choice the summary's object_scale gives: no warning for it here.
+    if md is not None and model_px is None and cfg.resolution.level is None and "object_diameter_px" not in md:
         warnings.append(f"{model_name} does not say which pixel size it was trained at (no pixel_size in its "
                         "metadata): ran at the image's native resolution; set resolution.pixel_size to rescale")
     warnings.extend(res.warnings)
