@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.config import SegmentConfig
 from pipeline.synthetic import write_scene
-from tests.servers import fresh_s3fs, ROOT, S3_ENV, DaskNodes, files_outside_scratch, make_bucket, moto_s3, s3_client
+from servers import fresh_s3fs, ROOT, S3_ENV, DaskNodes, files_outside_scratch, make_bucket, moto_s3, s3_client
 
 CFG = SegmentConfig(model="classical", tile=96, halo=32, tiles_per_task=1, label_image=False, report=False,
                     qupath_geojson=False)

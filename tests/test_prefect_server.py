@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from pipeline.synthetic import write_scene
-from tests.servers import BIN, ROOT, free_port, stop, wait_port
+from servers import BIN, ROOT, free_port, stop, wait_port
 
 
 def _prefect_env(home: Path, api: str | None = None) -> dict[str, str]:

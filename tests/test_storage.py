@@ -17,7 +17,7 @@ from pipeline.errors import InputError
 from pipeline.io import storage
 from pipeline.io.publish import Staging, verify_outputs
 from pipeline.synthetic import write_scene
-from tests.servers import fresh_s3fs, ROOT, S3_ENV, make_bucket, moto_s3, s3_client
+from servers import fresh_s3fs, ROOT, S3_ENV, make_bucket, moto_s3, s3_client
 
 
 # --------------------------------------------------------------------------- publishing (no server needed)

@@ -16,7 +16,7 @@ from pipeline.config import SegmentConfig
 from pipeline.lease import Lease
 from pipeline.synthetic import write_scene
 from pipeline.watch import read_ledger, watch_once
-from tests.servers import fresh_s3fs, ROOT, S3_ENV, make_bucket, moto_s3, s3_client
+from servers import fresh_s3fs, ROOT, S3_ENV, make_bucket, moto_s3, s3_client
 
 CFG = SegmentConfig(model="classical", tile=128, halo=32, workers=1, label_image=False, qupath_geojson=False)
 
