@@ -66,3 +66,39 @@ def test_view_without_napari_is_one_clear_line(run, tmp_path):
                        text=True, env=env, timeout=120)
     assert r.returncode == 2 and "no run summary" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
     assert json.loads((run / "out" / "v.json").read_text())["objects"] > 10
+
+
+NAPARI_OPEN = """
+import json, sys
+import numpy as np, napari
+v = napari.Viewer(show=False)
+v.open(sys.argv[1], plugin="napari-ome-zarr")
+out = []
+for layer in v.layers:
+    levels = list(layer.data) if layer.multiscale else [layer.data]
+    out.append({"type": type(layer).__name__, "levels": len(levels), "shape": list(levels[0].shape),
+                "ids": np.unique(np.asarray(levels[0])).tolist()})
+v.close()
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_label_image_opens_in_napari_ome_zarr(run, tmp_path):
+    """The OME-Zarr label image opens in napari through its napari-ome-zarr reader (as the README says:
+    ``napari OUT/<stem>.ome.zarr/labels``) as a multiscale Labels layer whose ids are the GeoParquet's."""
+    import geopandas as gpd
+
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        pytest.fail("xvfb-run not found: run .ci/install-clients.sh (apt-get install --no-install-recommends xvfb xauth)")
+    env = {**ENV, "QT_QPA_PLATFORM": "xcb", "XDG_RUNTIME_DIR": str(tmp_path)}
+    r = subprocess.run([xvfb, "-a", "-s", "-screen 0 1280x1024x24", sys.executable, "-c", NAPARI_OPEN,
+                        str(run / "out" / "v.ome.zarr" / "labels")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "RESULT" in r.stdout, r.stderr[-3000:]
+    (layer,) = json.loads(r.stdout.split("RESULT", 1)[1])
+    import rasterio
+
+    with rasterio.open(run / "v.tif") as ds:
+        assert layer["type"] == "Labels" and layer["levels"] >= 1 and layer["shape"] == [ds.height, ds.width]
+    ids = set(gpd.read_parquet(run / "out" / "v.parquet").object_id.tolist())
+    assert set(layer["ids"]) - {0} == ids and len(ids) > 20
