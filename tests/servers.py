@@ -160,3 +160,21 @@ def files_outside_scratch(node: Path) -> list[str]:
             continue
         out.append(str(rel))
     return out
+
+
+@contextmanager
+def s3_environment(log_dir: Path) -> Iterator[str]:
+    """A moto S3 server on loopback with the standard AWS variables of this process pointing at it (no project
+    setting), restored afterwards. Yields the endpoint URL."""
+    saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
+    with moto_s3(log_dir) as endpoint:
+        os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
+        fresh_s3fs()
+        try:
+            yield endpoint
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v

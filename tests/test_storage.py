@@ -17,7 +17,7 @@ from pipeline.errors import InputError
 from pipeline.io import storage
 from pipeline.io.publish import Staging, verify_outputs
 from pipeline.synthetic import write_scene
-from servers import fresh_s3fs, ROOT, S3_ENV, make_bucket, moto_s3, s3_client
+from servers import ROOT, S3_ENV, make_bucket, s3_client, s3_environment
 
 
 # --------------------------------------------------------------------------- publishing (no server needed)
@@ -77,18 +77,8 @@ def test_a_publish_killed_midway_leaves_no_json(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on loopback; the standard AWS variables point this process at it (no project setting)."""
-    saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
-    with moto_s3(tmp_path_factory.mktemp("moto")) as endpoint:
-        os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
-        fresh_s3fs()
-        try:
-            yield endpoint
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with s3_environment(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,16 @@ from pipeline.config import SegmentConfig
 from pipeline.lease import Lease
 from pipeline.synthetic import write_scene
 from pipeline.watch import read_ledger, watch_once
-from servers import fresh_s3fs, ROOT, S3_ENV, make_bucket, moto_s3, s3_client
+from servers import ROOT, make_bucket, s3_client, s3_environment
 
 CFG = SegmentConfig(model="classical", tile=128, halo=32, workers=1, label_image=False, qupath_geojson=False)
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
-    with moto_s3(tmp_path_factory.mktemp("moto")) as endpoint:
-        os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
-        fresh_s3fs()
-        try:
-            yield endpoint
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    """A moto S3 server on loopback; the standard AWS variables point this process at it (no project setting)."""
+    with s3_environment(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

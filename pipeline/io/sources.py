@@ -78,6 +78,14 @@ class ImageSource:
     series: int | None = None
     cached: bool = False  # held by open_source's per-process cache: callers must not close it
 
+    def _check_dtype(self) -> None:
+        """One clear line for a pixel type the stages cannot handle (the same rule as GDAL rasters')."""
+        from pipeline.io.raster import SUPPORTED_DTYPES
+
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise InputError(f"input {self.url}: unsupported pixel type {self.dtype}; expected one of "
+                             f"{', '.join(SUPPORTED_DTYPES)}; convert the image to one of them")
+
     # -- what backends implement -------------------------------------------------------------------------
     def _read(self, level: int, row: int, col: int, h: int, w: int, channels: list[int]) -> np.ndarray:
         raise NotImplementedError

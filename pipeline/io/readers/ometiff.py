@@ -78,13 +78,7 @@ class OmeTiffSource(ImageSource):
         self.channel_names = [(names[i] if i < len(names) and names[i] else default[i]) for i in range(n_ch)]
         self.pixel_size, self.pixel_unit = (size, "um") if size else (None, None)
         self.dtype = str(s.dtype)
-        self.nodata = None
-        self.crs_wkt = None
-        self.transform = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-        from pipeline.io.raster import SUPPORTED_DTYPES
-
-        if self.dtype not in SUPPORTED_DTYPES:
-            raise InputError(f"input {url}: unsupported pixel type {self.dtype}; expected one of {', '.join(SUPPORTED_DTYPES)}")
+        self._check_dtype()
 
     def _read(self, level: int, row: int, col: int, h: int, w: int, channels: list[int]) -> np.ndarray:
         arr = self._levels[level]
