@@ -39,13 +39,21 @@ class Lease:
         return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
                            "expires": time.time() + self.ttl_s}).encode()
 
-    def _read(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(storage.read_bytes(self.url))
-        except FileNotFoundError:
-            return None
-        except (ValueError, OSError):
-            return {}  # unreadable (being written): treat as someone else's, unexpired
+    def _read(self, tries: int = 4) -> dict[str, Any] | None:
+        """The lease as stored; None when there is none; ``{}`` when it stays unreadable.
+
+        A failed read is retried a few times first: on a busy object store a GET can fail transiently (a
+        reset connection, a 503), and reading that as "not ours" made a holder that had just finished a scene
+        skip its done-record — so the other watcher processed the scene again."""
+        for i in range(tries):
+            try:
+                return json.loads(storage.read_bytes(self.url))
+            except FileNotFoundError:
+                return None
+            except (ValueError, OSError):
+                if i + 1 < tries:
+                    time.sleep(0.2 * (i + 1))
+        return {}  # still unreadable: treat as someone else's, unexpired
 
     def _create_if_absent(self) -> bool | None:
         """True: created; False: exists; None: the store cannot do it (fall back to read-back)."""
@@ -98,7 +106,9 @@ class Lease:
         while not self._stop.wait(self.ttl_s / 3):
             try:
                 cur = self._read()
-                if not cur or cur.get("token") != self.token:
+                if cur == {}:  # unreadable even after retries: try again next period, the lease is not lost
+                    continue
+                if cur is None or cur.get("token") != self.token:
                     self.held = False
                     return
                 storage.write_bytes(self.url, self._body())

@@ -121,3 +121,22 @@ def test_bad_cron_is_one_clear_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "--cron 'every fifteen minutes'" in lines[0] and "*/15" in lines[0], r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_briefly_unreadable_lease_is_still_held(tmp_path):
+    """A transient read failure (here: the object caught mid-rewrite) is retried, not read as a lost lease —
+    otherwise the holder that just finished a scene skips its done-record and another watcher redoes it."""
+    import threading
+
+    from pipeline.lease import Lease
+
+    lease = Lease(str(tmp_path / "leases" / "x.json"), ttl_s=60)
+    assert lease.acquire()
+    try:
+        good = (tmp_path / "leases" / "x.json").read_bytes()
+        (tmp_path / "leases" / "x.json").write_bytes(good[: len(good) // 2])  # torn: not JSON for a moment
+        threading.Timer(0.1, (tmp_path / "leases" / "x.json").write_bytes, [good]).start()
+        assert lease.still_held()
+    finally:
+        lease.release()
+    assert not (tmp_path / "leases" / "x.json").exists()
