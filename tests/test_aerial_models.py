@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.models.checkpoint import checkpoint_paths, load_metadata
 from pipeline.models.registry import SHIPPED_AERIAL, resolve_model_spec
+from pipeline.training.places import mosaic
 
 from helpers import shared
 
@@ -26,22 +27,15 @@ def test_shipped_checkpoint_is_small_and_records_its_gsd(name):
 
 def test_building_model_on_held_out_places():
     import geopandas as gpd
-    import rasterio
     from rasterio.features import rasterize
-    from rasterio.merge import merge
 
     from pipeline.evaluation.metrics import counts_at
     from pipeline.models.learned import LearnedModel
     from pipeline.stages.normalize import apply_normalization, percentiles
 
     chips = shared("aerial", "kampala_buildings", "chips")
-    srcs = [rasterio.open(chips / n) for n in HELD_OUT_Z20]
-    try:
-        img, tf = merge(srcs)
-        crs = srcs[0].crs
-    finally:
-        for s in srcs:
-            s.close()
+    img, tf, prof = mosaic([chips / n for n in HELD_OUT_Z20])
+    crs = prof["crs"]
     gdf = gpd.read_file(shared("aerial", "kampala_buildings", "labels.gpkg")).to_crs(crs)
     gt = rasterize([(g, i + 1) for i, g in enumerate(gdf.geometry)], out_shape=img.shape[1:], transform=tf, dtype="int32")
     model = LearnedModel(resolve_model_spec("buildings"), threads=2)
@@ -59,7 +53,6 @@ def test_same_place_at_two_zoom_levels_gives_the_same_buildings(tmp_path, dask_c
     come back in the input's own coordinates — so the two runs outline the same buildings."""
     import geopandas as gpd
     import rasterio
-    from rasterio.merge import merge
 
     from pipeline.config import SegmentConfig
     from pipeline.runner import segment_scene
@@ -67,11 +60,8 @@ def test_same_place_at_two_zoom_levels_gives_the_same_buildings(tmp_path, dask_c
     chips = shared("aerial", "kampala_buildings", "chips")
     runs = {}
     for z, xs, ys in ((20, (619226, 619227), (523264, 523265)), (21, range(1238452, 1238456), range(1046528, 1046532))):
-        srcs = [rasterio.open(chips / f"OAM-{x}-{y}-{z}.tif") for x in xs for y in ys]
-        img, tf = merge(srcs)
-        prof = srcs[0].profile | {"width": img.shape[2], "height": img.shape[1], "transform": tf, "driver": "GTiff"}
-        for s in srcs:
-            s.close()
+        img, tf, prof = mosaic([chips / f"OAM-{x}-{y}-{z}.tif" for x in xs for y in ys])
+        prof |= {"width": img.shape[2], "height": img.shape[1], "transform": tf, "driver": "GTiff"}
         path = tmp_path / f"z{z}.tif"
         with rasterio.open(path, "w", **prof) as ds:
             ds.write(img)

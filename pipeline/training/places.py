@@ -36,6 +36,21 @@ def expand_paths(patterns: list[str], what: str) -> list[str]:
     return sorted(dict.fromkeys(out))
 
 
+def mosaic(paths) -> tuple[np.ndarray, object, dict]:
+    """GeoTIFF chips merged into one array (``rasterio.merge``): the array, its transform and the first chip's
+    profile (CRS, nodata, dtype), every file closed again."""
+    import rasterio
+    from rasterio.merge import merge
+
+    srcs = [rasterio.open(p) for p in paths]
+    try:
+        data, tf = merge(srcs)
+        return data, tf, dict(srcs[0].profile)
+    finally:
+        for src in srcs:
+            src.close()
+
+
 def place_of(name: str) -> str:
     """The place of a sample name ``<place>@<resolution>`` (the name itself for other samples)."""
     return name.split("@", 1)[0]
@@ -49,7 +64,6 @@ def load_places_dataset(rasters: list[str], vectors: str, pixel_size: float, pla
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.features import rasterize
-    from rasterio.merge import merge
     from rasterio.transform import from_origin
 
     from pipeline.training.data import Sample
@@ -72,13 +86,8 @@ def load_places_dataset(rasters: list[str], vectors: str, pixel_size: float, pla
     geoms = [g for g in gdf.geometry if g is not None and not g.is_empty]
     samples = []
     for (px, py, res), members in sorted(groups.items()):
-        srcs = [rasterio.open(m) for m in members]
-        try:
-            data, tf = merge(srcs)
-            nodata = srcs[0].nodata
-        finally:
-            for s in srcs:
-                s.close()
+        data, tf, prof = mosaic(members)
+        nodata = prof["nodata"]
         h, w = data.shape[1:]
         scale = res / pixel_size
         oh, ow = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
