@@ -5,23 +5,25 @@
 #   qgis-providers  the QGIS "ogr" data provider that reads GeoPackage
 #   chromium, chromium-driver  a real headless browser (driven by Selenium) for the HTML run report
 #   xvfb, xauth     a virtual X display for the napari smoke test (Qt's offscreen platform has no OpenGL)
+#   docker-compose  Compose's own validator for infra/docker-compose.yml (`docker-compose config`; no engine needed)
 # Debian 12 (bookworm): GDAL 3.6.2, QGIS 3.22.16; ~230 MB of archives, ~1.1 GB on disk, about 2 minutes.
 # Skips apt entirely when the clients already work. Needs root (or sudo).
 set -euo pipefail
 
-PACKAGES=(gdal-bin python3-qgis qgis-providers chromium chromium-driver xvfb xauth)
+PACKAGES=(gdal-bin python3-qgis qgis-providers chromium chromium-driver xvfb xauth docker-compose)
 
 clients_work() {
     command -v ogrinfo >/dev/null 2>&1 \
         && command -v chromium >/dev/null 2>&1 \
         && command -v chromedriver >/dev/null 2>&1 \
         && command -v xvfb-run >/dev/null 2>&1 \
+        && command -v docker-compose >/dev/null 2>&1 \
         && [ -x /usr/bin/python3 ] \
         && QT_QPA_PLATFORM=offscreen /usr/bin/python3 -c 'import qgis.core, osgeo_utils.samples.validate_gpkg' >/dev/null 2>&1
 }
 
 if clients_work; then
-    echo "install-clients: ogrinfo, QGIS python, chromium and xvfb already work, skipping apt"
+    echo "install-clients: ogrinfo, QGIS python, chromium, xvfb and docker-compose already work, skipping apt"
     exit 0
 fi
 

@@ -27,7 +27,7 @@ from prefect.cache_policies import NONE  # noqa: E402
 
 from pipeline import runner  # noqa: E402
 from pipeline.config import SegmentConfig  # noqa: E402
-from pipeline.stages.dispatch import dask_client  # noqa: E402
+from pipeline.stages.dispatch import cluster_client  # noqa: E402
 
 __all__ = ["segment_scene_flow", "segment_batch_flow", "outputs_current"]
 
@@ -103,7 +103,7 @@ def segment_scene_flow(input_path: str, out_dir: str, config: str | None = None,
     if skip_existing and outputs_current(input_path, out_dir):
         log.info("%s: outputs are current, skipped", input_path)
         return {"input": input_path, "skipped": True}
-    with _progress(log), dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+    with _progress(log), cluster_client(cfg) as client:
         s = _one_scene(client, input_path, out_dir, cfg)
     log.info("%s: %d objects", input_path, s["objects"])
     return s
@@ -120,7 +120,7 @@ def segment_batch_flow(inputs: list[str], out_dir: str, config: str | None = Non
     cfg = _load_cfg(config, overrides)
     results: list[dict] = []
     failed: list[str] = []
-    with _progress(log), dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+    with _progress(log), cluster_client(cfg) as client:
         for p in inputs:
             if skip_existing and outputs_current(p, out_dir):
                 log.info("%s: outputs are current, skipped", p)

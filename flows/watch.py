@@ -18,7 +18,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 from prefect import flow, get_run_logger  # noqa: E402
 
 from flows.segment import _load_cfg, _one_scene  # noqa: E402
-from pipeline.stages.dispatch import dask_client  # noqa: E402
+from pipeline.stages.dispatch import cluster_client  # noqa: E402
 
 __all__ = ["watch_flow", "serve_watch", "deployment_name"]
 
@@ -37,7 +37,7 @@ def watch_flow(source: str, out: str, config: str | None = None, overrides: dict
 
     log = get_run_logger()
     cfg = _load_cfg(config, overrides)
-    with dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+    with cluster_client(cfg) as client:
         # Workers inherit this process's PREFECT_API_URL: one server for all, never a temporary one each.
         urls = sorted({str(v) for v in client.run(lambda: os.environ.get("PREFECT_API_URL")).values()})
         log.info("Dask workers report to %s", urls)

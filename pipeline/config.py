@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import ParameterError
 
-__all__ = ["SegmentConfig", "ClassicalParams"]
+__all__ = ["SegmentConfig", "ClassicalParams", "SlurmClusterParams"]
 
 
 class _Strict(BaseModel):
@@ -59,6 +59,37 @@ class TissueParams(_Strict):
     dilate_um: float = Field(default=20.0, ge=0)  # grow the mask (µm) so tissue rims and sparse nuclei are kept
 
 
+class SlurmClusterParams(_Strict):
+    """``cluster: {kind: slurm, …}``: Dask workers as SLURM jobs through dask-jobqueue's ``SLURMCluster``
+    (``pip install 'seamline[slurm]'``). The driver runs where ``seamline`` is started (a login node or a job
+    of its own) and submits ``jobs`` worker jobs; the job script is ``seamline cluster-script --config FILE``.
+    Credentials are never written into the job script: sbatch passes the submitting environment on
+    (SLURM's default ``--export=ALL``)."""
+
+    kind: Literal["slurm"]
+    jobs: int = Field(default=1, ge=1)  # worker jobs to submit
+    queue: str | None = None  # the partition (#SBATCH -p)
+    account: str | None = None  # #SBATCH -A
+    cores: int = Field(default=8, ge=1)  # CPU cores per job
+    processes: int = Field(default=1, ge=1)  # Dask worker processes per job (one per GPU)
+    memory: str = "32GB"  # per job
+    walltime: str = "04:00:00"
+    gpus: int = Field(default=0, ge=0)  # per job: --gres=gpu:N
+    job_extra_directives: list[str] = Field(default_factory=list)  # more #SBATCH lines, e.g. ["--qos=long"]
+    job_script_prologue: list[str] = Field(default_factory=list)  # e.g. ["module load cuda", "source .venv/bin/activate"]
+    local_directory: str | None = None  # node-local scratch for Dask's spill files, e.g. "$TMPDIR"
+    interface: str | None = None  # network interface of the workers and scheduler, e.g. ib0
+    python: str | None = None  # the workers' Python (default: the driver's sys.executable)
+    log_directory: str | None = None  # where SLURM writes the jobs' stdout/stderr
+    start_timeout_s: float = Field(default=900, gt=0)  # wait this long for the first worker (queueing time)
+
+
+class LocalClusterParams(_Strict):
+    """``cluster: {kind: local}``: the default, a LocalCluster of ``workers`` processes on this machine."""
+
+    kind: Literal["local"] = "local"
+
+
 class SegmentConfig(_Strict):
     """Defaults are for a 2-core, 24 GB machine; see configs/*.yaml for examples."""
 
@@ -68,6 +99,8 @@ class SegmentConfig(_Strict):
     workers: int = Field(default=2, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)  # task threads per worker; torch uses the worker's share of cores
     scheduler: str | None = None  # address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
+    # Where the workers come from: a LocalCluster (default), or SLURM jobs ({kind: slurm, …}); not with scheduler
+    cluster: LocalClusterParams | SlurmClusterParams = Field(default_factory=LocalClusterParams, discriminator="kind")
     batch_size: int = Field(default=4, ge=1)  # tiles per model call
     tiles_per_task: int = Field(default=4, ge=1)
     device: str = "auto"
@@ -108,6 +141,9 @@ class SegmentConfig(_Strict):
         from pipeline.stages.tiling import validate_tiling
 
         validate_tiling(self.tile, 0 if self.halo is None else self.halo)
+        if self.scheduler and self.cluster.kind != "local":
+            raise ParameterError(f"scheduler ({self.scheduler}) and cluster: {{kind: {self.cluster.kind}}} both say where the "
+                                 "workers come from; give only one of them")
         if self.channels is not None and self.bands is not None:
             raise ParameterError("channels and bands are the same setting; give only one of them")
         if isinstance(self.object_diameter, (int, float)) and not self.object_diameter > 0:

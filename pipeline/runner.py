@@ -251,7 +251,7 @@ def make_job(plan: ScenePlan, stats: dict) -> TileJob:
     from pipeline.stages.dispatch import cores_per_worker
 
     c = plan.cfg
-    threads = None if c.scheduler else cores_per_worker(c.workers)
+    threads = None if (c.scheduler or c.cluster.kind != "local") else cores_per_worker(c.workers)
     skip = stats.get("skip", {})
     return TileJob(plan.zarr_path, plan.workdir, plan.info.height, plan.info.width, c.tile, c.halo, plan.model,
                    c.classical.model_dump(exclude={"threshold", "low_ratio", "low_threshold"}),
@@ -413,7 +413,7 @@ def remove_workdir(plan: ScenePlan) -> None:
 
 def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, client=None) -> dict:
     """Run every stage for one scene; returns the run summary (also published as ``<stem>.json``, last)."""
-    from pipeline.stages.dispatch import dask_client
+    from pipeline.stages.dispatch import cluster_client
     from pipeline.memwatch import TreeMemoryWatch
 
     from pipeline.report.progress import current
@@ -424,7 +424,7 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
     progress.scene = plan.info.stem
     timings: dict[str, float] = {}
     with TreeMemoryWatch() as mem:
-        ctx = dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) if client is None else _null(client)
+        ctx = cluster_client(cfg) if client is None else _null(client)
         with ctx as cl:
             t = time.perf_counter()
             with progress.stage("ingest + statistics"):
@@ -473,7 +473,7 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
         # This process and its children: driver + LocalCluster scheduler and workers (a remote cluster's
         # workers are not counted; the summary says which).
         summary["peak_rss_process_tree_mb"] = round(mem.peak_bytes / 2**20, 1)
-        summary["cluster"] = "remote" if cfg.scheduler else "local"
+        summary["cluster"] = "remote" if cfg.scheduler else cfg.cluster.kind
         summary = staging.publish(summary)
     if not cfg.keep_intermediate:
         remove_workdir(plan)

@@ -54,12 +54,13 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 
 
 @contextmanager
-def moto_s3(log_dir: Path) -> Iterator[str]:
-    """``python -m moto.server`` on a free loopback port; yields its endpoint URL."""
+def moto_s3(log_dir: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``python -m moto.server`` on a free loopback port; yields its endpoint URL. ``env``: moto's settings, e.g.
+    ``INITIAL_NO_AUTH_ACTION_COUNT`` (after that many requests it enforces IAM: access keys and policies)."""
     port = free_port()
     log = open(log_dir / "moto.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         wait_port(port, proc, what="moto server")
         yield f"http://127.0.0.1:{port}"

@@ -17,7 +17,7 @@ from pipeline.errors import InputError
 from pipeline.io import storage
 from pipeline.io.publish import Staging, verify_outputs
 from pipeline.synthetic import write_scene
-from servers import ROOT, S3_ENV, make_bucket, s3_client, s3_environment
+from servers import ROOT, S3_ENV, make_bucket, moto_s3, s3_client, s3_environment
 
 
 # --------------------------------------------------------------------------- publishing (no server needed)
@@ -157,3 +157,44 @@ def test_object_storage_faults_are_one_clear_line_and_leave_nothing(s3, tmp_path
         from pipeline.io.raster import inspect_raster
 
         inspect_raster(f"s3://{bucket}/missing.tif")
+
+
+def test_a_bucket_that_refuses_writes_is_one_line_and_nothing_is_marked_done(tmp_path):
+    """A real refusal: moto enforcing IAM, the identity allowed to read and list but not to write. ``segment``
+    and ``watch --once`` each stop with one line naming the destination and the fix; nothing is written, and
+    no ledger (so nothing is marked done)."""
+    import boto3
+
+    setup = 5  # unauthenticated requests to set up with: user, policy, key, bucket, scene
+    with moto_s3(tmp_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": str(setup)}) as endpoint:
+        admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
+                 "aws_secret_access_key": "setup"}
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="reader")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*",
+                                                          "Action": ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"]}]}
+        iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        bucket = f"ro-{os.getpid()}"
+        s3 = boto3.client("s3", **admin)
+        s3.create_bucket(Bucket=bucket)
+        tif = tmp_path / "scene.tif"
+        write_scene(tif, 160, 160, seed=5)
+        s3.put_object(Bucket=bucket, Key="incoming/scene.tif", Body=tif.read_bytes())
+
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+               "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1"}
+        reader = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        assert reader.get_object(Bucket=bucket, Key="incoming/scene.tif")["ContentLength"] == tif.stat().st_size
+        out = f"s3://{bucket}/results"
+        small = ["--model", "classical", "--tile", "128", "--halo", "32", "--workers", "1"]
+        for args in (["segment", f"s3://{bucket}/incoming/scene.tif", "--out", out, *small],
+                     ["watch", f"s3://{bucket}/incoming", "--out", out, "--once", *small]):
+            r = _cli(args, env, tmp_path)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1, (args[0], r.stderr[-2000:])
+            assert f"--out {out}" in lines[0] and "Access Denied" in lines[0], lines[0]
+            assert "grant this identity write access to it, or choose another location" in lines[0], lines[0]
+            keys = [o["Key"] for o in reader.list_objects_v2(Bucket=bucket).get("Contents", [])]
+            assert keys == ["incoming/scene.tif"], keys  # no outputs, no work folder, no ledger, no lease

@@ -111,7 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli.watch import add_watch_command
 
     add_watch_command(sub)
+
+    c = sub.add_parser("cluster-script", help="print the SLURM job script a config's cluster: {kind: slurm} submits (nothing is submitted)")
+    c.add_argument("--config", required=True, metavar="FILE", help="YAML config with a cluster: {kind: slurm, ...} section")
+    c.set_defaults(func=_cmd_cluster_script)
     return p
+
+
+def _cmd_cluster_script(args: argparse.Namespace) -> int:
+    from pipeline.config import SegmentConfig
+    from pipeline.configio import load_yaml_config
+    from pipeline.errors import ParameterError
+    from pipeline.stages.dispatch import slurm_cluster
+
+    cfg = load_yaml_config(args.config, SegmentConfig, {})
+    if cfg.cluster.kind != "slurm":
+        raise ParameterError(f"{args.config}: expected a cluster: {{kind: slurm, ...}} section, found kind "
+                             f"{cfg.cluster.kind!r}; see configs/slurm.yaml")
+    with slurm_cluster(cfg.cluster, cfg.threads_per_worker) as cluster:
+        print(cluster.job_script())
+    return 0
 
 
 def _cmd_view(args: argparse.Namespace) -> int:

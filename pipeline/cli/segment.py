@@ -37,7 +37,7 @@ def build_segment_config(args: argparse.Namespace):
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from pipeline.stages.dispatch import dask_client
+    from pipeline.stages.dispatch import cluster_client
     from pipeline.errors import ParameterError
     from pipeline.io.sources import open_source, resolve_channels, stem_of
     from pipeline.runner import segment_scene
@@ -67,7 +67,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     rows, first_error, results = [], None, []
     with use(None if args.quiet else Progress()), \
-            dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+            cluster_client(cfg) as client:
         for p in args.inputs:
             try:
                 s = segment_scene(p, out, cfg, client=client)

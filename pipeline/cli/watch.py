@@ -46,10 +46,10 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         serve_watch(args.source, args.out, config=args.config, overrides=_overrides(args), cron=args.cron,
                     interval=args.interval, max_attempts=args.max_attempts)
         return 0
-    from pipeline.stages.dispatch import dask_client
+    from pipeline.stages.dispatch import cluster_client
     from pipeline.watch import watch_once
 
-    with dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+    with cluster_client(cfg) as client:
         r = watch_once(args.source, args.out, cfg, client=client, max_attempts=args.max_attempts,
                        lease_s=args.lease_seconds)
     for x in r["results"]:

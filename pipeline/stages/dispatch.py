@@ -1,4 +1,5 @@
-"""Stage 4 plumbing: a Dask client — a LocalCluster of worker processes by default, or an existing cluster.
+"""Stage 4 plumbing: a Dask client — a LocalCluster of worker processes by default, an existing cluster
+(``scheduler:``), or workers submitted as SLURM jobs (``cluster: {kind: slurm, …}``, dask-jobqueue).
 
 Worker processes (not threads): the GIL would serialise the Python around the model. The model is loaded once
 per worker by :func:`pipeline.stages.tiles.get_model`. With a GPU, annotate tile tasks with ``resources={"GPU": 1}``
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Iterator
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["dask_client", "cores_per_worker"]
+__all__ = ["dask_client", "cluster_client", "slurm_cluster", "cores_per_worker"]
 
 
 def cores_per_worker(workers: int) -> int:
@@ -58,3 +59,57 @@ def dask_client(workers: int = 2, threads_per_worker: int = 1, scheduler: str | 
                 yield client
         finally:
             cluster.close()
+
+
+@contextlib.contextmanager
+def cluster_client(cfg) -> Iterator["Client"]:
+    """The Dask client a :class:`~pipeline.config.SegmentConfig` asks for (``scheduler``, ``cluster``, ``workers``)."""
+    if cfg.cluster.kind == "slurm":
+        from distributed import Client
+
+        spec = cfg.cluster
+        with slurm_cluster(spec, cfg.threads_per_worker) as cluster, Client(cluster) as client:
+            cluster.scale(jobs=spec.jobs)
+            try:
+                client.wait_for_workers(1, timeout=spec.start_timeout_s)
+            except TimeoutError:
+                from pipeline.errors import ParameterError
+
+                raise ParameterError(f"cluster: no SLURM worker job started within {spec.start_timeout_s:g} s "
+                                     f"(squeue shows why); raise cluster.start_timeout_s or check queue/account") from None
+            yield client
+        return
+    with dask_client(cfg.workers, cfg.threads_per_worker, cfg.scheduler, cfg.memory_limit) as client:
+        yield client
+
+
+def slurm_cluster(spec, threads_per_worker: int = 1):
+    """dask-jobqueue's ``SLURMCluster`` for ``cluster: {kind: slurm, …}``; nothing is submitted until it is scaled.
+
+    The job script exports the settings every worker needs (thread limits = its cores per process, no model hub)
+    and nothing secret: sbatch passes the submitting environment (AWS_*, PREFECT_API_URL) on by default.
+    Each worker runs ``threads_per_worker`` task threads (dask-jobqueue would give it all its cores; the model's
+    forward pass already uses them), given last on its command line so it wins.
+    """
+    import sys
+
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        from pipeline.errors import ParameterError
+
+        raise ParameterError("cluster: {kind: slurm} needs dask-jobqueue; pip install 'seamline[slurm]'") from None
+    per_process = max(1, spec.cores // spec.processes)
+    prologue = [f"export OMP_NUM_THREADS={per_process} MKL_NUM_THREADS={per_process} "
+                f"OPENBLAS_NUM_THREADS={per_process} HF_HUB_OFFLINE=1", *spec.job_script_prologue]
+    extra = list(spec.job_extra_directives)
+    if spec.gpus:
+        extra.append(f"--gres=gpu:{spec.gpus}")
+    kw = dict(cores=spec.cores, processes=spec.processes, memory=spec.memory, walltime=spec.walltime,
+              queue=spec.queue, account=spec.account, job_name="seamline-worker", job_extra_directives=extra,
+              job_script_prologue=prologue, python=spec.python or sys.executable, interface=spec.interface,
+              local_directory=spec.local_directory, log_directory=spec.log_directory,
+              scheduler_options={"dashboard_address": ":0"},
+              worker_extra_args=(["--resources", f"GPU={max(1, spec.gpus // spec.processes)}"] if spec.gpus else [])
+              + ["--nthreads", str(threads_per_worker)])
+    return SLURMCluster(**{k: v for k, v in kw.items() if v is not None})
