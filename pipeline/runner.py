@@ -104,6 +104,16 @@ def resolve_halo(cfg: SegmentConfig, model: str, md: dict | None) -> tuple[int, 
     object that must split exactly as in a whole-image run (default 64)."""
     rf = int(md.get("receptive_field_px", DEFAULT_HALO)) if md else None
     name = Path(model).name
+    if md:
+        # The network downsamples by 2**depth: shifted by anything else, a window sees the image on another
+        # pixel grid than a whole-image run does, and its heads change by up to 0.13 (docs/MODEL.md), halo or not.
+        stride = 2 ** int(md.get("encoder_depth", 5))
+        if cfg.tile % stride:
+            lo, hi = cfg.tile // stride * stride, -(-cfg.tile // stride) * stride
+            use = f"--tile {lo} or {hi}" if lo > 0 else f"--tile {hi}"
+            raise ParameterError(f"--tile {cfg.tile}: model {name} needs tiles that are a multiple of {stride} px (its "
+                                 f"downsampling), or tiles see another pixel grid than a whole-image run and objects "
+                                 f"at seams change; use {use}")
     if cfg.halo is None:
         halo = rf or DEFAULT_HALO
         if halo >= cfg.tile:

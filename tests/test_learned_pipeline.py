@@ -59,7 +59,7 @@ def test_learned_model_finds_the_nuclei(slide, whole):
 
 def test_learned_model_tiled_equals_untiled(slide, whole, dask_client_session, tmp_path):
     _, truth = slide
-    s = segment_scene(str(slide[0]), tmp_path, SegmentConfig(model="default", tile=256, batch_size=2),
+    s = segment_scene(str(slide[0]), tmp_path, SegmentConfig(model="default", tile=288, batch_size=2),
                       client=dask_client_session)
     assert s["tiling"]["tiles"] == 9 and s["joined_objects"] > 20
     a, b = _labels(whole, truth.shape), _labels(s, truth.shape)
@@ -97,4 +97,12 @@ def test_tile_smaller_than_the_models_halo_is_one_clear_line(slide, tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == (
         f"seamline: error: --tile ({rf}) must be larger than the halo ({rf} px, the receptive field of model "
         "nuclei_unet_mbv2); raise the tile size or pass a smaller --halo")
+    assert not (tmp_path / "o").exists()
+    # A tile off the network's 32-px grid would see the image on another pixel grid: one line with the fix.
+    cmd[-1] = "1000"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "seamline: error: --tile 1000: model nuclei_unet_mbv2 needs tiles that are a multiple of 32 px (its "
+        "downsampling), or tiles see another pixel grid than a whole-image run and objects at seams change; "
+        "use --tile 992 or 1024")
     assert not (tmp_path / "o").exists()

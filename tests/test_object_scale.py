@@ -81,25 +81,26 @@ def slide(tmp_path_factory):
 
 def test_rescaled_run_tiled_equals_untiled(slide, dask_client_session, tmp_path):
     """object_diameter 24 px: the scene runs at 0.74 of its resolution; polygons come back in input pixels,
-    areas in µm², and 6 tiles of 256 give the objects of one whole-image window."""
+    areas in µm², and 4 tiles of 288 (a multiple of the network's 32-px stride) give the objects of one whole-image window."""
     img, truth = slide
     runs = {}
-    for tile in (1024, 256):
+    for tile in (1024, 288):
         cfg = SegmentConfig(model="default", tile=tile, batch_size=2, object_diameter=24)
         runs[tile] = segment_scene(str(img), tmp_path / str(tile), cfg, client=dask_client_session)
-    whole, tiled = runs[1024], runs[256]
+    whole, tiled = runs[1024], runs[288]
     sc = whole["object_scale"]
     assert sc["source"] == "config" and sc["factor"] == pytest.approx(17.7 / 24, abs=1e-4)
     assert whole["source"]["level0"] == [700, 620] and (whole["width"], whole["height"]) == (458, 517)
     assert whole["source"]["scale"] == pytest.approx(24 / 17.7, rel=1e-3)
-    assert whole["tiling"]["tiles"] == 1 and tiled["tiling"]["tiles"] == 6 and tiled["joined_objects"] > 10
+    assert whole["tiling"]["tiles"] == 1 and tiled["tiling"]["tiles"] == 4 and tiled["joined_objects"] >= 5
     a = rasterize_output(whole["outputs"]["parquet"], truth.shape, rasterio.Affine.identity())
     b = rasterize_output(tiled["outputs"]["parquet"], truth.shape, rasterio.Affine.identity())
     gi, _ = match(iou_matrix(a, b)[0], 0.95)
-    # Native runs match object for object (test_learned_pipeline); at this working grid one object of ~520
-    # came out differently tiled (522 vs 521 objects) when this was written — not yet explained, held to
-    # at most one in 500 here rather than hidden.
-    assert abs(tiled["objects"] - whole["objects"]) <= 1 and gi.size >= whole["objects"] - max(1, whole["objects"] // 500)
+    # Object for object. With the earlier 192 px default halo one object of 521 came out split at 256-px tiles:
+    # the heads still moved by up to 0.006-0.010 with context beyond 192 px, enough to flip a marker pixel in a
+    # dense cluster; at 256 px they move by 1e-4 (docs/MODEL.md). Tiles off the 32-px grid are refused.
+    assert whole["tiling"]["halo"] == tiled["tiling"]["halo"] == 256
+    assert tiled["objects"] == whole["objects"] and gi.size == whole["objects"]
     tp, fp, fn = counts_at(truth, a, 0.5)  # in input coordinates: the objects sit on the nuclei
     assert tp / (tp + fp + fn) > 0.8
     g = gpd.read_parquet(whole["outputs"]["parquet"])
