@@ -51,6 +51,7 @@ class ScenePlan:
     fingerprint: str = ""  # input version + settings that change results (the work folder's key)
     input_version: str | None = None  # size + ETag/mtime of the input (pipeline.io.storage.version_of)
     scale: dict | None = None  # the object-scale decision (pipeline.stages.objectscale.ObjectScale.as_dict)
+    class_names: list[str] | None = None  # a multi-class model's classes (each object gets its most probable)
 
     @property
     def zarr_path(self) -> str:
@@ -154,10 +155,13 @@ def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> Scen
     cfg = cfg.model_copy(update={"halo": halo})
     for w in warnings:
         log.warning(w)
+    class_names = None
     if md is None:
         class_name = cfg.class_name or "object"
     else:
         class_name = cfg.class_name or (md.get("classes") or ["object"])[0]
+        classes = list(md.get("classes") or [])
+        class_names = classes if len(classes) > 1 and len(md.get("heads", [])) == 3 + len(classes) else None
         bands = int(md["in_channels"])
         if info.count not in (1, bands) and info.count < bands:
             raise InputError(f"input {input_path}: {info.count} bands, but model {Path(model).name} expects {bands} (or 1); pick another model")
@@ -184,7 +188,7 @@ def plan_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig) -> Scen
         version = storage.version_of(info.path)
     except (OSError, InputError, ValueError):
         version = None
-    return ScenePlan(info, out, workdir, cfg, model, class_name, warnings=warnings, input=inp, fingerprint=fp,
+    return ScenePlan(info, out, workdir, cfg, model, class_name, class_names=None if cfg.class_name else class_names, warnings=warnings, input=inp, fingerprint=fp,
                      input_version=version, scale=scale.as_dict())
 
 
@@ -345,7 +349,8 @@ def stage_outputs(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]
         "source": _source_summary(plan),
         "object_scale": plan.scale,
         "tiling": {"tile": c.tile, "halo": c.halo, "grid": list(plan.grid.shape), "tiles": len(plan.grid)},
-        "model": {"spec": c.model, "path": plan.model, "class": plan.class_name, "tta": c.tta},
+        "model": {"spec": c.model, "path": plan.model, "class": plan.class_name, "tta": c.tta,
+                  **({"classes": plan.class_names} if plan.class_names else {})},
         "warnings": plan.warnings,
         "workdir": plan.workdir,
         "input_version": plan.input_version,
@@ -356,7 +361,8 @@ def stage_outputs(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]
     staging = Staging(plan.out_dir, info.stem)
     try:
         summary = write_outputs(plan.workdir, len(plan.grid), groups, info, staging, plan.class_name, summary,
-                                geojson=c.qupath_geojson, regularize=c.regularize.model_dump() if c.regularize else None)
+                                geojson=c.qupath_geojson, regularize=c.regularize.model_dump() if c.regularize else None,
+                                class_names=plan.class_names)
     except BaseException:
         staging.discard()
         raise

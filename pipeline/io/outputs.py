@@ -46,7 +46,11 @@ def _stat_columns(workdir: str) -> list[str]:
     import pyarrow.parquet as pq
 
     names = storage.read_parquet_schema(part_path(workdir, 0)).names
-    return [c for c in names if c not in _BASE and not c.endswith("_values")]
+    return [c for c in names if c not in _BASE and c != "class_sums" and not c.endswith("_values")]
+
+
+def _has_class_sums(workdir: str) -> bool:
+    return "class_sums" in storage.read_parquet_schema(part_path(workdir, 0)).names
 
 
 def valid_pixels(workdir: str, n_tiles: int) -> int:
@@ -89,6 +93,8 @@ def _dissolve_groups(workdir: str, groups: dict[int, int]) -> dict[int, tuple[An
         rows = [p[1] for p in ps]
         n_ch = sum(1 for c in rows[0] if c.endswith("_values"))
         meas = combine_pieces(rows, n_ch) if "mean_x" in rows[0] else {}
+        if "class_sums" in rows[0]:  # a multi-class model: the pieces' class probability sums add up
+            meas["class_sums"] = np.sum([r["class_sums"] for r in rows], axis=0)
         out[rep] = (geom, sum(r["area_px"] for r in rows), sum(r["score_sum"] for r in rows), meas)
     return out
 
@@ -100,6 +106,8 @@ def assemble_objects(workdir: str, n_tiles: int, groups: dict[int, int], batch_r
 
     dissolved = _dissolve_groups(workdir, groups)
     stat_cols = _stat_columns(workdir) if n_tiles else []
+    if n_tiles and _has_class_sums(workdir):
+        stat_cols = [*stat_cols, "class_sums"]  # summed over pieces by _dissolve_groups; argmax in write_outputs
     names = ["key", "geometry", "area_px", "score_sum", "tile", *stat_cols]
     buf: dict[str, list] = {c: [] for c in names}
     for t in range(n_tiles):
@@ -110,7 +118,8 @@ def assemble_objects(workdir: str, n_tiles: int, groups: dict[int, int], batch_r
         geoms = shapely.from_wkb(tab.column("geometry").to_numpy(zero_copy_only=False))
         ap = tab.column("area_px").to_numpy()
         ss = tab.column("score_sum").to_numpy()
-        stats = [tab.column(c).to_numpy() for c in stat_cols]
+        stats = [tab.column(c).to_numpy() if c != "class_sums" else np.asarray(tab.column(c).to_pylist(), np.float64).reshape(tab.num_rows, -1)
+                 for c in stat_cols]
         for i, (k, g, a, s) in enumerate(zip(keys.tolist(), geoms, ap.tolist(), ss.tolist())):
             rep = groups.get(k)
             if rep is not None:
@@ -186,11 +195,12 @@ def _arrow_batch(rows: dict[str, np.ndarray], geoms: np.ndarray, extra: list[str
 
 def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: SceneInfo, out: Staging,
                   class_name: str, summary: dict[str, Any], geojson: bool = False,
-                  regularize: dict[str, Any] | None = None) -> dict[str, Any]:
+                  regularize: dict[str, Any] | None = None, class_names: list[str] | None = None) -> dict[str, Any]:
     """Stage ``<stem>.parquet`` and ``<stem>.gpkg`` (and, with ``geojson``, the QuPath ``<stem>.geojson``:
     :mod:`pipeline.io.qupath`) in ``out``; returns the summary, which ``out.publish`` writes last as
-    ``<stem>.json`` (:mod:`pipeline.io.publish`)."""
-    from pipeline.io.qupath import GeoJSONWriter, class_color
+    ``<stem>.json`` (:mod:`pipeline.io.publish`). ``class_names``: a multi-class model's classes; each object
+    gets the one with the largest probability summed over its pixels (else every object is ``class_name``)."""
+    from pipeline.io.qupath import GeoJSONWriter
     from pipeline.stages.measure_objects import channel_columns
 
     import geopandas as gpd
@@ -226,16 +236,23 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
         for batch in assemble_objects(workdir, n_tiles, groups):
             geoms_px = np.array(batch["geometry"], dtype=object)
             n = len(geoms_px)
+            if class_names and "class_sums" in batch and n:
+                sums = np.asarray(batch["class_sums"], np.float64).reshape(n, -1)
+                cls = np.asarray(class_names, dtype=object)[sums.argmax(axis=1)]
+            else:
+                cls = np.full(n, class_name, dtype=object)
             area_raw = None
             if regularize:
                 area_raw = measure(geoms_px, info)["area"]
-                if class_name in regularize["classes"]:
-                    geoms_px = _regularized(geoms_px, info, regularize)
+                sel = np.isin(cls.astype(str), list(regularize["classes"]))
+                if sel.any():
+                    geoms_px = geoms_px.copy()
+                    geoms_px[sel] = _regularized(geoms_px[sel], info, regularize)
             m = measure(geoms_px, info)
             area_px = np.asarray(batch["area_px"], np.int64)
             rows = {
                 "object_id": np.arange(next_id, next_id + n, dtype=np.int64),
-                "class": np.full(n, class_name, dtype=object),
+                "class": cls,
                 "score": np.clip(np.asarray(batch["score_sum"]) / np.maximum(area_px, 1), 0, 1),
                 "area_px": area_px,
                 "tile": np.asarray(batch["tile"], np.int32),
@@ -256,7 +273,7 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
             if gj is not None:
                 # QuPath wants full-resolution (level-0) pixels; geoms_px are working pixels (info.scale of them)
                 gj_geoms = geoms_px if info.scale == 1 else __import__("shapely").transform(geoms_px, lambda xy: xy * info.scale)
-                gj.add(gj_geoms, rows, class_name, class_color(class_name), channels, channel_columns(channels))
+                gj.add(gj_geoms, rows, rows["class"], channels, channel_columns(channels))
             import shapely
 
             types.update(shapely.get_type_id(m["geometry"]).tolist())

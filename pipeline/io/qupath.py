@@ -53,22 +53,23 @@ class GeoJSONWriter:
         self._f.write('{"type": "FeatureCollection", "features": [\n')
         self._first = True
 
-    def add(self, geoms_px: np.ndarray, rows: dict[str, np.ndarray], class_name: str, color: list[int],
+    def add(self, geoms_px: np.ndarray, rows: dict[str, np.ndarray], classes: np.ndarray,
             channels: list[str], channel_cols: list[str]) -> None:
+        """``classes``: each feature's class name (its QuPath classification, coloured by :func:`class_color`)."""
         import shapely
 
         if len(geoms_px) == 0:
             return
         geo = shapely.to_geojson(geoms_px)
         meas = qupath_measurements(rows, channels, channel_cols)
-        cls = json.dumps({"name": class_name, "color": color})
+        cls_json = {str(c): json.dumps({"name": str(c), "color": class_color(str(c))}) for c in set(classes.tolist())}
         names = [json.dumps(n) for n, _ in meas]
         cols = [np.asarray(v, np.float64) for _, v in meas]
         parts = []
         for i in range(len(geoms_px)):
             m = ", ".join(f"{n}: {_num(c[i])}" for n, c in zip(names, cols) if math.isfinite(c[i]))
             parts.append(f'{{"type": "Feature", "id": "{uuid.uuid4()}", "geometry": {geo[i]}, "properties": '
-                         f'{{"objectType": "detection", "classification": {cls}, "measurements": {{{m}}}}}}}')
+                         f'{{"objectType": "detection", "classification": {cls_json[str(classes[i])]}, "measurements": {{{m}}}}}}}')
         self._f.write(("" if self._first else ",\n") + ",\n".join(parts))
         self._first = False
 

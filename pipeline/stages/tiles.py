@@ -127,10 +127,12 @@ def vectorize_core(labels: np.ndarray, core_rel: tuple[slice, slice], row0: int,
     return ids, counts[ids].astype(np.int64), geoms
 
 
-def _write_part(path: str, index: int, ids, area_px, score_sum, geoms, meas: dict | None = None, valid_px: int | None = None) -> None:
+def _write_part(path: str, index: int, ids, area_px, score_sum, geoms, meas: dict | None = None, valid_px: int | None = None,
+                class_sums: np.ndarray | None = None) -> None:
     """One row per piece; ``meas`` adds the per-piece measurements (:mod:`pipeline.stages.measure_objects`),
     the sorted pixel values of edge pieces as list columns. ``valid_px`` (the core's pixels holding image data)
-    goes into the file's metadata: the scene's valid area is their sum, also after a resumed run."""
+    goes into the file's metadata: the scene's valid area is their sum, also after a resumed run.
+    ``class_sums`` (pieces × classes): a multi-class model's class probabilities summed over each piece."""
     import pyarrow as pa
     import shapely
 
@@ -140,6 +142,9 @@ def _write_part(path: str, index: int, ids, area_px, score_sum, geoms, meas: dic
         "score_sum": pa.array(score_sum, pa.float64()),
         "geometry": pa.array(shapely.to_wkb(np.array(geoms, dtype=object)) if len(geoms) else [], pa.binary()),
     }
+    if class_sums is not None:
+        k = class_sums.shape[1]
+        cols["class_sums"] = pa.FixedSizeListArray.from_arrays(pa.array(class_sums.reshape(-1), pa.float64()), k)
     for name, v in (meas or {}).items():
         if isinstance(v, tuple):
             cols[name] = pa.ListArray.from_arrays(pa.array(v[0].astype(np.int32)), pa.array(v[1]))
@@ -200,11 +205,17 @@ def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw:
         core_lab = labels[core_rel]
         sums = np.bincount(core_lab.ravel(), weights=prob[core_rel].ravel().astype(np.float64), minlength=int(core_lab.max()) + 1)
         score_sum = sums[ids]
+    class_sums = None
+    if model.kind != "classical" and heads.shape[0] > 3:  # a multi-class model: per-class probability sums per piece
+        core_lab = labels[core_rel]
+        n_lab = int(core_lab.max()) + 1
+        class_sums = np.stack([np.bincount(core_lab.ravel(), weights=h[core_rel].ravel().astype(np.float64), minlength=n_lab)[ids]
+                               for h in heads[3:]], axis=1)
     tc = time.perf_counter()
     raw_core = raw[(slice(None), *core_rel)]
     meas = piece_measurements(labels[core_rel], ids, raw_core, t.core.row, t.core.col)
     valid_px = int(valid[core_rel].sum()) if valid is not None else _valid_pixels(raw_core, job.nodata)
-    _write_part(part_path(job.workdir, t.index), t.index, ids, area_px, score_sum, geoms, meas, valid_px)
+    _write_part(part_path(job.workdir, t.index), t.index, ids, area_px, score_sum, geoms, meas, valid_px, class_sums)
     return len(ids), (tb - ta, tc - tb, time.perf_counter() - tc)
 
 

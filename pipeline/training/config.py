@@ -87,8 +87,8 @@ class TrainConfig(_Strict):
     # unknown in advance; training stops at max_minutes or after the epochs, whichever comes first)
     schedule: Literal["steps", "time"] = "steps"
     # Written into the checkpoint; the default halo of seamline segment. A depth-5 U-Net's effective receptive
-    # field is far over 64 px: for the shipped model, context beyond 192 px moves the heads by < 0.01 (beyond
-    # 128 px by < 0.08), and 192 makes tiled = untiled object for object. Measure your own with bench/receptive_field.py.
+    # field is far over 64 px: for the shipped models, context beyond 256 px moves the heads by ~1e-4 (beyond
+    # 192 px by up to 0.01, enough to split an object now and then). Measure your own with bench/receptive_field.py.
     receptive_field_px: int = Field(default=256, ge=0)
     # Written into the checkpoint: the nominal object diameter in training pixels (the median over the training
     # images of each image's median equivalent diameter) and, where known, in µm. seamline segment rescales a

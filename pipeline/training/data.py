@@ -40,6 +40,8 @@ class Sample:
     boxes: np.ndarray | None = None  # box samples: (N, 4) xmin, ymin, xmax, ymax in pixels (boxdata.py)
     box_classes: list[str] | None = None
     box_counted: np.ndarray | None = None  # (N,) bool: the box counts as truth when scoring
+    # multi-class data: class index (into the config's classes) of each label, index 0 = background (-1)
+    instance_classes: np.ndarray | None = None
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -95,29 +97,63 @@ def load_folder_dataset(root: str | Path, in_channels: int = 3, limit: int | Non
     return out
 
 
-def load_geotiff_dataset(rasters: list[str | Path], vectors: str | Path, in_channels: int = 3) -> list[Sample]:
-    """Rasterise vector polygons on each GeoTIFF's grid; each polygon becomes one instance."""
+def vector_classes(gdf, classes: list[str] | None, where: str) -> np.ndarray | None:
+    """For multi-class training (``classes`` has more than one name): each polygon's class index, from its
+    ``class`` (or ``label``) attribute. ``None`` for one class. A missing column or an unknown class is one
+    clear error naming the vector file."""
+    if not classes or len(classes) < 2:
+        return None
+    col = next((c for c in ("class", "label") if c in gdf.columns), None)
+    if col is None:
+        raise InputError(f"training labels {where}: {len(classes)} classes {classes} need a 'class' attribute on "
+                         f"each polygon; found the columns {[c for c in gdf.columns if c != 'geometry']}")
+    names = gdf[col].astype(str).to_numpy()
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise InputError(f"training labels {where}: classes {unknown} are not in the config's classes {classes}; "
+                         "add them to classes: or fix the attribute")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[n] for n in names], np.int64)
+
+
+def instance_class_map(polygon_classes: np.ndarray | None, kept: list[int]) -> np.ndarray | None:
+    """Label → class index for labels ``1..len(kept)`` given to the polygons ``kept`` (background: -1)."""
+    if polygon_classes is None:
+        return None
+    return np.concatenate([[-1], polygon_classes[np.asarray(kept, np.int64)]]).astype(np.int64)
+
+
+def load_geotiff_dataset(rasters: list[str | Path], vectors: str | Path, in_channels: int = 3,
+                         classes: list[str] | None = None) -> list[Sample]:
+    """Rasterise vector polygons on each GeoTIFF's grid; each polygon becomes one instance (of its ``class``
+    attribute's class when ``classes`` names several)."""
     import geopandas as gpd
     import rasterio
     from rasterio.features import rasterize
 
     gdf = gpd.read_file(vectors)
+    poly_cls = vector_classes(gdf, classes, str(vectors))
     out = []
     for r in rasters:
         with rasterio.open(r) as ds:
             img = ds.read()
             g = gdf.to_crs(ds.crs) if (gdf.crs is not None and ds.crs is not None) else gdf
-            shapes = [(geom, i + 1) for i, geom in enumerate(g.geometry) if geom is not None and not geom.is_empty]
+            kept = [i for i, geom in enumerate(g.geometry) if geom is not None and not geom.is_empty]
+            shapes = [(g.geometry.iloc[i], n + 1) for n, i in enumerate(kept)]
             lab = rasterize(shapes, out_shape=(ds.height, ds.width), transform=ds.transform, fill=0, dtype="int32") if shapes else np.zeros((ds.height, ds.width), np.int32)
             nodata = ds.nodata
         norm = to_model_channels(apply_normalization(img, percentiles(img, nodata=nodata)), in_channels)
-        out.append(Sample(Path(r).stem, norm, lab, "geotiff"))
+        out.append(Sample(Path(r).stem, norm, lab, "geotiff", instance_classes=instance_class_map(poly_cls, kept)))
     return out
 
 
-def load_samples(data, in_channels: int, pixel_size: float | None = None) -> list[Sample]:
+def load_samples(data, in_channels: int, pixel_size: float | None = None, classes: list[str] | None = None) -> list[Sample]:
     """The labelled images a training config's ``data:`` names (:class:`~pipeline.training.config.DataConfig`);
-    ``pixel_size``: the GSD place-based GeoTIFF data is resampled to."""
+    ``pixel_size``: the GSD place-based GeoTIFF data is resampled to; ``classes``: the model's classes (several:
+    each polygon's ``class`` attribute is learned too — GeoTIFF data)."""
+    if classes and len(classes) > 1 and data.kind != "geotiff":
+        raise InputError(f"training config: {len(classes)} classes need data.kind: geotiff with a 'class' attribute on "
+                         f"the polygons; {data.kind} data has one class")
     if data.kind == "folders":
         return load_folder_dataset(data.root, in_channels, limit=data.limit)
     if data.kind == "boxes":
@@ -129,10 +165,10 @@ def load_samples(data, in_channels: int, pixel_size: float | None = None) -> lis
 
         if pixel_size is None:
             raise InputError("training config: data.place_size needs pixel_size: [value, unit] (the GSD to resample to)")
-        return load_places_dataset(data.rasters, data.vectors, pixel_size, data.place_size, in_channels)
+        return load_places_dataset(data.rasters, data.vectors, pixel_size, data.place_size, in_channels, classes)
     from pipeline.training.places import expand_paths
 
-    return load_geotiff_dataset(expand_paths(data.rasters, "rasters"), data.vectors, in_channels)
+    return load_geotiff_dataset(expand_paths(data.rasters, "rasters"), data.vectors, in_channels, classes)
 
 
 def split_samples(samples: list[Sample], data, val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -170,8 +206,10 @@ def split_train_val(samples: list[Sample], val_fraction: float, seed: int) -> tu
     return train, val
 
 
-def make_targets(labels: np.ndarray) -> np.ndarray:
-    """(3, H, W) float32 targets: foreground, boundary (edges and contacts), per-object normalised distance."""
+def make_targets(labels: np.ndarray, instance_classes: np.ndarray | None = None, n_classes: int = 1) -> np.ndarray:
+    """(3, H, W) float32 targets: foreground, boundary (edges and contacts), per-object normalised distance;
+    with ``n_classes`` > 1, then one channel per class: 1 on the pixels of that class's objects (the class
+    loss only looks at object pixels)."""
     from skimage.segmentation import find_boundaries
 
     fg = labels > 0
@@ -183,7 +221,13 @@ def make_targets(labels: np.ndarray) -> np.ndarray:
         mx[mx == 0] = 1.0
         dist = dist / mx[labels]
     dist[~fg] = 0.0
-    return np.stack([fg.astype(np.float32), bnd.astype(np.float32), dist])
+    heads = [fg.astype(np.float32), bnd.astype(np.float32), dist]
+    if n_classes > 1:
+        if instance_classes is None:
+            raise ValueError("multi-class targets need each label's class (Sample.instance_classes)")
+        cls = instance_classes[labels]  # -1 on background
+        heads += [(cls == k).astype(np.float32) for k in range(n_classes)]
+    return np.stack(heads)
 
 
 def contact_weights(labels: np.ndarray, weight: float, width: int = 2) -> np.ndarray:
@@ -228,10 +272,11 @@ class Augmenter:
     """
 
     def __init__(self, crop: int, seed: int, scale: tuple[float, float] | None = None, contact_weight: float = 0.0,
-                 augment=None):
+                 augment=None, n_classes: int = 1):
         from pipeline.training.config import AugmentConfig
 
         self.aug = augment or AugmentConfig()
+        self.n_classes = n_classes
         self.crop = crop
         self.scale = tuple(scale) if scale is not None else (0.75, 1.33)
         self.contact_weight = contact_weight
@@ -278,4 +323,5 @@ class Augmenter:
             img, lab = img[:, :, ::-1], lab[:, ::-1]
         img = self._intensity(img)
         lab = np.ascontiguousarray(lab)
-        return np.ascontiguousarray(img, dtype=np.float32), make_targets(lab), contact_weights(lab, self.contact_weight)
+        return (np.ascontiguousarray(img, dtype=np.float32), make_targets(lab, s.instance_classes, self.n_classes),
+                contact_weights(lab, self.contact_weight))

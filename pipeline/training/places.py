@@ -57,7 +57,7 @@ def place_of(name: str) -> str:
 
 
 def load_places_dataset(rasters: list[str], vectors: str, pixel_size: float, place_size: float,
-                        in_channels: int = 3):
+                        in_channels: int = 3, classes: list[str] | None = None):
     """One :class:`~pipeline.training.data.Sample` per (place, source resolution): mosaicked, resampled to
     ``pixel_size`` (bilinear), labels rasterised on the resampled grid (one instance per polygon)."""
     import geopandas as gpd
@@ -66,7 +66,7 @@ def load_places_dataset(rasters: list[str], vectors: str, pixel_size: float, pla
     from rasterio.features import rasterize
     from rasterio.transform import from_origin
 
-    from pipeline.training.data import Sample
+    from pipeline.training.data import Sample, instance_class_map, vector_classes
 
     files = expand_paths(rasters, "rasters")
     groups: dict[tuple[int, int, float], list[str]] = defaultdict(list)
@@ -83,7 +83,10 @@ def load_places_dataset(rasters: list[str], vectors: str, pixel_size: float, pla
         groups[(int(np.floor(cx / place_size)), int(np.floor(cy / place_size)), res)].append(f)
     gdf = gpd.read_file(vectors)
     gdf = gdf.to_crs(crs) if gdf.crs is not None else gdf
-    geoms = [g for g in gdf.geometry if g is not None and not g.is_empty]
+    poly_cls = vector_classes(gdf, classes, str(vectors))
+    kept = [i for i, g in enumerate(gdf.geometry) if g is not None and not g.is_empty]
+    geoms = [gdf.geometry.iloc[i] for i in kept]
+    inst_cls = instance_class_map(poly_cls, kept)
     samples = []
     for (px, py, res), members in sorted(groups.items()):
         data, tf, prof = mosaic(members)
@@ -101,7 +104,7 @@ def load_places_dataset(rasters: list[str], vectors: str, pixel_size: float, pla
         shapes = [(g, i + 1) for i, g in enumerate(geoms)]
         lab = rasterize(shapes, out_shape=(oh, ow), transform=otf, fill=0, dtype="int32") if shapes else np.zeros((oh, ow), np.int32)
         norm = to_model_channels(apply_normalization(out, percentiles(out, nodata=nodata)), in_channels)
-        samples.append(Sample(f"p{px}_{py}@{res:g}m", norm, lab, "place"))
+        samples.append(Sample(f"p{px}_{py}@{res:g}m", norm, lab, "place", instance_classes=inst_cls))
     return samples
 
 

@@ -4,7 +4,9 @@ Losses: foreground BCE + soft Dice, boundary BCE (positives up-weighted: they ar
 normalised per-object distance; every BCE term weighted per pixel by :func:`~.data.contact_weights`, which
 stresses the band between touching objects (``contact_weight``). Validation runs the full inference path
 (heads → marker watershed) on whole validation images and reports AP at IoU 0.5 per modality, every
-``val_every`` epochs. The best validated epoch by overall AP@0.5 is saved (safetensors + JSON).
+``val_every`` epochs. The best validated epoch by overall AP@0.5 is saved (safetensors + JSON); a multi-class
+model (several ``classes``: one more head per class, trained on the object pixels) by AP@0.5 times the share
+of validation objects it names right.
 """
 
 from __future__ import annotations
@@ -49,7 +51,28 @@ def _losses(logits, target, weight=None, pos_weight_boundary: float = 4.0):
     inter = (p * fg_t).sum((1, 2))
     dice = 1 - ((2 * inter + 1) / (p.sum((1, 2)) + fg_t.sum((1, 2)) + 1)).mean()
     pos_w = torch.tensor(pos_weight_boundary, device=logits.device)
-    return bce(fg_l, fg_t) + dice + bce(bnd_l, bnd_t, pos_weight=pos_w) + 2.0 * bce(dist_l, dist_t)
+    loss = bce(fg_l, fg_t) + dice + bce(bnd_l, bnd_t, pos_weight=pos_w) + 2.0 * bce(dist_l, dist_t)
+    if logits.shape[1] > 3:  # class heads: one-vs-rest BCE on object pixels only (background has no class)
+        obj = fg_t.unsqueeze(1)
+        per_px = F.binary_cross_entropy_with_logits(logits[:, 3:], target[:, 3:], reduction="none")
+        loss = loss + (per_px * obj).sum() / (obj.sum() * (logits.shape[1] - 3)).clamp(min=1)
+    return loss
+
+
+def class_accuracy(heads: list[np.ndarray], samples: list[Sample]) -> float | None:
+    """Share of the validation objects whose most probable class (class heads summed over the object's true
+    pixels) is their own: how well a multi-class model names what it finds, apart from finding it."""
+    right = total = 0
+    for h, s in zip(heads, samples):
+        if h.shape[0] <= 3 or s.instance_classes is None or s.labels.max() == 0:
+            continue
+        idx = np.arange(s.labels.max() + 1)
+        sums = np.stack([np.bincount(s.labels.ravel(), weights=c.ravel(), minlength=idx.size) for c in h[3:]], axis=1)
+        present = np.bincount(s.labels.ravel(), minlength=idx.size) > 0
+        present[0] = False
+        right += int((sums[present].argmax(axis=1) == s.instance_classes[present]).sum())
+        total += int(present.sum())
+    return round(right / total, 4) if total else None
 
 
 def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[str, list] | None = None
@@ -64,7 +87,11 @@ def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[s
     from pipeline.training.tune import best_postprocess
 
     heads = [model_fn(s.image[None])[0] for s in samples]
-    return best_postprocess(heads, samples, post, grid or {})
+    best, scores = best_postprocess(heads, samples, post, grid or {})
+    acc = class_accuracy(heads, samples)
+    if acc is not None:
+        scores = {**scores, "all": {**scores.get("all", {}), "class_accuracy": acc}}
+    return best, scores
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -86,8 +113,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise ConfigError("init_from: 'classical' has no weights; pass 'default' or a checkpoint path")
         # Fine-tuning keeps the starting checkpoint's network: its architecture overrides the config's.
         arch = {k: load_metadata(init_from)[k] for k in arch}
+    n_classes = len(cfg.classes)
+    if n_classes > 1:  # one class head per class after the three instance heads
+        from pipeline.models.network import HEADS
+
+        arch["heads"] = [*HEADS, *(f"class:{c}" for c in cfg.classes)]
     in_ch = arch["in_channels"]
-    samples = load_samples(cfg.data, in_ch, cfg.pixel_size[0] if cfg.pixel_size else None)
+    samples = load_samples(cfg.data, in_ch, cfg.pixel_size[0] if cfg.pixel_size else None, cfg.classes)
     train_s, val_s = split_samples(samples, cfg.data, cfg.val_fraction, cfg.seed)
     boxes = cfg.data.kind == "boxes"
     _log(f"data: {len(train_s)} training, {len(val_s)} validation images ({cfg.data.kind})")
@@ -95,7 +127,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if init_from:
         from pipeline.models.checkpoint import load_state_dict
 
-        net.load_state_dict(load_state_dict(init_from))
+        state = load_state_dict(init_from)
+        own = net.state_dict()
+        for k, v in list(state.items()):
+            if k in own and own[k].shape != v.shape and own[k].shape[1:] == v.shape[1:] and own[k].shape[0] > v.shape[0]:
+                # more heads than the starting checkpoint (class heads added): keep its heads, new ones start fresh
+                grown = own[k].clone()
+                grown[: v.shape[0]] = v
+                state[k] = grown
+        net.load_state_dict(state)
         _log(f"initialised from {init_from} ({arch['architecture']}, {arch['encoder']})")
     # Channels-last runs the MobileNet/ResNet convolutions about 1.4x faster on a CPU (measured: 5.6 vs
     # 4.1 images/s); on CUDA, mixed precision does the work.
@@ -125,7 +165,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
         aug = BoxAugmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), mode=cfg.box_supervision)
     else:
-        aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight, augment=cfg.augment)
+        aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight, augment=cfg.augment,
+                        n_classes=n_classes)
     rng = np.random.default_rng(cfg.seed)
     post = dict(cfg.postprocess)
 
@@ -172,12 +213,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if val_s and due:
             val_post, val = validate(model_fn, val_s, post, cfg.postprocess_grid)
         ap = val.get("all", {}).get("ap50", 0.0) if val_s else float(epoch)  # no validation split: keep the last
+        if val.get("all", {}).get("class_accuracy") is not None:  # a multi-class model must also name its objects
+            ap *= val["all"]["class_accuracy"]
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "epoch_s": round(dt, 1),
                "images_per_s": round(len(order[: steps_per_epoch * cfg.batch_size]) / dt, 2)}
         if val:
             rec["postprocess"] = {k: val_post[k] for k in cfg.postprocess_grid}
         history.append(rec)
         per_mod = " ".join(f"{k}={v['ap50']:.3f}" for k, v in val.items())
+        if val.get("all", {}).get("class_accuracy") is not None:
+            per_mod += f", class accuracy {val['all']['class_accuracy']:.3f}"
         if val and cfg.postprocess_grid:
             per_mod += " with " + ", ".join(f"{k} {v}" for k, v in rec["postprocess"].items())
         _log(f"epoch {epoch}/{cfg.epochs} loss {rec['loss']:.4f} val AP50 {per_mod or '-'} ({dt:.0f}s, {rec['images_per_s']} img/s)")
@@ -218,7 +263,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if val and cfg.postprocess_grid:
                 meta["postprocess_tuned_on"] = "validation split (figures slightly optimistic)"
             save_checkpoint(cfg.out, net.state_dict(), meta)
-            _log(f"  saved best checkpoint (AP50 {ap:.3f}) to {cfg.out}")
+            _log(f"  saved best checkpoint ({'AP50 x class accuracy' if n_classes > 1 else 'AP50'} {ap:.3f}) to {cfg.out}")
         if out_of_time:
             _log(f"stopping: time budget of {cfg.max_minutes} min reached after epoch {epoch}")
             break
