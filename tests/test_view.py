@@ -102,3 +102,33 @@ def test_label_image_opens_in_napari_ome_zarr(run, tmp_path):
         assert layer["type"] == "Labels" and layer["levels"] >= 1 and layer["shape"] == [ds.height, ds.width]
     ids = set(gpd.read_parquet(run / "out" / "v.parquet").object_id.tolist())
     assert set(layer["ids"]) - {0} == ids and len(ids) > 20
+
+
+def test_view_layers_for_a_real_slide_through_its_own_reader(tmp_path):
+    """The real Aperio SVS (read by OpenSlide, not GDAL): ``seamline view`` builds its layers through the run's
+    reader — the full-resolution image as a lazy pyramid whose pixels are the slide's, and the objects over it.
+    napari's ViewerModel (no window, no OpenGL) holds the layers the window would show."""
+    from napari.components import ViewerModel
+
+    from pipeline.io.sources import open_source
+    from pipeline.report.view import add_scene_layers, find_summary
+
+    from helpers import shared
+
+    svs = shared("slides", "CMU-1-Small-Region.svs")
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "segment", str(svs), "--out", str(tmp_path / "out"),
+                        "--model", "classical", "--workers", "1", "--quiet", "--no-report"],
+                       capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = find_summary(tmp_path / "out" / "CMU-1-Small-Region")
+    assert summary["source"]["reader"] == "openslide"
+    viewer = ViewerModel()
+    add_scene_layers(viewer, summary)
+    images = [ly for ly in viewer.layers if ly.__class__.__name__ == "Image"]
+    shapes = [ly for ly in viewer.layers if ly.__class__.__name__ in ("Shapes", "Points")]
+    assert len(images) == 3 and len(shapes) == 1  # red, green, blue + the objects
+    with open_source(str(svs)) as src:
+        full = images[0].data[0] if images[0].multiscale else images[0].data
+        assert full.shape == (src.height, src.width)
+        np.testing.assert_array_equal(np.asarray(full[1000:1064, 1500:1600]), src.read(0, 1000, 1500, 64, 100, [0])[0])
+    assert len(shapes[0].data) == summary["objects"]

@@ -36,23 +36,28 @@ def find_summary(target: str | Path) -> dict:
                      "finished `seamline segment` run")
 
 
-def _lazy_levels(path: str, band: int, height: int, width: int):
-    """Pyramid of lazy 2-D dask arrays of one band: full resolution, then halved until ≤ 2048 px."""
+def _lazy_levels(src, band: int):
+    """Pyramid of lazy 2-D dask arrays of one band of an opened image source (:mod:`pipeline.io.sources`: GDAL
+    rasters, slides, OME-TIFF, OME-Zarr): full resolution, then halved until ≤ 2048 px. Each halved level is
+    read from the source's own pyramid level closest below it (a slide's or COG's overview), then picked down
+    to size, so a coarse view never decodes full-resolution pixels where the file has a pyramid."""
     import dask
     import dask.array as da
 
-    from pipeline.io.raster import open_raster
-
-    with open_raster(path) as ds:
-        dtype = np.dtype(ds.dtypes[band])
+    height, width, dtype = src.height, src.width, np.dtype(src.dtype)
 
     def read(level: int, r: int, c: int, h: int, w: int) -> np.ndarray:
         s = 2 ** level
-        with open_raster(path) as ds:
-            from rasterio.windows import Window
-
-            win = Window(c * s, r * s, min(w * s, width - c * s), min(h * s, height - r * s))
-            return ds.read(band + 1, window=win, out_shape=(h, w))
+        # the source level with the largest downsample not above s
+        li = max((i for i, lv in enumerate(src.levels) if lv.downsample <= s * 1.001), key=lambda i: src.levels[i].downsample)
+        lv = src.levels[li]
+        f = s / lv.downsample  # target pixel -> source-level pixels
+        r0, c0 = int(r * f), int(c * f)
+        r1, c1 = min(lv.height, max(r0 + 1, int(math.ceil((r + h) * f)))), min(lv.width, max(c0 + 1, int(math.ceil((c + w) * f))))
+        px = src.read(li, r0, c0, r1 - r0, c1 - c0, [band])[0]
+        rows = np.minimum((np.arange(h) * f).astype(np.int64), px.shape[0] - 1)
+        cols = np.minimum((np.arange(w) * f).astype(np.int64), px.shape[1] - 1)
+        return px[np.ix_(rows, cols)]
 
     levels = []
     level = 0
@@ -101,23 +106,25 @@ def add_scene_layers(viewer, summary: dict, max_polygons: int = MAX_POLYGONS) ->
     from pipeline.report.render import class_colours
     from pipeline.report.stage import model_classes
 
-    from pipeline.io.raster import open_raster
+    from pipeline.io.sources import open_source
 
     stem = Path(summary["outputs"]["parquet"]).name[: -len(".parquet")]
+    source = summary.get("source") or {}
     try:
-        # The input at its own (full) resolution: its size and transform, not the run's working grid (a run
-        # may have read a pyramid level or resampled; the objects are in full-resolution coordinates).
-        with open_raster(summary["input"]) as ds:
-            h, w, bands = ds.height, ds.width, ds.count
-            transform = tuple(ds.transform)[:6] if summary.get("crs") else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-    except SeamlineError:
+        # The input at its own (full) resolution, through the reader the run used (GDAL, OpenSlide, OME-TIFF,
+        # OME-Zarr): its size and transform, not the run's working grid (a run may have read a pyramid level or
+        # resampled; the objects are in full-resolution coordinates).
+        src = open_source(summary["input"], reader=source.get("reader") or "auto", series=source.get("series"))
+        bands = src.count
+        transform = tuple(src.transform)[:6] if summary.get("crs") else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    except (SeamlineError, OSError):
         raise InputError(f"seamline view: the input {summary['input']} of this run cannot be read any more; "
                          "restore it (the objects are in the outputs, the pixels are not)") from None
     pct = summary.get("stats", {}).get("percentiles") or [[0, 1]] * bands
     try:
         names = ("red", "green", "blue") if bands >= 3 else ("gray",)
         for b, cmap in enumerate(names):
-            levels = _lazy_levels(summary["input"], b, h, w)
+            levels = _lazy_levels(src, b)
             lo, hi = pct[min(b, len(pct) - 1)]
             viewer.add_image(levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1, name=f"{stem} band {b + 1}" if bands > 1 else stem,
                              colormap=cmap, blending="additive", contrast_limits=(float(lo), float(max(hi, lo + 1e-6))))
