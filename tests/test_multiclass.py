@@ -125,3 +125,37 @@ def test_multi_class_labels_need_the_class_attribute(tmp_path):
     present = np.unique(s.labels[s.labels > 0])
     assert set(s.instance_classes[present]) == {0, 1}
 
+
+
+def test_box_labels_with_classes_train_the_class_heads(tmp_path):
+    """Boxes with labels (DeepForest-style CSV, as SOAP_061's Alive/Dead crowns): the class heads learn from the
+    box cores, and validation counts each box's class by its core."""
+    import csv
+
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.train import train
+
+    rows = []
+    for i in range(3):
+        frame = _scene(tmp_path / f"b{i}.tif", seed=10 + i)
+        with rasterio.open(tmp_path / f"b{i}.tif") as ds:
+            inv = ~ds.transform
+        for cls, geom in zip(frame["class"], frame.geometry):
+            x0, y0, x1, y1 = geom.bounds
+            (c0, r1), (c1, r0) = inv * (x0, y0), inv * (x1, y1)
+            rows.append([f"b{i}.tif", round(c0), round(r0), round(c1), round(r1), cls])
+    with open(tmp_path / "boxes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_path", "xmin", "ymin", "xmax", "ymax", "label"])
+        w.writerows(rows)
+    cfg = TrainConfig.model_validate({
+        "data": {"kind": "boxes", "rasters": [str(tmp_path / f"b{i}.tif") for i in range(3)],
+                 "boxes": [str(tmp_path / "boxes.csv")], "val_names": ["b2"]},
+        "init_from": "default", "out": str(tmp_path / "m"), "classes": CLASSES, "epochs": 12, "batch_size": 4,
+        "crop": 128, "crops_per_image": 16, "lr": 5e-3, "threads": 2, "val_every": 4, "seed": 0,
+    })
+    summary = train(cfg)
+    accs = [h["val"]["all"]["class_accuracy"] for h in summary["history"] if h["val"]]
+    assert accs[-1] >= 0.9, accs
+    md = json.loads((tmp_path / "m.json").read_text())
+    assert md["heads"][3:] == ["class:red_thing", "class:blue_thing"]

@@ -115,9 +115,11 @@ def _tiles(h: int, w: int, tile: int | None):
             yield y, x, min(tile, h - y), min(tile, w - x)
 
 
-def load_box_dataset(rasters: list[str], box_files: list[str], in_channels: int = 3, tile: int | None = None):
+def load_box_dataset(rasters: list[str], box_files: list[str], in_channels: int = 3, tile: int | None = None,
+                     classes: list[str] | None = None):
     """One :class:`~pipeline.training.data.Sample` per image (or tile) with ``boxes`` (N, 4) and their classes;
-    ``labels`` holds nothing (zeros): box samples are trained and scored on their boxes."""
+    ``labels`` holds nothing (zeros): box samples are trained and scored on their boxes. With several
+    ``classes``, each box's label must be one of them (``instance_classes``: box ``i`` ↔ index ``i + 1``)."""
     from pipeline.training.data import Sample, _read_image
     from pipeline.training.places import expand_paths
 
@@ -160,5 +162,11 @@ def load_box_dataset(rasters: list[str], box_files: list[str], in_channels: int 
             # at least half inside count as truth when scoring, the others are neither found nor missed.
             s.boxes, s.box_classes = clipped[k].astype(np.float32), list(cls[k])
             s.box_counted = (inside >= 0.5 * area)[k]
+            if classes and len(classes) > 1:
+                unknown = sorted({str(c) for c in s.box_classes} - set(classes))
+                if unknown:
+                    raise InputError(f"training boxes for {img_path}: labels {unknown} are not in the config's classes "
+                                     f"{classes}; add them to classes: or fix the box files")
+                s.instance_classes = np.array([-1, *(classes.index(str(c)) for c in s.box_classes)], np.int64)
             samples.append(s)
     return samples

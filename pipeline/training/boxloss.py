@@ -55,8 +55,9 @@ class BoxAugmenter:
     ellipse distance, ellipse core; boxes (M, 4) integer pixel edges within the crop.
     """
 
-    def __init__(self, crop: int, seed: int, scale: tuple[float, float] = (0.75, 1.33), mode: str = "projection"):
-        self.crop, self.scale, self.mode = crop, scale, mode
+    def __init__(self, crop: int, seed: int, scale: tuple[float, float] = (0.75, 1.33), mode: str = "projection",
+                 n_classes: int = 1):
+        self.crop, self.scale, self.mode, self.n_classes = crop, scale, mode, n_classes
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, s: Sample):
@@ -83,7 +84,10 @@ class BoxAugmenter:
             img = img[:, :, ::-1]
             b = np.stack([S - b[:, 2], b[:, 1], S - b[:, 0], b[:, 3]], axis=1)
         b = np.round(b).astype(np.int64).reshape(-1, 4)
-        b = b[(b[:, 2] - b[:, 0] >= 2) & (b[:, 3] - b[:, 1] >= 2)]
+        ok = (b[:, 2] - b[:, 0] >= 2) & (b[:, 3] - b[:, 1] >= 2)
+        b = b[ok]
+        # a multi-class sample: each remaining box's class index (label i + 1 of the ellipse maps below)
+        box_cls = s.instance_classes[1:][ok] if (self.n_classes > 1 and s.instance_classes is not None) else None
         gain = rng.uniform(0.8, 1.2)
         gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
         img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1)
@@ -91,13 +95,20 @@ class BoxAugmenter:
             img = np.clip(img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape), 0, 1)
         if self.mode == "ellipse":  # the simpler baseline: inscribed ellipses as instance masks, standard losses
             lab = ellipse_labels(b.astype(np.float64), (S, S))
-            return np.ascontiguousarray(img, dtype=np.float32), make_targets(lab), np.ones((S, S), np.float32)
+            inst = None if box_cls is None else np.concatenate([[-1], box_cls])
+            return (np.ascontiguousarray(img, dtype=np.float32), make_targets(lab, inst, self.n_classes if inst is not None else 1),
+                    np.ones((S, S), np.float32))
         inside = np.zeros((S, S), np.float32)
         for x0, y0, x1, y1 in b:
             inside[y0:y1, x0:x1] = 1
         ell = make_targets(ellipse_labels(b.astype(np.float64), (S, S)))
-        core = (ellipse_labels(b.astype(np.float64), (S, S), shrink=0.5) > 0).astype(np.float32)
-        targets = np.stack([inside, ell[1], ell[2], core])
+        core_lab = ellipse_labels(b.astype(np.float64), (S, S), shrink=0.5)
+        core = (core_lab > 0).astype(np.float32)
+        heads = [inside, ell[1], ell[2], core]
+        if box_cls is not None:  # class targets on the box cores, where the box surely is its object
+            cls_map = np.concatenate([[-1], box_cls])[core_lab]
+            heads += [(cls_map == k).astype(np.float32) for k in range(self.n_classes)]
+        targets = np.stack(heads)
         return np.ascontiguousarray(img, dtype=np.float32), targets, b
 
 
@@ -128,4 +139,8 @@ def box_losses(logits, targets, boxes: list[np.ndarray], pos_weight_boundary: fl
     pos_w = torch.tensor(pos_weight_boundary, device=logits.device)
     loss = loss + F.binary_cross_entropy_with_logits(bnd_l, bnd_t, pos_weight=pos_w)
     loss = loss + 2.0 * F.binary_cross_entropy_with_logits(dist_l, dist_t)
+    if logits.shape[1] > 3 and targets.shape[1] > 4:  # class heads: BCE on the box cores
+        m = core.unsqueeze(1)
+        per_px = F.binary_cross_entropy_with_logits(logits[:, 3:], targets[:, 4:], reduction="none")
+        loss = loss + (per_px * m).sum() / (m.sum() * (logits.shape[1] - 3)).clamp(min=1)
     return loss

@@ -151,15 +151,15 @@ def load_samples(data, in_channels: int, pixel_size: float | None = None, classe
     """The labelled images a training config's ``data:`` names (:class:`~pipeline.training.config.DataConfig`);
     ``pixel_size``: the GSD place-based GeoTIFF data is resampled to; ``classes``: the model's classes (several:
     each polygon's ``class`` attribute is learned too — GeoTIFF data)."""
-    if classes and len(classes) > 1 and data.kind != "geotiff":
-        raise InputError(f"training config: {len(classes)} classes need data.kind: geotiff with a 'class' attribute on "
-                         f"the polygons; {data.kind} data has one class")
+    if classes and len(classes) > 1 and data.kind == "folders":
+        raise InputError(f"training config: {len(classes)} classes need labels that carry a class (data.kind: geotiff "
+                         f"with a 'class' attribute on the polygons, or boxes with labels); folders data has one class")
     if data.kind == "folders":
         return load_folder_dataset(data.root, in_channels, limit=data.limit)
     if data.kind == "boxes":
         from pipeline.training.boxdata import load_box_dataset
 
-        return load_box_dataset(data.rasters, data.boxes, in_channels, tile=data.tile)
+        return load_box_dataset(data.rasters, data.boxes, in_channels, tile=data.tile, classes=classes)
     if data.place_size:
         from pipeline.training.places import load_places_dataset
 

@@ -64,6 +64,18 @@ def class_accuracy(heads: list[np.ndarray], samples: list[Sample]) -> float | No
     pixels) is their own: how well a multi-class model names what it finds, apart from finding it."""
     right = total = 0
     for h, s in zip(heads, samples):
+        if h.shape[0] > 3 and s.instance_classes is not None and s.boxes is not None and len(s.boxes):
+            from pipeline.training.boxloss import ellipse_labels  # box samples: each counted box's core
+
+            core = ellipse_labels(s.boxes.astype(np.float64), s.image.shape[1:], shrink=0.5)
+            sums = np.stack([np.bincount(core.ravel(), weights=c.ravel(), minlength=len(s.boxes) + 1) for c in h[3:]], axis=1)
+            has = np.bincount(core.ravel(), minlength=len(s.boxes) + 1) > 0
+            has[0] = False
+            if s.box_counted is not None:
+                has[1:] &= s.box_counted
+            right += int((sums[has].argmax(axis=1) == s.instance_classes[has]).sum())
+            total += int(has.sum())
+            continue
         if h.shape[0] <= 3 or s.instance_classes is None or s.labels.max() == 0:
             continue
         idx = np.arange(s.labels.max() + 1)
@@ -163,7 +175,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if boxes:  # box-supervised: projection loss + background outside the boxes (training/boxloss.py)
         from pipeline.training.boxloss import BoxAugmenter, box_losses
 
-        aug = BoxAugmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), mode=cfg.box_supervision)
+        aug = BoxAugmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), mode=cfg.box_supervision, n_classes=n_classes)
     else:
         aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight, augment=cfg.augment,
                         n_classes=n_classes)
