@@ -298,8 +298,14 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
         c = min(w, WINDOW_CHUNK)
         zarr.create_array(store=storage.zarr_store(win_path), shape=(len(job.grid), w, w), chunks=(1, c, c), dtype="uint32",
                           compressors=[ZstdCodec(level=1)], fill_value=0, overwrite=True)
-    batches = task_batches(len(job.grid), plan.cfg.tiles_per_task, sum(client.nthreads().values()))
-    futures = client.map(process_tiles, [job] * len(batches), batches, pure=False)
+    # Workers started with --resources GPU=N (infra/, cluster: {kind: slurm, gpus: …}) get the learned model's
+    # tile tasks, one per GPU at a time; a cluster without GPU resources runs them anywhere.
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    gpus = sum(int(w.get("resources", {}).get("GPU", 0)) for w in workers)
+    annotate = {"resources": {"GPU": 1}} if gpus and plan.model != "classical" else {}
+    slots = gpus if annotate else sum(client.nthreads().values())
+    batches = task_batches(len(job.grid), plan.cfg.tiles_per_task, slots)
+    futures = client.map(process_tiles, [job] * len(batches), batches, pure=False, **annotate)
     total = {"tiles": 0, "skipped": 0, "pieces": 0, "pixels": 0, "empty": 0, "timings": {}}
     from distributed import as_completed
 

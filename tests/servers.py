@@ -128,13 +128,14 @@ class DaskNodes:
         for i in range(n_workers):
             self.add_worker(f"w{i}")
 
-    def add_worker(self, name: str) -> subprocess.Popen:
+    def add_worker(self, name: str, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+        """``extra``: more ``dask worker`` arguments, e.g. ``("--resources", "GPU=1")``."""
         home = self.root / name
         home.mkdir(parents=True)
         scratch = home / "dask-scratch"
         w = subprocess.Popen(
             [str(BIN / "dask"), "worker", self.address, "--nworkers", "1", "--nthreads", "1", "--name", name,
-             "--local-directory", str(scratch), "--no-nanny", "--memory-limit", "3GB", "--dashboard-address", ":0"],
+             "--local-directory", str(scratch), "--no-nanny", "--memory-limit", "3GB", "--dashboard-address", ":0", *extra],
             cwd=home, env=node_env(home, self.env), stdout=open(home / "log", "wb"), stderr=subprocess.STDOUT)
         self.workers.append(w)
         self.nodes.append(home)

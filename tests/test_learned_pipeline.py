@@ -106,3 +106,30 @@ def test_tile_smaller_than_the_models_halo_is_one_clear_line(slide, tmp_path):
         "downsampling), or tiles see another pixel grid than a whole-image run and objects at seams change; "
         "use --tile 992 or 1024")
     assert not (tmp_path / "o").exists()
+
+
+def test_tile_tasks_go_to_the_workers_with_a_gpu(slide, whole, tmp_path):
+    """A cluster whose workers advertise GPUs (``dask worker --resources GPU=1``, as infra/ starts them) runs the
+    learned model's tile tasks only there, one per GPU at a time; the objects are those of any other run.
+    (No GPU here: the resource is a label the scheduler honours; the model itself runs on the CPU.)"""
+    from distributed import Client, get_task_stream
+
+    from servers import DaskNodes
+
+    nodes = DaskNodes(tmp_path / "nodes", 0, {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    try:
+        nodes.add_worker("cpu")
+        nodes.add_worker("gpu", ("--resources", "GPU=1"))
+        nodes.wait_workers(2)
+        with Client(nodes.address, timeout="30s") as client:
+            gpu = {a for a, w in client.scheduler_info(n_workers=-1)["workers"].items() if w.get("resources", {}).get("GPU")}
+            with get_task_stream(client) as ts:
+                s = segment_scene(str(slide[0]), tmp_path / "out", SegmentConfig(
+                    model="default", tile=288, batch_size=2, tiles_per_task=1, label_image=False, report=False,
+                    scheduler=nodes.address), client=client)
+    finally:
+        nodes.close()
+    tile_tasks = [t for t in ts.data if t["key"].startswith("process_tiles")]
+    assert len(gpu) == 1 and len(tile_tasks) == s["tiling"]["tiles"] == 9
+    assert {t["worker"] for t in tile_tasks} == gpu
+    assert s["objects"] == whole["objects"]

@@ -2,8 +2,8 @@
 (``scheduler:``), or workers submitted as SLURM jobs (``cluster: {kind: slurm, …}``, dask-jobqueue).
 
 Worker processes (not threads): the GIL would serialise the Python around the model. The model is loaded once
-per worker by :func:`pipeline.stages.tiles.get_model`. With a GPU, annotate tile tasks with ``resources={"GPU": 1}``
-and start workers with ``--resources GPU=1`` (see infra/), one worker per GPU.
+per worker by :func:`pipeline.stages.tiles.get_model`. Start GPU workers with ``--resources GPU=1`` (see infra/),
+one worker per GPU: the learned model's tile tasks then go to them only (:func:`pipeline.runner.run_tiles`).
 """
 
 from __future__ import annotations
