@@ -1,5 +1,6 @@
 """infra/ checked as far as this machine can: the docker-compose file through Compose's own validator, the
-Kubernetes manifests against their API schemas (kubernetes-validate) and the Dask operator's DaskCluster CRD,
+Kubernetes manifests against their API schemas (kubernetes-validate) and the Dask operator's DaskCluster CRD
+(``tests/data/dask-kubernetes/``),
 and SLURM through dask-jobqueue: the job script a ``cluster: {kind: slurm}`` config generates, and that script
 run for real by a stand-in ``sbatch`` (it starts the script with bash) so its workers join and segment a scene.
 
@@ -73,10 +74,9 @@ def test_compose_file_is_valid_and_shares_no_disk(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- Kubernetes
 def _daskcluster_schema() -> dict:
-    import importlib.resources
-
-    crd_file = importlib.resources.files("dask_kubernetes") / "operator/deployment/helm/dask-kubernetes-operator/crds/daskcluster.yaml"
-    crd = yaml.safe_load(crd_file.read_text())
+    # The operator's own CRD (dask-kubernetes 2026.3.0, BSD-3-Clause), kept as a test file: installing
+    # dask-kubernetes would make every `dask worker` write ~/.config/dask/kubernetes.yaml (its CLI plugin).
+    crd = yaml.safe_load((ROOT / "tests" / "data" / "dask-kubernetes" / "daskcluster-crd.yaml").read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return version["schema"]["openAPIV3Schema"]
 
