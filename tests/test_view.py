@@ -104,10 +104,11 @@ def test_label_image_opens_in_napari_ome_zarr(run, tmp_path):
     assert set(layer["ids"]) - {0} == ids and len(ids) > 20
 
 
-def test_view_layers_for_a_real_slide_through_its_own_reader(tmp_path):
+def test_view_layers_for_a_real_slide_through_its_own_reader(dask_client_session, tmp_path):
     """The real Aperio SVS (read by OpenSlide, not GDAL): ``seamline view`` builds its layers through the run's
     reader — the full-resolution image as a lazy pyramid whose pixels are the slide's, and the objects over it.
-    napari's ViewerModel (no window, no OpenGL) holds the layers the window would show."""
+    napari's ViewerModel (no window, no OpenGL) holds the layers the window would show. A distributed Client is
+    the default scheduler here (as in a notebook that has one): the lazy reads must travel to its workers."""
     from napari.components import ViewerModel
 
     from pipeline.io.sources import open_source

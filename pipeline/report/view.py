@@ -36,7 +36,16 @@ def find_summary(target: str | Path) -> dict:
                      "finished `seamline segment` run")
 
 
-def _lazy_levels(src, band: int):
+def _source_read(spec: tuple, level: int, row: int, col: int, h: int, w: int, band: int) -> np.ndarray:
+    """One window of one band, the source reopened by its URL (cached per process): the task holds only
+    strings and numbers, so any dask scheduler — a distributed Client in the same session too — can run it."""
+    from pipeline.io.sources import open_source
+
+    url, reader, series = spec
+    return open_source(url, reader=reader, series=series, cache=True).read(level, row, col, h, w, [band])[0]
+
+
+def _lazy_levels(src, band: int, spec: tuple | None = None):
     """Pyramid of lazy 2-D dask arrays of one band of an opened image source (:mod:`pipeline.io.sources`: GDAL
     rasters, slides, OME-TIFF, OME-Zarr): full resolution, then halved until ≤ 2048 px. Each halved level is
     read from the source's own pyramid level closest below it (a slide's or COG's overview), then picked down
@@ -45,16 +54,19 @@ def _lazy_levels(src, band: int):
     import dask.array as da
 
     height, width, dtype = src.height, src.width, np.dtype(src.dtype)
+    src_levels = [(lv.height, lv.width, lv.downsample) for lv in src.levels]
+    if spec is not None:
+        src = None  # the tasks reopen the source by its URL: nothing unpicklable in the graph
 
     def read(level: int, r: int, c: int, h: int, w: int) -> np.ndarray:
         s = 2 ** level
         # the source level with the largest downsample not above s
-        li = max((i for i, lv in enumerate(src.levels) if lv.downsample <= s * 1.001), key=lambda i: src.levels[i].downsample)
-        lv = src.levels[li]
-        f = s / lv.downsample  # target pixel -> source-level pixels
+        li = max((i for i, lv in enumerate(src_levels) if lv[2] <= s * 1.001), key=lambda i: src_levels[i][2])
+        lh, lw, ld = src_levels[li]
+        f = s / ld  # target pixel -> source-level pixels
         r0, c0 = int(r * f), int(c * f)
-        r1, c1 = min(lv.height, max(r0 + 1, int(math.ceil((r + h) * f)))), min(lv.width, max(c0 + 1, int(math.ceil((c + w) * f))))
-        px = src.read(li, r0, c0, r1 - r0, c1 - c0, [band])[0]
+        r1, c1 = min(lh, max(r0 + 1, int(math.ceil((r + h) * f)))), min(lw, max(c0 + 1, int(math.ceil((c + w) * f))))
+        px = _source_read(spec, li, r0, c0, r1 - r0, c1 - c0, band) if spec else src.read(li, r0, c0, r1 - r0, c1 - c0, [band])[0]
         rows = np.minimum((np.arange(h) * f).astype(np.int64), px.shape[0] - 1)
         cols = np.minimum((np.arange(w) * f).astype(np.int64), px.shape[1] - 1)
         return px[np.ix_(rows, cols)]
@@ -124,7 +136,7 @@ def add_scene_layers(viewer, summary: dict, max_polygons: int = MAX_POLYGONS) ->
     try:
         names = ("red", "green", "blue") if bands >= 3 else ("gray",)
         for b, cmap in enumerate(names):
-            levels = _lazy_levels(src, b)
+            levels = _lazy_levels(src, b, (summary["input"], source.get("reader") or "auto", source.get("series")))
             lo, hi = pct[min(b, len(pct) - 1)]
             viewer.add_image(levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1, name=f"{stem} band {b + 1}" if bands > 1 else stem,
                              colormap=cmap, blending="additive", contrast_limits=(float(lo), float(max(hi, lo + 1e-6))))
