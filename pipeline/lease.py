@@ -88,8 +88,10 @@ class Lease:
         created = self._create_if_absent()
         if created is False:
             cur = self._read()
-            if cur is None:  # released in between: try again once
+            if cur is None:  # released in between: try again once, conditionally
                 created = self._create_if_absent()
+                if created is False:  # someone else created it first: theirs (never overwrite a live lease)
+                    return False
             elif cur == {} or float(cur.get("expires", 0)) > time.time():
                 return False
         if created is not True:  # expired, or no conditional writes here: write, wait, read back

@@ -109,7 +109,13 @@ def _is_done(rec: dict | None, dest: str, scene: Scene, fp: str) -> bool:
     if not rec or rec.get("status") != "done":
         return False
     s = verify_outputs(dest, scene.stem)  # the record alone is not trusted: the outputs must be there and agree
-    return s is not None and s.get("input_version") == scene.version and s.get("settings_fingerprint") == fp
+    ok = s is not None and s.get("input_version") == scene.version and s.get("settings_fingerprint") == fp
+    if not ok:
+        why = ("its outputs are missing or disagree with their JSON" if s is None else
+               f"version {s.get('input_version')} / settings {s.get('settings_fingerprint')} differ from "
+               f"{scene.version} / {fp}")
+        log.warning("%s: recorded as done, but %s: processing it again", scene.url, why)
+    return ok
 
 
 def one_line(exc: BaseException) -> str:

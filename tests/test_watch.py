@@ -108,7 +108,8 @@ def test_two_watchers_on_one_dest_never_do_a_scene_twice(s3, tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     done_lines = [line for o in outs for line in o[0].splitlines() if line.endswith("objects)")]
-    assert sorted(line.split(":")[1].rsplit("/", 1)[-1] for line in done_lines) == [f"s{i}.tif" for i in range(4)], outs
+    assert sorted(line.split(":")[1].rsplit("/", 1)[-1] for line in done_lines) == [f"s{i}.tif" for i in range(4)], \
+        "\n---\n".join(o[0] + o[1][-3000:] for o in outs)
     led = read_ledger(dest)
     assert len(led) == 4 and (led.status == "done").all() and (led.attempts == 1).all()
     assert not [o for o in s3_client(s3).list_objects_v2(Bucket=bucket, Prefix="results/_seamline/leases/").get("Contents", [])]
@@ -140,3 +141,23 @@ def test_a_briefly_unreadable_lease_is_still_held(tmp_path):
     finally:
         lease.release()
     assert not (tmp_path / "leases" / "x.json").exists()
+
+
+def test_a_lease_created_by_another_in_between_is_never_overwritten(tmp_path, monkeypatch):
+    """The race behind a scene done twice: our create fails (someone holds it), our read finds nothing (it was
+    released in between), our second create fails too (someone else took it meanwhile). The lease is theirs:
+    acquire must say no and leave their token — it used to fall through to an unconditional write."""
+    url = str(tmp_path / "leases" / "s.json")
+    other = Lease(url)
+    assert other.acquire()
+    mine = Lease(url)
+    real_read, calls = mine._read, []
+
+    def first_read_finds_nothing(*a, **k):
+        calls.append(1)
+        return None if len(calls) == 1 else real_read(*a, **k)
+
+    monkeypatch.setattr(mine, "_read", first_read_finds_nothing)
+    assert not mine.acquire()
+    assert json.loads(open(url).read())["token"] == other.token and other.still_held()
+    other.release()
