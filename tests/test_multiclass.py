@@ -159,3 +159,19 @@ def test_box_labels_with_classes_train_the_class_heads(tmp_path):
     assert accs[-1] >= 0.9, accs
     md = json.loads((tmp_path / "m.json").read_text())
     assert md["heads"][3:] == ["class:red_thing", "class:blue_thing"]
+
+
+def test_class_accuracy_of_an_image_whose_labels_do_not_end_the_label_file(tmp_path):
+    """Labels number the label file's polygons across all images: the first image's class map is longer than its
+    own largest label. Class heads equal to the truth score 1.0, their swap 0.0."""
+    from pipeline.training.data import load_geotiff_dataset
+    from pipeline.training.train import class_accuracy
+
+    frames = [_scene(tmp_path / f"s{i}.tif", seed=i) for i in range(2)]
+    gpd.pd.concat(frames).to_file(tmp_path / "labels.gpkg", layer="objects")
+    first, _ = load_geotiff_dataset([tmp_path / "s0.tif", tmp_path / "s1.tif"], tmp_path / "labels.gpkg", 3, CLASSES)
+    assert first.labels.max() + 1 < len(first.instance_classes)
+    cls = first.instance_classes[first.labels]
+    truth = np.stack([np.zeros_like(cls, np.float32)] * 3 + [(cls == k).astype(np.float32) for k in range(2)])
+    assert class_accuracy([truth], [first]) == 1.0
+    assert class_accuracy([truth[[0, 1, 2, 4, 3]]], [first]) == 0.0

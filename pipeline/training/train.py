@@ -61,27 +61,25 @@ def _losses(logits, target, weight=None, pos_weight_boundary: float = 4.0):
 
 def class_accuracy(heads: list[np.ndarray], samples: list[Sample]) -> float | None:
     """Share of the validation objects whose most probable class (class heads summed over the object's true
-    pixels) is their own: how well a multi-class model names what it finds, apart from finding it."""
+    pixels — for box samples, over each counted box's core) is their own: how well a multi-class model names
+    what it finds, apart from finding it."""
+    from pipeline.training.boxloss import ellipse_labels
+
     right = total = 0
     for h, s in zip(heads, samples):
-        if h.shape[0] > 3 and s.instance_classes is not None and s.boxes is not None and len(s.boxes):
-            from pipeline.training.boxloss import ellipse_labels  # box samples: each counted box's core
-
-            core = ellipse_labels(s.boxes.astype(np.float64), s.image.shape[1:], shrink=0.5)
-            sums = np.stack([np.bincount(core.ravel(), weights=c.ravel(), minlength=len(s.boxes) + 1) for c in h[3:]], axis=1)
-            has = np.bincount(core.ravel(), minlength=len(s.boxes) + 1) > 0
-            has[0] = False
-            if s.box_counted is not None:
-                has[1:] &= s.box_counted
-            right += int((sums[has].argmax(axis=1) == s.instance_classes[has]).sum())
-            total += int(has.sum())
+        if h.shape[0] <= 3 or s.instance_classes is None:
             continue
-        if h.shape[0] <= 3 or s.instance_classes is None or s.labels.max() == 0:
-            continue
-        idx = np.arange(s.labels.max() + 1)
-        sums = np.stack([np.bincount(s.labels.ravel(), weights=c.ravel(), minlength=idx.size) for c in h[3:]], axis=1)
-        present = np.bincount(s.labels.ravel(), minlength=idx.size) > 0
+        if s.boxes is not None:  # box samples: the core of each box stands for its object
+            regions = ellipse_labels(s.boxes.astype(np.float64), s.image.shape[1:], shrink=0.5)
+        else:
+            regions = s.labels
+        # labels index the whole label file's polygons, not only this image's: size by the class map
+        n = len(s.instance_classes)
+        sums = np.stack([np.bincount(regions.ravel(), weights=c.ravel(), minlength=n) for c in h[3:]], axis=1)
+        present = np.bincount(regions.ravel(), minlength=n) > 0
         present[0] = False
+        if s.boxes is not None and s.box_counted is not None:
+            present[1:] &= s.box_counted
         right += int((sums[present].argmax(axis=1) == s.instance_classes[present]).sum())
         total += int(present.sum())
     return round(right / total, 4) if total else None
