@@ -45,18 +45,17 @@ def _source_read(spec: tuple, level: int, row: int, col: int, h: int, w: int, ba
     return open_source(url, reader=reader, series=series, cache=True).read(level, row, col, h, w, [band])[0]
 
 
-def _lazy_levels(src, band: int, spec: tuple | None = None):
+def _lazy_levels(src, band: int, spec: tuple):
     """Pyramid of lazy 2-D dask arrays of one band of an opened image source (:mod:`pipeline.io.sources`: GDAL
     rasters, slides, OME-TIFF, OME-Zarr): full resolution, then halved until ≤ 2048 px. Each halved level is
     read from the source's own pyramid level closest below it (a slide's or COG's overview), then picked down
-    to size, so a coarse view never decodes full-resolution pixels where the file has a pyramid."""
+    to size, so a coarse view never decodes full-resolution pixels where the file has a pyramid. ``src`` gives
+    the sizes; the reads reopen it from ``spec`` = (url, reader, series): see :func:`_source_read`."""
     import dask
     import dask.array as da
 
     height, width, dtype = src.height, src.width, np.dtype(src.dtype)
     src_levels = [(lv.height, lv.width, lv.downsample) for lv in src.levels]
-    if spec is not None:
-        src = None  # the tasks reopen the source by its URL: nothing unpicklable in the graph
 
     def read(level: int, r: int, c: int, h: int, w: int) -> np.ndarray:
         s = 2 ** level
@@ -66,7 +65,7 @@ def _lazy_levels(src, band: int, spec: tuple | None = None):
         f = s / ld  # target pixel -> source-level pixels
         r0, c0 = int(r * f), int(c * f)
         r1, c1 = min(lh, max(r0 + 1, int(math.ceil((r + h) * f)))), min(lw, max(c0 + 1, int(math.ceil((c + w) * f))))
-        px = _source_read(spec, li, r0, c0, r1 - r0, c1 - c0, band) if spec else src.read(li, r0, c0, r1 - r0, c1 - c0, [band])[0]
+        px = _source_read(spec, li, r0, c0, r1 - r0, c1 - c0, band)
         rows = np.minimum((np.arange(h) * f).astype(np.int64), px.shape[0] - 1)
         cols = np.minimum((np.arange(w) * f).astype(np.int64), px.shape[1] - 1)
         return px[np.ix_(rows, cols)]
@@ -126,7 +125,8 @@ def add_scene_layers(viewer, summary: dict, max_polygons: int = MAX_POLYGONS) ->
         # The input at its own (full) resolution, through the reader the run used (GDAL, OpenSlide, OME-TIFF,
         # OME-Zarr): its size and transform, not the run's working grid (a run may have read a pyramid level or
         # resampled; the objects are in full-resolution coordinates).
-        src = open_source(summary["input"], reader=source.get("reader") or "auto", series=source.get("series"))
+        # the same cached instance the lazy reads use (_source_read): opened once, closed with the process
+        src = open_source(summary["input"], reader=source.get("reader") or "auto", series=source.get("series"), cache=True)
         bands = src.count
         transform = tuple(src.transform)[:6] if summary.get("crs") else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     except (SeamlineError, OSError):
