@@ -46,3 +46,17 @@ def deepforest_crowns():
         t, crs = ds.transform, ds.crs
     polys = [shapely.box(*(t * (r.xmin, r.ymax)), *(t * (r.xmax, r.ymin))) for r in boxes.itertuples()]
     return tif, gpd.GeoDataFrame(geometry=polys, crs=crs)
+
+
+def write_nuclei_slide(folder: Path) -> tuple[Path, np.ndarray]:
+    """The synthetic nuclei slide of the learned-model tests: a 700 × 620 OME-TIFF at 0.5 µm/px with dense,
+    touching nuclei, and its truth labels."""
+    import rasterio
+
+    from pipeline.synthetic import write_scene
+
+    img, truth = folder / "slide.ome.tif", folder / "truth.tif"
+    write_scene(img, 700, 620, crs=None, pixel_size_um=0.5, seed=21, cell=26, radius=(5, 11), fill=0.85,
+                labels_path=truth)
+    with rasterio.open(truth) as ds:
+        return img, ds.read(1)

@@ -17,19 +17,13 @@ from pipeline.models.checkpoint import load_metadata
 from pipeline.models.learned import SHIPPED_MODEL
 from pipeline.evaluation.metrics import counts_at, iou_matrix, match
 from pipeline.runner import segment_scene
-from pipeline.synthetic import write_scene
 
-from helpers import rasterize_output
+from helpers import rasterize_output, write_nuclei_slide
 
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
-    d = tmp_path_factory.mktemp("slide")
-    img, truth = d / "slide.ome.tif", d / "truth.tif"
-    write_scene(img, 700, 620, crs=None, pixel_size_um=0.5, seed=21, cell=26, radius=(5, 11), fill=0.85,
-                labels_path=truth)
-    with rasterio.open(truth) as ds:
-        return img, ds.read(1)
+    return write_nuclei_slide(tmp_path_factory.mktemp("slide"))
 
 
 @pytest.fixture(scope="module")

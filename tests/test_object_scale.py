@@ -13,9 +13,8 @@ from pipeline.evaluation.metrics import counts_at, iou_matrix, match
 from pipeline.runner import segment_scene
 from pipeline.stages.normalize import apply_normalization, percentiles
 from pipeline.stages.objectscale import choose_scale, estimate_diameter
-from pipeline.synthetic import write_scene
 
-from helpers import rasterize_output
+from helpers import rasterize_output, write_nuclei_slide
 
 MD = {"object_diameter_px": 18.0, "object_diameter_um": 8.0}
 
@@ -71,12 +70,7 @@ def test_normalisation_robust_to_empty_background():
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
-    d = tmp_path_factory.mktemp("scaled")
-    img, truth = d / "slide.ome.tif", d / "truth.tif"
-    write_scene(img, 700, 620, crs=None, pixel_size_um=0.5, seed=21, cell=26, radius=(5, 11), fill=0.85,
-                labels_path=truth)
-    with rasterio.open(truth) as ds:
-        return img, ds.read(1)
+    return write_nuclei_slide(tmp_path_factory.mktemp("scaled"))
 
 
 def test_rescaled_run_tiled_equals_untiled(slide, dask_client_session, tmp_path):
