@@ -8,11 +8,9 @@ import numpy as np
 from pipeline.stages.ingest import scene_statistics
 from pipeline.models.instances import classical_instances
 from pipeline.evaluation.metrics import counts_at
-from pipeline.models.checkpoint import load_metadata
 from pipeline.models.learned import SHIPPED_MODEL
-from pipeline.training.data import load_folder_dataset
-val = set(load_metadata(SHIPPED_MODEL)["training"]["val_names"])
-samples = [s for s in load_folder_dataset(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/dsb2018") if s.name in val]
+from pipeline.training.tune import validation_samples
+samples = validation_samples(SHIPPED_MODEL, sys.argv[1] if len(sys.argv) > 1 else "../shared/data/dsb2018")
 res = {}
 for name, ratio in (("otsu_only", None), ("hysteresis_0.5", 0.5)):
     c = {}

@@ -19,10 +19,9 @@ from pipeline.bench import machine_info
 from pipeline.stages.ingest import scene_statistics
 from pipeline.models.instances import classical_instances
 from pipeline.evaluation.metrics import counts_at
-from pipeline.models.checkpoint import load_metadata
 from pipeline.models.registry import resolve_model_spec
 from pipeline.models.learned import LearnedModel
-from pipeline.training.data import load_folder_dataset
+from pipeline.training.tune import validation_samples
 
 
 def _classical(s) -> np.ndarray:
@@ -41,9 +40,7 @@ def main() -> dict:
     ap.add_argument("--no-tta", action="store_true")
     a = ap.parse_args()
     path = resolve_model_spec(a.model)
-    md = load_metadata(path)
-    val = set(md["training"]["val_names"])
-    samples = [s for s in load_folder_dataset(a.data) if s.name in val]
+    samples = validation_samples(path, a.data)
     models = {"learned": LearnedModel(path, device="auto")}
     if not a.no_tta:
         models["learned_tta"] = LearnedModel(path, device="auto", tta=True)

@@ -24,7 +24,6 @@ import numpy as np
 
 from pipeline.bench import machine_info
 from pipeline.evaluation.metrics import counts_at
-from pipeline.models.checkpoint import load_metadata
 from pipeline.models.learned import SHIPPED_MODEL, LearnedModel
 
 
@@ -101,10 +100,9 @@ def main() -> dict:
         res["bare_mpx_s"][b] = round(a.size * a.size / 1e6 / float(np.median(res["bare_rounds_s"][b])), 3)
     print(json.dumps({k: res[k] for k in ("first_call_s", "bare_mpx_s", "max_abs_diff_vs_eager")}), flush=True)
 
-    from pipeline.training.data import load_folder_dataset
+    from pipeline.training.tune import validation_samples
 
-    val = set(load_metadata(SHIPPED_MODEL)["training"]["val_names"])
-    samples = [s for s in load_folder_dataset(a.data) if s.name in val]
+    samples = validation_samples(SHIPPED_MODEL, a.data)
     for b in ([] if a.e2e_only else a.ap_backends.split(",") if a.ap_backends else backends):
         t0 = time.perf_counter()
         res["ap50"][b] = ap50(models[b], samples)

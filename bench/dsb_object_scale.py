@@ -22,7 +22,7 @@ def main() -> dict:
     from pipeline.stages.objectscale import choose_scale, estimate_diameter
     from pipeline.io.sources import Level
     from pipeline.stages.resolution import area_resample, working_shape
-    from pipeline.training.data import load_folder_dataset
+    from pipeline.training.tune import validation_samples
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="../shared/data/dsb2018")
@@ -30,8 +30,7 @@ def main() -> dict:
     a = ap.parse_args()
     path = resolve_model_spec(a.model)
     md = load_metadata(path)
-    val = set(md["training"]["val_names"])
-    samples = [s for s in load_folder_dataset(a.data) if s.name in val]
+    samples = validation_samples(path, a.data)
     model = LearnedModel(path, device="auto")
     counts = {"native": {}, "rescaled": {}}
     factors = []

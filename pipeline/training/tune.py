@@ -27,7 +27,7 @@ from pipeline.training.config import DataConfig
 from pipeline.training.data import load_samples
 from pipeline.training.grids import GRID, SIZE_GRID, VALIDATION_GRID
 
-__all__ = ["tune_postprocess", "score_postprocess", "best_postprocess", "Scorer", "GRID", "SIZE_GRID",
+__all__ = ["tune_postprocess", "validation_samples", "score_postprocess", "best_postprocess", "Scorer", "GRID", "SIZE_GRID",
            "VALIDATION_GRID"]
 
 
@@ -114,9 +114,9 @@ def best_postprocess(heads_list, samples, base: dict[str, Any], grid: dict[str, 
     return post, scorer.score(post)
 
 
-def tune_postprocess(checkpoint: str, data: DataConfig | str, write: bool = True) -> dict[str, Any]:
-    """Tune ``checkpoint`` on its validation images, found in ``data``: the training config's ``data:``
-    section, or a folder with images/ and labels/."""
+def validation_samples(checkpoint: str, data: DataConfig | str) -> list:
+    """The images ``checkpoint`` was validated on (its JSON names them), loaded from ``data``: the training
+    config's ``data:`` section, or a folder with images/ and labels/. None of them there is one clear error."""
     if isinstance(data, str):
         data = DataConfig(kind="folders", root=data)
     md = load_metadata(checkpoint)
@@ -128,6 +128,14 @@ def tune_postprocess(checkpoint: str, data: DataConfig | str, write: bool = True
         raise ParameterError(
             f"seamline tune: none of the checkpoint's {len(names)} validation images are in {where}; "
             "pass the data it was trained on (--data DIR or --config TRAINING.yaml)")
+    return samples
+
+
+def tune_postprocess(checkpoint: str, data: DataConfig | str, write: bool = True) -> dict[str, Any]:
+    """Tune ``checkpoint`` on its validation images, found in ``data``: the training config's ``data:``
+    section, or a folder with images/ and labels/."""
+    md = load_metadata(checkpoint)
+    samples = validation_samples(checkpoint, data)
     model = LearnedModel(checkpoint, device="auto")
     scorer = Scorer([model.predict_heads(s.image[None])[0] for s in samples], samples)
     base = dict(md["postprocess"])
