@@ -42,15 +42,11 @@ _BASE = ["key", "area_px", "score_sum", "geometry"]
 
 
 def _stat_columns(workdir: str) -> list[str]:
-    """The per-piece measurement columns of this run's part files (their scalar ones)."""
+    """The per-piece measurement columns of this run's part files (their scalar ones, and ``class_sums``)."""
     import pyarrow.parquet as pq
 
     names = storage.read_parquet_schema(part_path(workdir, 0)).names
-    return [c for c in names if c not in _BASE and c != "class_sums" and not c.endswith("_values")]
-
-
-def _has_class_sums(workdir: str) -> bool:
-    return "class_sums" in storage.read_parquet_schema(part_path(workdir, 0)).names
+    return [c for c in names if c not in _BASE and not c.endswith("_values")]
 
 
 def valid_pixels(workdir: str, n_tiles: int) -> int:
@@ -105,9 +101,8 @@ def assemble_objects(workdir: str, n_tiles: int, groups: dict[int, int], batch_r
     import shapely
 
     dissolved = _dissolve_groups(workdir, groups)
+    # the measurements, and a multi-class model's class_sums (summed over pieces; argmax in write_outputs)
     stat_cols = _stat_columns(workdir) if n_tiles else []
-    if n_tiles and _has_class_sums(workdir):
-        stat_cols = [*stat_cols, "class_sums"]  # summed over pieces by _dissolve_groups; argmax in write_outputs
     names = ["key", "geometry", "area_px", "score_sum", "tile", *stat_cols]
     buf: dict[str, list] = {c: [] for c in names}
     for t in range(n_tiles):

@@ -199,18 +199,13 @@ def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw:
     win_arr[t.index] = block
     core_rel = t.core.relative_to(t.window)
     ids, area_px, geoms = vectorize_core(labels, core_rel, t.core.row, t.core.col)
-    if prob is None:
-        score_sum = area_px.astype(np.float64)
-    else:
-        core_lab = labels[core_rel]
-        sums = np.bincount(core_lab.ravel(), weights=prob[core_rel].ravel().astype(np.float64), minlength=int(core_lab.max()) + 1)
-        score_sum = sums[ids]
+    def piece_sums(per_pixel: np.ndarray) -> np.ndarray:  # a per-pixel map summed over each piece in the core
+        return np.bincount(labels[core_rel].ravel(), weights=per_pixel[core_rel].ravel().astype(np.float64))[ids]
+
+    score_sum = area_px.astype(np.float64) if prob is None else piece_sums(prob)
     class_sums = None
     if model.kind != "classical" and heads.shape[0] > 3:  # a multi-class model: per-class probability sums per piece
-        core_lab = labels[core_rel]
-        n_lab = int(core_lab.max()) + 1
-        class_sums = np.stack([np.bincount(core_lab.ravel(), weights=h[core_rel].ravel().astype(np.float64), minlength=n_lab)[ids]
-                               for h in heads[3:]], axis=1)
+        class_sums = np.stack([piece_sums(h) for h in heads[3:]], axis=1)
     tc = time.perf_counter()
     raw_core = raw[(slice(None), *core_rel)]
     meas = piece_measurements(labels[core_rel], ids, raw_core, t.core.row, t.core.col)
