@@ -120,7 +120,7 @@ def load_box_dataset(rasters: list[str], box_files: list[str], in_channels: int 
     """One :class:`~pipeline.training.data.Sample` per image (or tile) with ``boxes`` (N, 4) and their classes;
     ``labels`` holds nothing (zeros): box samples are trained and scored on their boxes. With several
     ``classes``, each box's label must be one of them (``instance_classes``: box ``i`` ↔ index ``i + 1``)."""
-    from pipeline.training.data import Sample, _read_image
+    from pipeline.training.data import Sample, _read_image, class_indices
     from pipeline.training.places import expand_paths
 
     images = expand_paths(rasters, "rasters")
@@ -163,10 +163,7 @@ def load_box_dataset(rasters: list[str], box_files: list[str], in_channels: int 
             s.boxes, s.box_classes = clipped[k].astype(np.float32), list(cls[k])
             s.box_counted = (inside >= 0.5 * area)[k]
             if classes and len(classes) > 1:
-                unknown = sorted({str(c) for c in s.box_classes} - set(classes))
-                if unknown:
-                    raise InputError(f"training boxes for {img_path}: labels {unknown} are not in the config's classes "
-                                     f"{classes}; add them to classes: or fix the box files")
-                s.instance_classes = np.array([-1, *(classes.index(str(c)) for c in s.box_classes)], np.int64)
+                idx = class_indices(s.box_classes, classes, f"training boxes for {img_path}")
+                s.instance_classes = np.concatenate([[-1], idx]).astype(np.int64)
             samples.append(s)
     return samples

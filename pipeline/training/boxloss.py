@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.training.data import Sample, _resample, make_targets
+from pipeline.training.data import Sample, _resample, class_head_loss, make_targets
 
 __all__ = ["BoxAugmenter", "ellipse_labels", "box_losses"]
 
@@ -139,8 +139,6 @@ def box_losses(logits, targets, boxes: list[np.ndarray], pos_weight_boundary: fl
     pos_w = torch.tensor(pos_weight_boundary, device=logits.device)
     loss = loss + F.binary_cross_entropy_with_logits(bnd_l, bnd_t, pos_weight=pos_w)
     loss = loss + 2.0 * F.binary_cross_entropy_with_logits(dist_l, dist_t)
-    if logits.shape[1] > 3 and targets.shape[1] > 4:  # class heads: BCE on the box cores
-        m = core.unsqueeze(1)
-        per_px = F.binary_cross_entropy_with_logits(logits[:, 3:], targets[:, 4:], reduction="none")
-        loss = loss + (per_px * m).sum() / (m.sum() * (logits.shape[1] - 3)).clamp(min=1)
+    if logits.shape[1] > 3 and targets.shape[1] > 4:  # class heads: on the box cores
+        loss = loss + class_head_loss(logits[:, 3:], targets[:, 4:], core)
     return loss

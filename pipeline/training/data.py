@@ -107,13 +107,27 @@ def vector_classes(gdf, classes: list[str] | None, where: str) -> np.ndarray | N
     if col is None:
         raise InputError(f"training labels {where}: {len(classes)} classes {classes} need a 'class' attribute on "
                          f"each polygon; found the columns {[c for c in gdf.columns if c != 'geometry']}")
-    names = gdf[col].astype(str).to_numpy()
-    unknown = sorted(set(names) - set(classes))
+    return class_indices(gdf[col].astype(str).tolist(), classes, f"training labels {where}")
+
+
+def class_indices(names: list[str], classes: list[str], what: str) -> np.ndarray:
+    """Each label's index in ``classes``; a label that is not one of them is one clear error naming ``what``."""
+    unknown = sorted({str(n) for n in names} - set(classes))
     if unknown:
-        raise InputError(f"training labels {where}: classes {unknown} are not in the config's classes {classes}; "
-                         "add them to classes: or fix the attribute")
+        raise InputError(f"{what}: classes {unknown} are not in the config's classes {classes}; "
+                         "add them to classes: or fix the labels")
     index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[n] for n in names], np.int64)
+    return np.array([index[str(n)] for n in names], np.int64)
+
+
+def class_head_loss(logits, targets, mask):
+    """One-vs-rest BCE of the class heads (``logits`` N × K × H × W against ``targets``), averaged over the
+    pixels of ``mask`` (N × H × W: where the class is known — object pixels, or box cores)."""
+    import torch.nn.functional as F
+
+    m = mask.unsqueeze(1)
+    per_px = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (per_px * m).sum() / (m.sum() * logits.shape[1]).clamp(min=1)
 
 
 def instance_class_map(polygon_classes: np.ndarray | None, kept: list[int]) -> np.ndarray | None:

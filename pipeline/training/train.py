@@ -24,7 +24,7 @@ from pipeline.errors import ConfigError
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.models.network import build_network
 from pipeline.training.config import TrainConfig
-from pipeline.training.data import Augmenter, Sample, load_samples, split_samples
+from pipeline.training.data import Augmenter, Sample, class_head_loss, load_samples, split_samples
 
 __all__ = ["train", "validate"]
 
@@ -52,10 +52,8 @@ def _losses(logits, target, weight=None, pos_weight_boundary: float = 4.0):
     dice = 1 - ((2 * inter + 1) / (p.sum((1, 2)) + fg_t.sum((1, 2)) + 1)).mean()
     pos_w = torch.tensor(pos_weight_boundary, device=logits.device)
     loss = bce(fg_l, fg_t) + dice + bce(bnd_l, bnd_t, pos_weight=pos_w) + 2.0 * bce(dist_l, dist_t)
-    if logits.shape[1] > 3:  # class heads: one-vs-rest BCE on object pixels only (background has no class)
-        obj = fg_t.unsqueeze(1)
-        per_px = F.binary_cross_entropy_with_logits(logits[:, 3:], target[:, 3:], reduction="none")
-        loss = loss + (per_px * obj).sum() / (obj.sum() * (logits.shape[1] - 3)).clamp(min=1)
+    if logits.shape[1] > 3:  # class heads: on object pixels only (background has no class)
+        loss = loss + class_head_loss(logits[:, 3:], target[:, 3:], fg_t)
     return loss
 
 
