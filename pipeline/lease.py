@@ -7,7 +7,9 @@ The lease is one small JSON object (holder token, host, pid, expiry). Acquiring 
    ``If-None-Match: *`` (s3fs ``mode="create"``) on object stores that honour it;
 2. an **expired** lease (or a store without conditional writes) is taken over by *write-then-read-back*:
    write our token, wait ``settle`` seconds, read it back; only the process whose token is there holds it
-   (of two writers racing, both read the last write);
+   (of two writers racing, both read the last write). On an object store the read-back follows a successful
+   conditional create too: not every S3 implementation makes ``If-None-Match`` atomic (moto's server checks
+   and then writes, so two racing creates can both succeed), and then the same rule picks one holder;
 3. while work runs, a thread renews the expiry every third of the time to live; before the result counts,
    :meth:`Lease.still_held` reads the object back.
 """
@@ -96,6 +98,7 @@ class Lease:
                 return False
         if created is not True:  # expired, or no conditional writes here: write, wait, read back
             storage.write_bytes(self.url, self._body())
+        if created is not True or not storage.is_local(self.url):  # a local O_EXCL create is atomic
             time.sleep(self.settle_s)
         cur = self._read()
         self.held = bool(cur) and cur.get("token") == self.token

@@ -137,7 +137,8 @@ def watch_once(source: str, dest: str, cfg: SegmentConfig, client=None, max_atte
     fp = settings_fingerprint(cfg)
     scenes = list_scenes(source)
     result: dict[str, Any] = {"source": source, "dest": dest, "scenes": len(scenes), "processed": 0, "failed": 0,
-                              "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "results": []}
+                              "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "lost_lease": 0,
+                              "results": []}
     records: dict[str, dict] = {}
     for scene in scenes:
         sid = _scene_id(scene, fp)
@@ -170,14 +171,17 @@ def _run_one(scene: Scene, sid: str, fp: str, dest: str, cfg: SegmentConfig, cli
     try:
         summary = process(scene.url, dest, cfg, client)
         new.update(status="done", objects=int(summary.get("objects", 0)), summary=summary["outputs"]["json"])
-        result["processed"] += 1
     except Exception as exc:  # noqa: BLE001 - a bad scene is recorded and never blocks the others
         new.update(status="failed", error=one_line(exc))
-        result["failed"] += 1
         log.warning("%s: failed: %s", scene.url, new["error"])
     new.update(finished_at=_now(), seconds=round(time.perf_counter() - t0, 3))
-    if lease.still_held():  # lost the lease (expired while we worked): the new holder's record wins
+    if lease.still_held():
         storage.write_text(_state(dest, "records", f"{sid}.json"), json.dumps(new))
+        result["processed" if new["status"] == "done" else "failed"] += 1
+    else:  # lost the lease while working (it expired, or the store let another take it): their record wins
+        new.update(status="lost-lease", error="another watch holds this scene's lease now; its record counts")
+        result["lost_lease"] += 1
+        log.warning("%s: %s", scene.url, new["error"])
     result["results"].append(new)
     return new
 

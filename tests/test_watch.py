@@ -161,3 +161,50 @@ def test_a_lease_created_by_another_in_between_is_never_overwritten(tmp_path, mo
     assert not mine.acquire()
     assert json.loads(open(url).read())["token"] == other.token and other.still_held()
     other.release()
+
+
+def test_two_creates_that_both_succeed_still_give_one_holder(s3, monkeypatch):
+    """moto's server checks ``If-None-Match`` and then writes, without a lock: two racing conditional creates can
+    both succeed (what made the two-watchers test do a scene twice under load). The read-back after ``settle``
+    still picks one holder: the last writer."""
+    import threading
+
+    url = f"s3://{make_bucket(s3)}/leases/s.json"
+    a, b = Lease(url, settle_s=1.0), Lease(url, settle_s=1.0)
+
+    def non_atomic_create(lease, delay):
+        def create():
+            time.sleep(delay)
+            from pipeline.io import storage
+
+            storage.write_bytes(lease.url, lease._body())  # "succeeded", though the other's create did too
+            return True
+        return create
+
+    monkeypatch.setattr(a, "_create_if_absent", non_atomic_create(a, 0.0))
+    monkeypatch.setattr(b, "_create_if_absent", non_atomic_create(b, 0.4))
+    got = {}
+    threads = [threading.Thread(target=lambda l=l, k=k: got.__setitem__(k, l.acquire())) for k, l in (("a", a), ("b", b))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert got == {"a": False, "b": True} and b.still_held() and not a.still_held()
+    b.release()
+
+
+def test_a_scene_whose_lease_was_taken_while_it_ran_is_not_reported_done(s3, tmp_path):
+    """When the lease is lost mid-run (it expired, or the store let another take it) the other holder's record
+    counts: this watch writes none, and says so instead of claiming the scene."""
+    bucket = make_bucket(s3)
+    _upload_scenes(s3, tmp_path, bucket, [("a.tif", 1)])
+    src, dest = f"s3://{bucket}/incoming", f"s3://{bucket}/results"
+
+    def process_while_another_takes_the_lease(url, out, cfg, client):
+        from pipeline.runner import segment_scene
+
+        (lease_key,) = [o["Key"] for o in s3_client(s3).list_objects_v2(Bucket=bucket, Prefix="results/_seamline/leases/")["Contents"]]
+        s3_client(s3).put_object(Bucket=bucket, Key=lease_key, Body=json.dumps({"token": "other", "expires": time.time() + 60}))
+        return segment_scene(url, out, cfg, client=client)
+
+    r = watch_once(src, dest, CFG, process=process_while_another_takes_the_lease)
+    assert (r["processed"], r["failed"], r["lost_lease"]) == (0, 0, 1) and r["results"][0]["status"] == "lost-lease"
+    assert not s3_client(s3).list_objects_v2(Bucket=bucket, Prefix="results/_seamline/records/").get("Contents")
