@@ -80,6 +80,28 @@ def test_box_augmentation_moves_boxes_with_the_image():
         assert (bright == inside).mean() > 0.97, rng
 
 
+def test_colour_jitter_reaches_box_training_and_leaves_the_default_draws_alone():
+    """``augment: {color_p: …}`` of a box config changes colours (here: saturation 0 makes every crop grey);
+    with the default recipe (``color_p`` 0) the box augmenter draws what it always drew."""
+    from pipeline.training.config import AugmentConfig
+    from pipeline.training.data import jitter_intensity
+
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0.2, 0.8, (3, 120, 120)).astype(np.float32)
+    s = Sample("x", img, np.zeros((120, 120), np.int32), boxes=np.array([[10, 10, 60, 60]], np.float32))
+    grey = BoxAugmenter(64, seed=2, augment=AugmentConfig(color_p=1.0, saturation=(0.0, 0.0), noise_p=0.0))
+    x = grey(s)[0]
+    assert np.allclose(x[0], x[1], atol=1e-6) and np.allclose(x[1], x[2], atol=1e-6)
+    a, b = BoxAugmenter(64, seed=5), BoxAugmenter(64, seed=5, augment=AugmentConfig())
+    assert all(np.array_equal(a(s)[0], b(s)[0]) for _ in range(3))
+    cast = jitter_intensity(img, np.random.default_rng(0), AugmentConfig(color_p=1.0, channel_gain=(0.5, 1.5), noise_p=0.0,
+                                                                         gain=(1.0, 1.0), gamma=(1.0, 1.0)))
+    ratios = (cast.reshape(3, -1).mean(1) / img.reshape(3, -1).mean(1))
+    assert ratios.max() - ratios.min() > 0.05  # channels scaled unequally: a colour cast
+    one = jitter_intensity(img[:1], np.random.default_rng(0), AugmentConfig(color_p=1.0))  # one channel: no cast
+    assert one.shape == (1, 120, 120)
+
+
 def test_box_loss_rewards_a_mask_that_fills_its_boxes():
     import torch
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.training.data import Sample, _resample, class_head_loss, make_targets
+from pipeline.training.data import Sample, _resample, class_head_loss, jitter_intensity, make_targets
 
 __all__ = ["BoxAugmenter", "ellipse_labels", "box_losses"]
 
@@ -49,15 +49,19 @@ def ellipse_labels(boxes: np.ndarray, shape: tuple[int, int], shrink: float = 1.
 
 
 class BoxAugmenter:
-    """Random crop with scale jitter, flips, 90° rotations, intensity jitter — boxes transformed alike.
+    """Random crop with scale jitter, flips, 90° rotations, intensity jitter (``augment``: the same
+    :class:`~.config.AugmentConfig` as polygon training) — boxes transformed alike.
 
     Returns ``(image, targets, boxes)``: targets (4, crop, crop) = inside-any-box mask, ellipse boundary,
     ellipse distance, ellipse core; boxes (M, 4) integer pixel edges within the crop.
     """
 
     def __init__(self, crop: int, seed: int, scale: tuple[float, float] = (0.75, 1.33), mode: str = "projection",
-                 n_classes: int = 1):
+                 n_classes: int = 1, augment=None):
+        from pipeline.training.config import AugmentConfig
+
         self.crop, self.scale, self.mode, self.n_classes = crop, scale, mode, n_classes
+        self.aug = augment or AugmentConfig()
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, s: Sample):
@@ -88,11 +92,7 @@ class BoxAugmenter:
         b = b[ok]
         # a multi-class sample: each remaining box's class index (label i + 1 of the ellipse maps below)
         box_cls = s.instance_classes[1:][ok] if (self.n_classes > 1 and s.instance_classes is not None) else None
-        gain = rng.uniform(0.8, 1.2)
-        gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
-        img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1)
-        if rng.random() < 0.3:
-            img = np.clip(img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape), 0, 1)
+        img = jitter_intensity(img, rng, self.aug)
         if self.mode == "ellipse":  # the simpler baseline: inscribed ellipses as instance masks, standard losses
             lab = ellipse_labels(b.astype(np.float64), (S, S))
             inst = None if box_cls is None else np.concatenate([[-1], box_cls])

@@ -55,6 +55,9 @@ class AugmentConfig(_Strict):
     offset: tuple[float, float] = (0.0, 0.15)
     dim_p: float = Field(default=0.0, ge=0, le=1)  # weak stain: contrast multiplied (after the normalisation)
     dim: tuple[float, float] = (0.3, 1.0)
+    color_p: float = Field(default=0.0, ge=0, le=1)  # colour cast and saturation (RGB): another site, sensor, season
+    channel_gain: tuple[float, float] = (0.85, 1.15)  # each channel's own factor, uniform
+    saturation: tuple[float, float] = (0.6, 1.4)  # blend with the grey image: 0 grey, 1 unchanged, uniform
 
 
 class TrainConfig(_Strict):

@@ -276,9 +276,33 @@ def _resample(img: np.ndarray, lab: np.ndarray, out: int) -> tuple[np.ndarray, n
     return img.astype(np.float32, copy=False), lab[np.ix_(near, near)]
 
 
+def jitter_intensity(img: np.ndarray, rng: np.random.Generator, a) -> np.ndarray:
+    """The intensity changes of :class:`~.config.AugmentConfig` ``a`` on one (C, H, W) crop in [0, 1]: blur,
+    dimming, colour cast and saturation (RGB), gain and gamma, background offset, noise. A change whose
+    probability is 0 draws no random numbers."""
+    if a.blur_p and rng.random() < a.blur_p:
+        sigma = float(rng.uniform(*a.blur_sigma))
+        img = ndi.gaussian_filter(img, (0, sigma, sigma), mode="reflect")
+    if a.dim_p and rng.random() < a.dim_p:
+        img = img * float(rng.uniform(*a.dim))
+    if a.color_p and img.shape[0] >= 3 and rng.random() < a.color_p:
+        img = img * rng.uniform(*a.channel_gain, size=(img.shape[0], 1, 1))
+        grey = img.mean(axis=0, keepdims=True)
+        img = grey + (img - grey) * float(rng.uniform(*a.saturation))
+    gain = rng.uniform(*a.gain)
+    gamma = float(np.exp(rng.uniform(np.log(a.gamma[0]), np.log(a.gamma[1]))))
+    img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1)
+    if a.offset_p and rng.random() < a.offset_p:
+        o = float(rng.uniform(*a.offset))
+        img = img * (1 - o) + o
+    if rng.random() < a.noise_p:
+        img = np.clip(img + rng.normal(0, rng.uniform(*a.noise_sigma), img.shape), 0, 1)
+    return img
+
+
 class Augmenter:
     """Random crop with scale jitter, flips, 90° rotations and intensity changes (gain, gamma, noise; blur,
-    background offset and dimming when ``augment`` asks for them: :class:`~.config.AugmentConfig`).
+    background offset, dimming and colour cast/saturation when ``augment`` asks for them: :class:`~.config.AugmentConfig`).
 
     Returns ``(image, targets, weights)``: (C, crop, crop) image, (3, crop, crop) targets of
     :func:`make_targets` and (crop, crop) loss weights of :func:`contact_weights`. A change whose
@@ -295,23 +319,6 @@ class Augmenter:
         self.scale = tuple(scale) if scale is not None else (0.75, 1.33)
         self.contact_weight = contact_weight
         self.rng = np.random.default_rng(seed)
-
-    def _intensity(self, img: np.ndarray) -> np.ndarray:
-        rng, a = self.rng, self.aug
-        if a.blur_p and rng.random() < a.blur_p:
-            sigma = float(rng.uniform(*a.blur_sigma))
-            img = ndi.gaussian_filter(img, (0, sigma, sigma), mode="reflect")
-        if a.dim_p and rng.random() < a.dim_p:
-            img = img * float(rng.uniform(*a.dim))
-        gain = rng.uniform(*a.gain)
-        gamma = float(np.exp(rng.uniform(np.log(a.gamma[0]), np.log(a.gamma[1]))))
-        img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1)
-        if a.offset_p and rng.random() < a.offset_p:
-            o = float(rng.uniform(*a.offset))
-            img = img * (1 - o) + o
-        if rng.random() < a.noise_p:
-            img = np.clip(img + rng.normal(0, rng.uniform(*a.noise_sigma), img.shape), 0, 1)
-        return img
 
     def __call__(self, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = self.rng
@@ -335,7 +342,7 @@ class Augmenter:
         img, lab = np.rot90(img, k, axes=(1, 2)), np.rot90(lab, k)
         if rng.random() < 0.5:
             img, lab = img[:, :, ::-1], lab[:, ::-1]
-        img = self._intensity(img)
+        img = jitter_intensity(img, self.rng, self.aug)
         lab = np.ascontiguousarray(lab)
         return (np.ascontiguousarray(img, dtype=np.float32), make_targets(lab, s.instance_classes, self.n_classes),
                 contact_weights(lab, self.contact_weight))

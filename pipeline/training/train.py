@@ -171,7 +171,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if boxes:  # box-supervised: projection loss + background outside the boxes (training/boxloss.py)
         from pipeline.training.boxloss import BoxAugmenter, box_losses
 
-        aug = BoxAugmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), mode=cfg.box_supervision, n_classes=n_classes)
+        aug = BoxAugmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), mode=cfg.box_supervision, n_classes=n_classes,
+                          augment=cfg.augment)
     else:
         aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight, augment=cfg.augment,
                         n_classes=n_classes)
