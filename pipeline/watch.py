@@ -13,9 +13,11 @@ share it through the store itself:
 * ``ledger.parquet`` — all records as one table for DuckDB and pandas, rebuilt from the records after each
   scene (an atomic object write).
 
-A scene is done only when its record says so *and* its published outputs verify (the JSON commit marker
-and the files it names, :func:`pipeline.io.publish.verify_outputs`). A failed scene is retried on later runs
-up to ``max_attempts`` and never blocks the others.
+A scene is done when its published outputs verify (the JSON commit marker and the files it names,
+:func:`pipeline.io.publish.verify_outputs`) and were made from this version with these settings; a done
+record whose outputs do not verify is processed again, and verified outputs without a done record are
+recorded (adopted), never made twice. A failed scene is retried on later runs up to ``max_attempts`` and
+never blocks the others.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any, Callable
 from pipeline import __version__
 from pipeline.config import SegmentConfig
 from pipeline.io import storage
-from pipeline.io.publish import verify_outputs
+from pipeline.io.publish import summary_url, verify_outputs
 from pipeline.lease import Lease
 
 __all__ = ["RASTER_SUFFIXES", "list_scenes", "settings_fingerprint", "watch_once", "read_ledger", "LEDGER_COLUMNS"]
@@ -94,11 +96,24 @@ def _state(dest: str, *parts: str) -> str:
     return storage.join(dest, "_seamline", *parts)
 
 
-def _read_record(dest: str, sid: str) -> dict | None:
-    try:
-        return json.loads(storage.read_text(_state(dest, "records", f"{sid}.json")))
-    except (OSError, ValueError):
-        return None
+class StateUnreadable(RuntimeError):
+    """A scene's record exists but could not be read (after retries): its state is unknown this round."""
+
+
+def _read_record(dest: str, sid: str, tries: int = 4) -> dict | None:
+    """The scene's record; None when there is none. A failed read is retried, and one that keeps failing raises
+    :class:`StateUnreadable` — never read as "no record", which would have the scene done a second time."""
+    url = _state(dest, "records", f"{sid}.json")
+    for i in range(tries):
+        try:
+            return json.loads(storage.read_text(url))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            if i + 1 == tries:
+                raise StateUnreadable(f"{url}: unreadable ({one_line(exc)}); the scene is left for the next round") from None
+            time.sleep(0.2 * (i + 1))
+    return None
 
 
 def _now() -> str:
@@ -106,16 +121,33 @@ def _now() -> str:
 
 
 def _is_done(rec: dict | None, dest: str, scene: Scene, fp: str) -> bool:
-    if not rec or rec.get("status") != "done":
-        return False
-    s = verify_outputs(dest, scene.stem)  # the record alone is not trusted: the outputs must be there and agree
+    """Done when the published outputs are there, agree with their JSON and were made from this version of the
+    scene with these settings. The outputs decide, not the record: a record alone is not trusted (files can be
+    deleted or replaced), and current outputs without a done record (a holder that stopped between publishing
+    and recording, or a record not readable in time) are adopted rather than made a second time."""
+    s = verify_outputs(dest, scene.stem)
     ok = s is not None and s.get("input_version") == scene.version and s.get("settings_fingerprint") == fp
-    if not ok:
+    recorded = bool(rec) and rec.get("status") == "done"
+    if recorded and not ok:
         why = ("its outputs are missing or disagree with their JSON" if s is None else
                f"version {s.get('input_version')} / settings {s.get('settings_fingerprint')} differ from "
                f"{scene.version} / {fp}")
         log.warning("%s: recorded as done, but %s: processing it again", scene.url, why)
     return ok
+
+
+def _adopt(scene: Scene, sid: str, fp: str, dest: str, rec: dict | None, lease: Lease) -> None:
+    """Write the done record of outputs published without one (see :func:`_is_done`), so the ledger has them."""
+    s = verify_outputs(dest, scene.stem) or {}
+    log.warning("%s: current outputs found without a done record: recording them as done, not processing again",
+                scene.url)
+    new = {"scene": scene.url, "version": scene.version, "fingerprint": fp, "status": "done",
+           "attempts": int((rec or {}).get("attempts", 0)) + 1, "started_at": _now(), "finished_at": _now(),
+           "seconds": 0.0, "holder": lease.token, "objects": s.get("objects"), "error": None,
+           "summary": summary_url(dest, scene.stem)}
+    if lease.still_held():
+        storage.write_text(_state(dest, "records", f"{sid}.json"), json.dumps(new))
+        write_ledger(dest)
 
 
 def one_line(exc: BaseException) -> str:
@@ -137,13 +169,18 @@ def watch_once(source: str, dest: str, cfg: SegmentConfig, client=None, max_atte
     fp = settings_fingerprint(cfg)
     scenes = list_scenes(source)
     result: dict[str, Any] = {"source": source, "dest": dest, "scenes": len(scenes), "processed": 0, "failed": 0,
-                              "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "lost_lease": 0,
+                              "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "lost_lease": 0, "unreadable": 0,
                               "results": []}
     records: dict[str, dict] = {}
     for scene in scenes:
         sid = _scene_id(scene, fp)
-        rec = _read_record(dest, sid)
-        if _is_done(rec, dest, scene, fp):
+        try:
+            rec = _read_record(dest, sid)
+        except StateUnreadable as exc:
+            result["unreadable"] += 1
+            log.warning("%s", exc)
+            continue
+        if rec and rec.get("status") == "done" and _is_done(rec, dest, scene, fp):
             result["skipped_done"] += 1
             continue
         if rec and rec.get("status") == "failed" and int(rec.get("attempts", 0)) >= max_attempts:
@@ -154,9 +191,16 @@ def watch_once(source: str, dest: str, cfg: SegmentConfig, client=None, max_atte
             result["skipped_leased"] += 1
             continue
         with lease:
-            rec = _read_record(dest, sid)  # another process may have finished it before we got the lease
+            try:
+                rec = _read_record(dest, sid)  # another process may have finished it before we got the lease
+            except StateUnreadable as exc:
+                result["unreadable"] += 1
+                log.warning("%s", exc)
+                continue
             if _is_done(rec, dest, scene, fp):
                 result["skipped_done"] += 1
+                if not rec or rec.get("status") != "done":
+                    _adopt(scene, sid, fp, dest, rec, lease)
                 continue
             records[sid] = _run_one(scene, sid, fp, dest, cfg, client, process, rec, lease, result)
         write_ledger(dest)

@@ -108,8 +108,12 @@ def test_two_watchers_on_one_dest_never_do_a_scene_twice(s3, tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     done_lines = [line for o in outs for line in o[0].splitlines() if line.endswith("objects)")]
+    c = s3_client(s3)
+    records = [json.loads(c.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
+               for o in c.list_objects_v2(Bucket=bucket, Prefix="results/_seamline/records/").get("Contents", [])]
     assert sorted(line.split(":")[1].rsplit("/", 1)[-1] for line in done_lines) == [f"s{i}.tif" for i in range(4)], \
-        "\n---\n".join(o[0] + o[1][-3000:] for o in outs)
+        "\n---\n".join(o[0] + o[1][-3000:] for o in outs) + "\nrecords: " + json.dumps(
+            [{k: r.get(k) for k in ("scene", "holder", "started_at", "finished_at", "status")} for r in records])
     led = read_ledger(dest)
     assert len(led) == 4 and (led.status == "done").all() and (led.attempts == 1).all()
     assert not [o for o in s3_client(s3).list_objects_v2(Bucket=bucket, Prefix="results/_seamline/leases/").get("Contents", [])]
@@ -208,3 +212,36 @@ def test_a_scene_whose_lease_was_taken_while_it_ran_is_not_reported_done(s3, tmp
     r = watch_once(src, dest, CFG, process=process_while_another_takes_the_lease)
     assert (r["processed"], r["failed"], r["lost_lease"]) == (0, 0, 1) and r["results"][0]["status"] == "lost-lease"
     assert not s3_client(s3).list_objects_v2(Bucket=bucket, Prefix="results/_seamline/records/").get("Contents")
+
+
+def test_an_unreadable_record_leaves_the_scene_alone(s3, tmp_path):
+    """A record that exists but cannot be read is not "no record": the scene is left for the next round (with
+    a warning naming the file) instead of being done a second time."""
+    from pipeline.watch import _scene_id, list_scenes, settings_fingerprint
+
+    bucket = make_bucket(s3)
+    _upload_scenes(s3, tmp_path, bucket, [("a.tif", 1)])
+    src, dest = f"s3://{bucket}/incoming", f"s3://{bucket}/results"
+    sid = _scene_id(list_scenes(src)[0], settings_fingerprint(CFG))
+    s3_client(s3).put_object(Bucket=bucket, Key=f"results/_seamline/records/{sid}.json", Body=b'{"status": "do')
+    r = watch_once(src, dest, CFG, process=lambda *a: pytest.fail("processed a scene whose record it could not read"))
+    assert (r["processed"], r["unreadable"]) == (0, 1)
+
+
+def test_published_outputs_without_a_record_are_adopted_not_made_again(s3, tmp_path):
+    """A holder that stopped between publishing and recording (or a record not readable in time) leaves current
+    outputs without a done record: the next watch records them as done instead of processing the scene again."""
+    from pipeline.watch import _scene_id, list_scenes, settings_fingerprint
+
+    bucket = make_bucket(s3)
+    _upload_scenes(s3, tmp_path, bucket, [("a.tif", 1)])
+    src, dest = f"s3://{bucket}/incoming", f"s3://{bucket}/results"
+    r1 = watch_once(src, dest, CFG)
+    assert r1["processed"] == 1
+    sid = _scene_id(list_scenes(src)[0], settings_fingerprint(CFG))
+    for key in (f"results/_seamline/records/{sid}.json", "results/_seamline/ledger.parquet"):
+        s3_client(s3).delete_object(Bucket=bucket, Key=key)
+    r2 = watch_once(src, dest, CFG, process=lambda *a: pytest.fail("made current outputs a second time"))
+    assert (r2["processed"], r2["skipped_done"]) == (0, 1)
+    led = read_ledger(dest)
+    assert len(led) == 1 and led.status.iloc[0] == "done" and led.objects.iloc[0] == r1["results"][0]["objects"]

@@ -56,7 +56,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         print(f"{x['scene']}: {x['status']}" + (f" ({x['objects']} objects)" if x["status"] == "done" else f": {x['error']}"))
     print(f"{r['scenes']} scenes: {r['processed']} processed, {r['failed']} failed, {r['skipped_done']} already done, "
           f"{r['skipped_leased']} held by another watch, {r['gave_up']} failed too often"
-          + (f", {r['lost_lease']} lost their lease while running" if r["lost_lease"] else "") + f"; ledger {args.out.rstrip('/')}/_seamline/ledger.parquet")
+          + (f", {r['lost_lease']} lost their lease while running" if r["lost_lease"] else "")
+          + (f", {r['unreadable']} with an unreadable record (left for the next round)" if r["unreadable"] else "") + f"; ledger {args.out.rstrip('/')}/_seamline/ledger.parquet")
     return 1 if r["failed"] else 0
 
 
