@@ -44,18 +44,13 @@ class Lease:
     def _read(self, tries: int = 4) -> dict[str, Any] | None:
         """The lease as stored; None when there is none; ``{}`` when it stays unreadable.
 
-        A failed read is retried a few times first: on a busy object store a GET can fail transiently (a
-        reset connection, a 503), and reading that as "not ours" made a holder that had just finished a scene
-        skip its done-record — so the other watcher processed the scene again."""
-        for i in range(tries):
-            try:
-                return json.loads(storage.read_bytes(self.url))
-            except FileNotFoundError:
-                return None
-            except (ValueError, OSError):
-                if i + 1 < tries:
-                    time.sleep(0.2 * (i + 1))
-        return {}  # still unreadable: treat as someone else's, unexpired
+        A failed read is retried (:func:`pipeline.io.storage.read_json`) first: on a busy object store a GET can
+        fail transiently (a reset connection, a 503), and reading that as "not ours" made a holder that had
+        just finished a scene skip its done-record — so the other watcher processed the scene again."""
+        try:
+            return storage.read_json(self.url, tries)
+        except (ValueError, OSError):
+            return {}  # still unreadable: treat as someone else's, unexpired
 
     def _create_if_absent(self) -> bool | None:
         """True: created; False: exists; None: the store cannot do it (fall back to read-back)."""

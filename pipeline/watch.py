@@ -33,7 +33,7 @@ from typing import Any, Callable
 from pipeline import __version__
 from pipeline.config import SegmentConfig
 from pipeline.io import storage
-from pipeline.io.publish import summary_url, verify_outputs
+from pipeline.io.publish import verify_outputs
 from pipeline.lease import Lease
 
 __all__ = ["RASTER_SUFFIXES", "list_scenes", "settings_fingerprint", "watch_once", "read_ledger", "LEDGER_COLUMNS"]
@@ -100,51 +100,54 @@ class StateUnreadable(RuntimeError):
     """A scene's record exists but could not be read (after retries): its state is unknown this round."""
 
 
-def _read_record(dest: str, sid: str, tries: int = 4) -> dict | None:
-    """The scene's record; None when there is none. A failed read is retried, and one that keeps failing raises
-    :class:`StateUnreadable` — never read as "no record", which would have the scene done a second time."""
+def _read_record(dest: str, sid: str) -> dict | None:
+    """The scene's record; None when there is none. A read that keeps failing (after the retries of
+    :func:`pipeline.io.storage.read_json`) raises :class:`StateUnreadable` — never read as "no record", which
+    would have the scene done a second time."""
     url = _state(dest, "records", f"{sid}.json")
-    for i in range(tries):
-        try:
-            return json.loads(storage.read_text(url))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            if i + 1 == tries:
-                raise StateUnreadable(f"{url}: unreadable ({one_line(exc)}); the scene is left for the next round") from None
-            time.sleep(0.2 * (i + 1))
-    return None
+    try:
+        return storage.read_json(url)
+    except (OSError, ValueError) as exc:
+        raise StateUnreadable(f"{url}: unreadable ({one_line(exc)}); the scene is left for the next round") from None
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _is_done(rec: dict | None, dest: str, scene: Scene, fp: str) -> bool:
-    """Done when the published outputs are there, agree with their JSON and were made from this version of the
-    scene with these settings. The outputs decide, not the record: a record alone is not trusted (files can be
-    deleted or replaced), and current outputs without a done record (a holder that stopped between publishing
-    and recording, or a record not readable in time) are adopted rather than made a second time."""
+def _current_outputs(rec: dict | None, dest: str, scene: Scene, fp: str) -> dict | None:
+    """The published summary when the outputs are there, agree with their JSON and were made from this version
+    of the scene with these settings; else None. The outputs decide whether a scene is done, not the record: a
+    record alone is not trusted (files can be deleted or replaced), and current outputs without a done record
+    (a holder that stopped between publishing and recording) are adopted rather than made a second time."""
     s = verify_outputs(dest, scene.stem)
     ok = s is not None and s.get("input_version") == scene.version and s.get("settings_fingerprint") == fp
-    recorded = bool(rec) and rec.get("status") == "done"
-    if recorded and not ok:
+    if _recorded_done(rec) and not ok:
         why = ("its outputs are missing or disagree with their JSON" if s is None else
                f"version {s.get('input_version')} / settings {s.get('settings_fingerprint')} differ from "
                f"{scene.version} / {fp}")
         log.warning("%s: recorded as done, but %s: processing it again", scene.url, why)
-    return ok
+    return s if ok else None
 
 
-def _adopt(scene: Scene, sid: str, fp: str, dest: str, rec: dict | None, lease: Lease) -> None:
-    """Write the done record of outputs published without one (see :func:`_is_done`), so the ledger has them."""
-    s = verify_outputs(dest, scene.stem) or {}
+def _recorded_done(rec: dict | None) -> bool:
+    return bool(rec) and rec.get("status") == "done"
+
+
+def _new_record(scene: Scene, fp: str, rec: dict | None, lease: Lease) -> dict:
+    """A record of this attempt at ``scene`` by the holder of ``lease`` (status and results still to fill)."""
+    return {"scene": scene.url, "version": scene.version, "fingerprint": fp,
+            "attempts": int((rec or {}).get("attempts", 0)) + 1, "started_at": _now(), "holder": lease.token,
+            "objects": None, "error": None, "summary": None}
+
+
+def _adopt(summary: dict, scene: Scene, sid: str, fp: str, dest: str, rec: dict | None, lease: Lease) -> None:
+    """Record current outputs published without a done record (see :func:`_current_outputs`) as done."""
     log.warning("%s: current outputs found without a done record: recording them as done, not processing again",
                 scene.url)
-    new = {"scene": scene.url, "version": scene.version, "fingerprint": fp, "status": "done",
-           "attempts": int((rec or {}).get("attempts", 0)) + 1, "started_at": _now(), "finished_at": _now(),
-           "seconds": 0.0, "holder": lease.token, "objects": s.get("objects"), "error": None,
-           "summary": summary_url(dest, scene.stem)}
+    new = _new_record(scene, fp, rec, lease)
+    new.update(status="done", finished_at=new["started_at"], seconds=0.0, objects=summary.get("objects"),
+               summary=summary["outputs"]["json"])
     if lease.still_held():
         storage.write_text(_state(dest, "records", f"{sid}.json"), json.dumps(new))
         write_ledger(dest)
@@ -171,47 +174,45 @@ def watch_once(source: str, dest: str, cfg: SegmentConfig, client=None, max_atte
     result: dict[str, Any] = {"source": source, "dest": dest, "scenes": len(scenes), "processed": 0, "failed": 0,
                               "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "lost_lease": 0, "unreadable": 0,
                               "results": []}
-    records: dict[str, dict] = {}
     for scene in scenes:
-        sid = _scene_id(scene, fp)
         try:
-            rec = _read_record(dest, sid)
+            _watch_scene(scene, fp, dest, cfg, client, process, max_attempts, lease_s, result)
         except StateUnreadable as exc:
             result["unreadable"] += 1
             log.warning("%s", exc)
-            continue
-        if rec and rec.get("status") == "done" and _is_done(rec, dest, scene, fp):
-            result["skipped_done"] += 1
-            continue
-        if rec and rec.get("status") == "failed" and int(rec.get("attempts", 0)) >= max_attempts:
-            result["gave_up"] += 1
-            continue
-        lease = Lease(_state(dest, "leases", f"{sid}.json"), ttl_s=lease_s)
-        if not lease.acquire():
-            result["skipped_leased"] += 1
-            continue
-        with lease:
-            try:
-                rec = _read_record(dest, sid)  # another process may have finished it before we got the lease
-            except StateUnreadable as exc:
-                result["unreadable"] += 1
-                log.warning("%s", exc)
-                continue
-            if _is_done(rec, dest, scene, fp):
-                result["skipped_done"] += 1
-                if not rec or rec.get("status") != "done":
-                    _adopt(scene, sid, fp, dest, rec, lease)
-                continue
-            records[sid] = _run_one(scene, sid, fp, dest, cfg, client, process, rec, lease, result)
-        write_ledger(dest)
     return result
 
 
-def _run_one(scene: Scene, sid: str, fp: str, dest: str, cfg: SegmentConfig, client, process, rec, lease, result) -> dict:
-    attempts = int((rec or {}).get("attempts", 0)) + 1
-    started, t0 = _now(), time.perf_counter()
-    new = {"scene": scene.url, "version": scene.version, "fingerprint": fp, "attempts": attempts,
-           "started_at": started, "holder": lease.token, "objects": None, "error": None, "summary": None}
+def _watch_scene(scene: Scene, fp: str, dest: str, cfg: SegmentConfig, client, process, max_attempts: int,
+                 lease_s: float, result: dict[str, Any]) -> None:
+    """One scene of :func:`watch_once`: skip it, adopt its outputs, or process it under its lease."""
+    sid = _scene_id(scene, fp)
+    rec = _read_record(dest, sid)
+    if _recorded_done(rec) and _current_outputs(rec, dest, scene, fp):
+        result["skipped_done"] += 1
+        return
+    if rec and rec.get("status") == "failed" and int(rec.get("attempts", 0)) >= max_attempts:
+        result["gave_up"] += 1
+        return
+    lease = Lease(_state(dest, "leases", f"{sid}.json"), ttl_s=lease_s)
+    if not lease.acquire():
+        result["skipped_leased"] += 1
+        return
+    with lease:
+        rec = _read_record(dest, sid)  # another process may have finished it before we got the lease
+        summary = _current_outputs(rec, dest, scene, fp)
+        if summary is not None:
+            result["skipped_done"] += 1
+            if not _recorded_done(rec):
+                _adopt(summary, scene, sid, fp, dest, rec, lease)
+            return
+        _run_one(scene, sid, fp, dest, cfg, client, process, rec, lease, result)
+    write_ledger(dest)
+
+
+def _run_one(scene: Scene, sid: str, fp: str, dest: str, cfg: SegmentConfig, client, process, rec, lease, result) -> None:
+    t0 = time.perf_counter()
+    new = _new_record(scene, fp, rec, lease)
     try:
         summary = process(scene.url, dest, cfg, client)
         new.update(status="done", objects=int(summary.get("objects", 0)), summary=summary["outputs"]["json"])
@@ -227,7 +228,6 @@ def _run_one(scene: Scene, sid: str, fp: str, dest: str, cfg: SegmentConfig, cli
         result["lost_lease"] += 1
         log.warning("%s: %s", scene.url, new["error"])
     result["results"].append(new)
-    return new
 
 
 def read_records(dest: str) -> list[dict]:

@@ -14,8 +14,10 @@ Publishing (object stores have no rename) lives in :mod:`pipeline.io.publish`.
 from __future__ import annotations
 
 import io
+import json
 import os
 import posixpath
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,22 @@ def read_bytes(url: str | Path) -> bytes:
 
 def read_text(url: str | Path) -> str:
     return read_bytes(url).decode()
+
+
+def read_json(url: str | Path, tries: int = 4) -> Any:
+    """A small JSON object (a lease, a record); None when it does not exist. A failed read — a reset
+    connection or a 503 on a busy object store, a file caught mid-rewrite — is retried with a short back-off;
+    the last error is raised (``OSError`` or ``ValueError``), never read as "absent"."""
+    for i in range(tries):
+        try:
+            return json.loads(read_bytes(url))
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            if i + 1 == tries:
+                raise
+            time.sleep(0.2 * (i + 1))
+    return None
 
 
 def write_bytes(url: str | Path, data: bytes) -> None:
