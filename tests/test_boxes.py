@@ -3,6 +3,8 @@ training, box-level metrics (NEON convention: one-to-one at box IoU >= 0.4)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -219,3 +221,34 @@ def test_evaluate_reports_per_class_for_polygons(tmp_path):
     assert (r["per_class"]["alive"]["tp"], r["per_class"]["alive"]["fn"]) == (1, 1)
     assert (r["per_class"]["dead"]["tp"], r["per_class"]["dead"]["fp"]) == (2, 1)
     assert "per class" in format_table(r)
+
+
+def test_a_vrt_window_of_a_scene_trains_with_its_own_boxes():
+    """The held-out split of OSBS_029 (configs/data/osbs_029_split): each half is a GDAL VRT window of the real
+    scene with its boxes in the window's pixels; training reads the VRT through GDAL, the pixels are the scene's."""
+    import rasterio
+
+    split = Path(__file__).resolve().parents[1] / "configs" / "data" / "osbs_029_split"
+    with rasterio.open(shared("aerial", "deepforest", "OSBS_029.tif")) as ds:
+        scene = ds.read()
+    truth = read_box_file(shared("aerial", "deepforest", "OSBS_029.csv"))["OSBS_029.tif"]
+    for half, rows in (("top", slice(0, 200)), ("bottom", slice(200, 400))):
+        (s,) = load_box_dataset([str(split / f"OSBS_029_{half}.vrt")], [str(split / f"OSBS_029_{half}.csv")])
+        raw = read_box_file(split / f"OSBS_029_{half}.csv")[f"OSBS_029_{half}.vrt"]
+        with rasterio.open(split / f"OSBS_029_{half}.vrt") as ds:
+            assert (ds.read() == scene[:, rows]).all()
+        assert s.image.shape == (3, 200, 400) and len(s.boxes) == len(raw)
+    # every truth box is scored in exactly one half (the one holding its centre)
+    in_bottom = sum((b[1] + b[3]) / 2 >= 200 for b in truth)
+    assert in_bottom == len(read_box_file(split / "OSBS_029_bottom.csv")["OSBS_029_bottom.vrt"]) == 29
+
+
+def test_source_balance_shares_crops_between_images_not_tiles():
+    from pipeline.training.data import source_weights
+
+    names = ["big@0_0", "big@0_400", "big@400_0", "big@400_400", "small"]
+    samples = [Sample(n, np.zeros((3, 4, 4), np.float32), np.zeros((4, 4), np.int32), "boxes") for n in names]
+    assert np.allclose(source_weights(samples, 0.0), 0.2)  # every tile alike
+    assert np.allclose(source_weights(samples, 1.0), [0.125] * 4 + [0.5])  # every image alike
+    half = source_weights(samples, 0.5)  # a source of n tiles weighs sqrt(n): 2 : 1
+    assert np.isclose(half[:4].sum(), 2 / 3) and np.isclose(half[4], 1 / 3)

@@ -70,6 +70,10 @@ class TrainConfig(_Strict):
     batch_size: int = Field(default=8, gt=0)
     crop: int = Field(default=256, ge=64)
     crops_per_image: int = Field(default=1, gt=0)
+    # How crops are shared between sources (the images tiles were cut from): 0 = every tile alike, so one big
+    # image's tiles outnumber a small image's (the default); 1 = every source alike; between, a source of n
+    # tiles draws in proportion to n ** (1 - source_balance). For data from several sites of unequal size.
+    source_balance: float = Field(default=0.0, ge=0, le=1)
     scale: tuple[float, float] = (0.75, 1.33)  # random zoom of the crops (augmentation)
     # box data: 'projection' (BoxInst projection + background outside boxes, training/boxloss.py) or 'ellipse'
     # (the inscribed ellipse of each box taken as its mask: the simpler baseline)

@@ -45,15 +45,21 @@ class Sample:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """(C, H, W) array from PNG/JPEG/TIFF."""
-    if path.suffix.lower() in (".tif", ".tiff"):
+    """(C, H, W) array from PNG/JPEG/TIFF, or any other raster GDAL reads (a VRT window of a scene, JPEG 2000)."""
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
         import tifffile
 
         a = tifffile.imread(path)
-    else:
+    elif suffix in (".png", ".jpg", ".jpeg", ".bmp"):
         from PIL import Image
 
         a = np.asarray(Image.open(path))
+    else:
+        import rasterio
+
+        with rasterio.open(path) as ds:
+            a = ds.read()
     if a.ndim == 2:
         a = a[None]
     elif a.ndim == 3 and a.shape[-1] in (1, 2, 3, 4) and a.shape[0] not in (1, 2, 3, 4):
@@ -200,6 +206,22 @@ def split_samples(samples: list[Sample], data, val_fraction: float, seed: int) -
 
         return split_by_place(samples, val_fraction, seed)
     return split_train_val(samples, val_fraction, seed)
+
+
+def source_of(sample: Sample) -> str:
+    """The image a sample was cut from (tiles are named ``<image>@<row>_<col>``)."""
+    return sample.name.split("@")[0]
+
+
+def source_weights(samples: list[Sample], balance: float) -> np.ndarray:
+    """Probability of drawing each sample when a source of n tiles weighs n ** (1 - balance) in all
+    (0: every tile alike; 1: every source alike)."""
+    from collections import Counter
+
+    src = [source_of(s) for s in samples]
+    n = Counter(src)
+    w = np.array([n[x] ** (1.0 - balance) / n[x] for x in src], np.float64)
+    return w / w.sum()
 
 
 def split_train_val(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -24,7 +24,7 @@ from pipeline.errors import ConfigError
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.models.network import build_network
 from pipeline.training.config import TrainConfig
-from pipeline.training.data import Augmenter, Sample, class_head_loss, load_samples, split_samples
+from pipeline.training.data import Augmenter, Sample, class_head_loss, load_samples, source_weights, split_samples
 
 __all__ = ["train", "validate"]
 
@@ -189,11 +189,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             y = torch.sigmoid(net(x).float())
         return y[:, :, :h, :w].cpu().numpy()
 
+    draw_weights = source_weights(train_s, cfg.source_balance)
     images_seen = 0
     train_time = 0.0
     for epoch in range(1, cfg.epochs + 1):
         net.train()
-        order = np.concatenate([rng.permutation(len(train_s)) for _ in range(cfg.crops_per_image)])
+        if cfg.source_balance > 0:
+            order = rng.choice(len(train_s), size=len(train_s) * cfg.crops_per_image, p=draw_weights)
+        else:
+            order = np.concatenate([rng.permutation(len(train_s)) for _ in range(cfg.crops_per_image)])
         t0 = time.perf_counter()
         losses = []
         for step in range(steps_per_epoch):
