@@ -92,6 +92,22 @@ def test_train_tiny_run_writes_loadable_checkpoint(tmp_path):
     assert heads.shape == (1, 3, 70, 90) and 0 <= heads.min() and heads.max() <= 1
 
 
+def test_time_schedule_anneals_when_the_epochs_run_out_first(tmp_path):
+    """schedule: time spans max_minutes, but on a fast machine the epochs may end first: the cycle must still
+    reach its low end then (it stopped half-way before, at whatever learning rate the clock had reached)."""
+    cfg = TrainConfig.model_validate({
+        "data": {"kind": "folders", "root": str(shared("dsb2018")), "limit": 4},
+        "out": str(tmp_path / "m"), "epochs": 3, "batch_size": 2, "crop": 64, "val_fraction": 0, "lr": 1e-3,
+        "schedule": "time", "max_minutes": 600, "threads": 2,
+        "model": {"encoder": "resnet18", "decoder_channels": [32, 16, 16, 8, 8]},
+    })
+    from pipeline.training.train import train
+
+    train(cfg)
+    lrs = [h["lr"] for h in json.loads((tmp_path / "m.history.json").read_text())["history"]]
+    assert len(lrs) == 3 and lrs[0] > 0.5e-3 and lrs[-1] <= 0.03e-3
+
+
 def test_shipped_model_is_small_safe_and_documented():
     weights, meta = checkpoint_paths(SHIPPED_MODEL)
     assert weights.stat().st_size <= 25 * 2**20

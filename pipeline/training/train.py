@@ -157,11 +157,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     steps_per_epoch = max(1, (len(train_s) * cfg.crops_per_image) // cfg.batch_size)
     if cfg.schedule == "time":
         # One cycle over the time budget, not the step count: on a CPU shared with other work the number of
-        # steps that fit in max_minutes is unknown, and a step-based cycle cut short never anneals.
+        # steps that fit in max_minutes is unknown, and a step-based cycle cut short never anneals. Whichever
+        # ends first, the time or the epochs, ends the cycle (on a quiet machine the epochs may run out first).
         import math
 
-        def _factor(_step: int) -> float:
-            f = min(1.0, (time.perf_counter() - t_start) / 60 / cfg.max_minutes)
+        total_steps = cfg.epochs * steps_per_epoch
+
+        def _factor(step: int) -> float:
+            f = min(1.0, max((time.perf_counter() - t_start) / 60 / cfg.max_minutes, step / total_steps))
             return max(0.04, f / 0.1) if f < 0.1 else 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (f - 0.1) / 0.9))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _factor)
@@ -229,7 +232,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if val.get("all", {}).get("class_accuracy") is not None:  # a multi-class model must also name its objects
             ap *= val["all"]["class_accuracy"]
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "epoch_s": round(dt, 1),
-               "images_per_s": round(len(order[: steps_per_epoch * cfg.batch_size]) / dt, 2)}
+               "images_per_s": round(len(order[: steps_per_epoch * cfg.batch_size]) / dt, 2),
+               "lr": float(opt.param_groups[0]["lr"])}
         if val:
             rec["postprocess"] = {k: val_post[k] for k in cfg.postprocess_grid}
         history.append(rec)
