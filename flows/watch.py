@@ -33,7 +33,7 @@ def deployment_name(source: str) -> str:
 def watch_flow(source: str, out: str, config: str | None = None, overrides: dict | None = None,
                max_attempts: int = 3, lease_seconds: float = 3600.0) -> dict:
     """One pass over ``source``: new or changed scenes through every stage (each a task), ledger updated."""
-    from pipeline.watch import watch_once
+    from pipeline.watch import totals_line, watch_once
 
     log = get_run_logger()
     cfg = _load_cfg(config, overrides)
@@ -43,8 +43,7 @@ def watch_flow(source: str, out: str, config: str | None = None, overrides: dict
         log.info("Dask workers report to %s", urls)
         r = watch_once(source, out, cfg, client=client, max_attempts=max_attempts, lease_s=lease_seconds,
                        process=lambda url, dest, c, cl: _one_scene(cl, url, dest, c))
-    log.info("%s: %d scenes, %d processed, %d failed, %d already done", source, r["scenes"], r["processed"],
-             r["failed"], r["skipped_done"])
+    log.info("%s: %s", source, totals_line(r))
     return {k: v for k, v in r.items() if k != "results"} | {"results": [
         {k: x[k] for k in ("scene", "status", "error", "objects")} for x in r["results"]]}
 

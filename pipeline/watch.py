@@ -36,7 +36,8 @@ from pipeline.io import storage
 from pipeline.io.publish import verify_outputs
 from pipeline.lease import Lease
 
-__all__ = ["RASTER_SUFFIXES", "list_scenes", "settings_fingerprint", "watch_once", "read_ledger", "LEDGER_COLUMNS"]
+__all__ = ["RASTER_SUFFIXES", "list_scenes", "settings_fingerprint", "watch_once", "read_ledger", "LEDGER_COLUMNS",
+           "totals_line"]
 
 log = logging.getLogger("seamline")
 
@@ -228,6 +229,17 @@ def _run_one(scene: Scene, sid: str, fp: str, dest: str, cfg: SegmentConfig, cli
         result["lost_lease"] += 1
         log.warning("%s: %s", scene.url, new["error"])
     result["results"].append(new)
+
+
+def totals_line(r: dict) -> str:
+    """One line of a round's totals (``watch_once``'s result), for the CLI and the Prefect flow alike."""
+    line = (f"{r['scenes']} scenes: {r['processed']} processed, {r['failed']} failed, {r['skipped_done']} already done, "
+            f"{r['skipped_leased']} held by another watch, {r['gave_up']} failed too often")
+    if r["lost_lease"]:
+        line += f", {r['lost_lease']} lost their lease while running"
+    if r["unreadable"]:
+        line += f", {r['unreadable']} with an unreadable record (left for the next round)"
+    return line
 
 
 def read_records(dest: str) -> list[dict]:

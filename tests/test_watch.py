@@ -245,3 +245,14 @@ def test_published_outputs_without_a_record_are_adopted_not_made_again(s3, tmp_p
     assert (r2["processed"], r2["skipped_done"]) == (0, 1)
     led = read_ledger(dest)
     assert len(led) == 1 and led.status.iloc[0] == "done" and led.objects.iloc[0] == r1["results"][0]["objects"]
+
+
+def test_totals_line_names_every_count_the_cli_and_the_flow_report():
+    from pipeline.watch import totals_line
+
+    r = {"scenes": 5, "processed": 1, "failed": 1, "skipped_done": 1, "skipped_leased": 1, "gave_up": 0,
+         "lost_lease": 1, "unreadable": 0}
+    line = totals_line(r)
+    assert line.startswith("5 scenes: 1 processed, 1 failed, 1 already done, 1 held by another watch")
+    assert "1 lost their lease" in line and "unreadable" not in line
+    assert "unreadable record" in totals_line(r | {"unreadable": 2, "lost_lease": 0})

@@ -47,17 +47,14 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                     interval=args.interval, max_attempts=args.max_attempts)
         return 0
     from pipeline.stages.dispatch import cluster_client
-    from pipeline.watch import watch_once
+    from pipeline.watch import totals_line, watch_once
 
     with cluster_client(cfg) as client:
         r = watch_once(args.source, args.out, cfg, client=client, max_attempts=args.max_attempts,
                        lease_s=args.lease_seconds)
     for x in r["results"]:
         print(f"{x['scene']}: {x['status']}" + (f" ({x['objects']} objects)" if x["status"] == "done" else f": {x['error']}"))
-    print(f"{r['scenes']} scenes: {r['processed']} processed, {r['failed']} failed, {r['skipped_done']} already done, "
-          f"{r['skipped_leased']} held by another watch, {r['gave_up']} failed too often"
-          + (f", {r['lost_lease']} lost their lease while running" if r["lost_lease"] else "")
-          + (f", {r['unreadable']} with an unreadable record (left for the next round)" if r["unreadable"] else "") + f"; ledger {args.out.rstrip('/')}/_seamline/ledger.parquet")
+    print(f"{totals_line(r)}; ledger {args.out.rstrip('/')}/_seamline/ledger.parquet")
     return 1 if r["failed"] else 0
 
 
