@@ -106,7 +106,7 @@ def add_segment_commands(sub) -> None:
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="GeoTIFF/COG or (OME-)TIFF; local path or fsspec URL")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder: <stem>.parquet, <stem>.gpkg, <stem>.json")
     s.add_argument("--config", metavar="FILE", help="YAML config (see configs/); flags override it")
-    s.add_argument("--model", help="'classical', 'default' (shipped nuclei model), 'buildings' (shipped building model) or a checkpoint path")
+    s.add_argument("--model", help="'classical', 'default' (shipped nuclei model), 'buildings' (shipped building model), 'trees' (shipped tree-crown model) or a checkpoint path")
     s.add_argument("--tile", type=int, help="tile size in pixels (default 1024)")
     s.add_argument("--halo", type=int, help="context around each tile in pixels (default: the model's receptive "
                                              "field, 64 for classical; must be < tile)")

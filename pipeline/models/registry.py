@@ -10,8 +10,9 @@ from pipeline.models.checkpoint import checkpoint_paths
 __all__ = ["load_model", "resolve_model_spec", "SHIPPED_AERIAL"]
 
 _WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-#: Shipped aerial models by name (docs/MODEL.md): buildings (Kampala, OpenAerialMap + OSM).
-SHIPPED_AERIAL = {"buildings": _WEIGHTS / "buildings_unet_mbv2"}
+#: Shipped aerial models by name (docs/MODEL.md): buildings (Kampala, OpenAerialMap + OSM) and tree crowns
+#: (NEON 10 cm RGB, box-supervised from DeepForest's boxes).
+SHIPPED_AERIAL = {"buildings": _WEIGHTS / "buildings_unet_mbv2", "trees": _WEIGHTS / "trees_unet_mbv2"}
 
 
 def resolve_model_spec(spec: str, what: str = "--model") -> str:
@@ -30,7 +31,7 @@ def resolve_model_spec(spec: str, what: str = "--model") -> str:
     if not weights.is_file() or not meta.is_file():
         raise CheckpointError(
             f"{what} {spec}: no checkpoint there (need {weights.name} and {meta.name}); "
-            "pass 'classical', 'default', 'buildings', or a path written by seamline train"
+            "pass 'classical', 'default', 'buildings', 'trees', or a path written by seamline train"
         )
     return str(Path(weights).with_suffix(""))
 

@@ -257,7 +257,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "training": {
                     "data": str(cfg.data.root or cfg.data.rasters),
                     "kind": cfg.data.kind,
-                    **({"box_supervision": cfg.box_supervision} if boxes else {}),
+                    **({"box_supervision": cfg.box_supervision, "boxes": [str(b) for b in cfg.data.boxes]} if boxes else {}),
+                    **({"source_balance": cfg.source_balance} if cfg.source_balance else {}),
                     "score": "box F1 at box IoU 0.4" if boxes else "F1 and AP at mask IoU 0.5",
                     "train_images": len(train_s),
                     "val_images": len(val_s),
