@@ -110,6 +110,15 @@ def test_two_vectors_need_a_grid(tmp_path):
     assert ap(evaluate_files(pred, gt, like=tmp_path / "image.tif")) == [1.0] * 10
     labels, transform = load_labels(gt, like=((64, 64), [1, 0, 0, 0, 1, 0]))
     assert np.array_equal(labels, label_image()) and transform.is_identity
+    # a mosaic segmented as a GDAL VRT is its own grid too (only the header is read)
+    (tmp_path / "mosaic.vrt").write_text(
+        '<VRTDataset rasterXSize="64" rasterYSize="64"><GeoTransform>0, 1, 0, 0, 0, 1</GeoTransform>'
+        '<VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename relativeToVRT="1">image.tif'
+        '</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
+    assert ap(evaluate_files(pred, gt, like=tmp_path / "mosaic.vrt")) == [1.0] * 10
+    for bad, words in ((tmp_path / "gt.gpkg", "GDAL can read"), (tmp_path / "missing.vrt", "not found")):
+        with pytest.raises(InputError, match=rf"--like .*{bad.name}.*{words}"):
+            evaluate_files(pred, gt, like=bad)
 
 
 def test_run_summary_gives_grid_and_tile(tmp_path):

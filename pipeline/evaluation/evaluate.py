@@ -183,9 +183,12 @@ def _grid(like):
         return None
     if isinstance(like, (str, Path)):
         p = Path(like)
-        if _kind(p) != "raster" or (grid := _raster_grid(p)) is None:
-            raise InputError(f"evaluate: --like {p}: expected a readable raster ({', '.join(RASTER_SUFFIXES)}); "
-                             "pass the image the polygons were drawn on")
+        if not p.is_file():
+            raise InputError(f"evaluate: --like {p}: file not found; pass the image the polygons were drawn on")
+        # only the grid is read: any raster GDAL opens (a VRT mosaic, JPEG 2000, ...), not just label images
+        if p.suffix.lower() in VECTOR_SUFFIXES or (grid := _raster_grid(p)) is None:
+            raise InputError(f"evaluate: --like {p}: expected a raster GDAL can read (GeoTIFF, VRT, PNG, ...), "
+                             "found none; pass the image the polygons were drawn on")
         return grid
     shape, transform, *rest = like
     transform = transform if isinstance(transform, Affine) else Affine(*[float(v) for v in list(transform)[:6]])
