@@ -50,7 +50,7 @@ def test_building_model_on_held_out_places():
     pred, _ = model.instances(heads)
     tp, fp, fn = counts_at(gt, pred)
     f1 = 2 * tp / (2 * tp + fp + fn)
-    assert tp + fn >= 25 and f1 > 0.2, (tp, fp, fn)
+    assert tp + fn >= 25 and f1 > 0.4, (tp, fp, fn)  # measured at shipping: 0.472 (TP 17, FP 26, FN 12)
 
 
 def test_same_place_at_two_zoom_levels_gives_the_same_buildings(tmp_path, dask_client_session):
