@@ -252,3 +252,38 @@ def test_source_balance_shares_crops_between_images_not_tiles():
     assert np.allclose(source_weights(samples, 1.0), [0.125] * 4 + [0.5])  # every image alike
     half = source_weights(samples, 0.5)  # a source of n tiles weighs sqrt(n): 2 : 1
     assert np.isclose(half[:4].sum(), 2 / 3) and np.isclose(half[4], 1 / 3)
+
+
+def test_box_files_find_an_image_by_name_then_by_stem(tmp_path):
+    """A box file of several images names one tile `OSBS_029.tif`; the same tile as `OSBS_029.png` (NEON tiles
+    ship as both) still finds its boxes, in training and in `evaluate --boxes`; a name matching nothing fails."""
+    import json
+
+    import shapely
+
+    from pipeline.evaluation.boxeval import evaluate_boxes
+    from pipeline.training.boxdata import boxes_of_image
+
+    src = shared("aerial", "deepforest", "OSBS_029.csv").read_text().splitlines()
+    multi = tmp_path / "all.csv"
+    multi.write_text("\n".join(src + ["other_tile.tif,1,1,20,20,Tree", "OSBS_029_b.png,1,1,9,9,Tree"]) + "\n")
+    table = read_box_file(multi)
+    assert len(boxes_of_image(table, "/data/OSBS_029.png")) == 61
+    assert boxes_of_image(table, "OSBS_029_b.tif") == [(1.0, 1.0, 9.0, 9.0, "Tree")]
+    assert boxes_of_image(table, "SJER_1.png") is None
+
+    tif, gdf = deepforest_crowns()
+    pred = gdf.copy()
+    pred["geometry"] = [shapely.box(*b) for b in gdf.geometry.bounds.values]
+    pred.to_parquet(tmp_path / "p.parquet")
+    import rasterio
+
+    with rasterio.open(tif) as ds:
+        summary = {"input": "/scenes/OSBS_029.png", "height": ds.height, "width": ds.width, "transform": list(ds.transform)}
+    (tmp_path / "p.json").write_text(json.dumps(summary))
+    r = evaluate_boxes(tmp_path / "p.parquet", multi)
+    assert (r["all"]["tp"], r["all"]["fp"], r["all"]["fn"]) == (61, 0, 0)
+    summary["input"] = "/scenes/SJER_1.png"
+    (tmp_path / "p.json").write_text(json.dumps(summary))
+    with pytest.raises(InputError, match="none named 'SJER_1.png'"):
+        evaluate_boxes(tmp_path / "p.parquet", multi)

@@ -36,12 +36,12 @@ def polygon_pixel_boxes(gdf, transform, crs=None) -> np.ndarray:
 def _truth(path: Path, image_name: str | None, grid):
     """(boxes, classes) of the truth file for the image ``image_name``."""
     from pipeline.evaluation.evaluate import _read_vector
-    from pipeline.training.boxdata import read_box_file
+    from pipeline.training.boxdata import boxes_of_image, read_box_file
 
     if path.suffix.lower() in (".xml", ".csv"):
         table = read_box_file(path)
-        if image_name in table:
-            rows = table[image_name]
+        if image_name and boxes_of_image(table, image_name) is not None:
+            rows = boxes_of_image(table, image_name)
         elif len(table) == 1:
             rows = next(iter(table.values()))
         else:

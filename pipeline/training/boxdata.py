@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.stages.normalize import apply_normalization, percentiles, to_model_channels
 
-__all__ = ["read_box_file", "load_box_dataset", "BOX_COLUMNS"]
+__all__ = ["read_box_file", "boxes_of_image", "load_box_dataset", "BOX_COLUMNS"]
 
 BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 VECTOR_EXTS = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
@@ -82,6 +82,17 @@ def read_box_file(path: str | Path) -> dict[str, list[tuple[float, float, float,
     raise InputError(f"box file {path}: unknown format; expected .xml (Pascal VOC), .csv (DeepForest) or a vector file")
 
 
+def boxes_of_image(table: dict[str, list], image: str | Path) -> list | None:
+    """The rows of ``table`` (from :func:`read_box_file`) for ``image``: by file name, else by the name without
+    its extension when exactly one entry has it (NEON tiles ship as both ``.tif`` and ``.png`` and a box file
+    names one of them); None when nothing names the image."""
+    name = Path(image).name
+    if name in table:
+        return table[name]
+    same = [k for k in table if Path(k).stem == Path(name).stem]
+    return table[same[0]] if len(same) == 1 else None
+
+
 def _vector_boxes(path: str, raster: str) -> list[tuple[float, float, float, float, str]]:
     """Pixel boxes of the geometries of a vector file that fall on a georeferenced raster."""
     import geopandas as gpd
@@ -133,7 +144,7 @@ def load_box_dataset(rasters: list[str], box_files: list[str], in_channels: int 
                 table[name] += rows
     samples = []
     for img_path in images:
-        rows = list(table.get(Path(img_path).name, []))
+        rows = list(boxes_of_image(table, img_path) or [])
         for v in vectors:
             rows += _vector_boxes(v, img_path)
         if not rows:
