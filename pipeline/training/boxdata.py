@@ -1,6 +1,7 @@
 """Box labels as training data (``data: {kind: boxes, rasters: [...], boxes: [...]}``).
 
-Three box formats are read, and matched to images by file name (or, for vector files, by location):
+Three box formats are read, and matched to images by file name — else by the name without its extension —
+(or, for vector files, by location):
 
 * **Pascal VOC XML** — ``<filename>`` names the image; ``<object><name>`` the class; ``<bndbox>`` the
   pixel box (the NEON/DeepForest annotations).
