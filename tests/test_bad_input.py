@@ -86,10 +86,11 @@ def make_empty(d: Path, shared: Path) -> Path:
 
 
 def make_png(d: Path, shared: Path) -> Path:
+    """A PNG larger than the stream formats' limit (PNG has no tiles: every window decodes from the top)."""
     from PIL import Image
 
     p = d / "picture.png"
-    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64).astype(np.uint8)).save(p)
+    Image.fromarray(np.zeros((8200, 8200), np.uint8)).save(p)  # 67 Mpx, a few kB
     return p
 
 
@@ -205,7 +206,8 @@ BAD_FILES = {
     "missing": (make_missing, ["not found"], r"check the path"),
     "folder": (make_folder, ["is a folder"], r"pass the image file"),
     "empty_file": (make_empty, ["empty (0 bytes)"], r"re-copy or re-export"),
-    "png": (make_png, ["found a PNG"], r"convert it with gdal_translate"),
+    "png": (make_png, ["a PNG of 8200 x 8200 px", "cannot be read by windows", "at most 67 Mpx"],
+            r"convert it with gdal_translate -of COG"),
     "text_named_tif": (make_text_tif, ["not a readable GeoTIFF/TIFF"], r"pass a GeoTIFF, COG or \(OME-\)TIFF"),
     "truncated": (make_truncated, ["truncated or corrupt"], r"re-copy or re-export"),
     "zero_size": (make_zero_size, ["not a readable GeoTIFF/TIFF"], r"pass a GeoTIFF, COG or \(OME-\)TIFF"),
@@ -355,7 +357,7 @@ def test_cli_good_run_after_failures(tmp_path, small_scene):
     ("missing", r"missing\.tif: file not found; check the path"),
     ("folder", r"folder\.tif: is a folder"),
     ("empty_file", r"empty\.tif: file is empty \(0 bytes\)"),
-    ("png", r"picture\.png: expected a GeoTIFF/TIFF, found a PNG file"),
+    ("png", r"picture\.png: a PNG of 8200 x 8200 px \(67 Mpx\) cannot be read by windows"),
     ("text_named_tif", r"notes\.tif: not a readable GeoTIFF/TIFF"),
     ("truncated", r"truncated\.tif: pixel data cannot be read, the file looks truncated or corrupt \(.*IReadBlock"),
     ("zero_size", r"zero\.tif: not a readable GeoTIFF/TIFF"),
@@ -423,3 +425,42 @@ def test_check_model_rejects_garbage_and_missing(tmp_path):
     with pytest.raises(CheckpointError, match=r"--model /nonexistent/ckpt: no checkpoint there"):
         check_model("/nonexistent/ckpt")
     assert check_model("classical") == ("classical", None)
+
+
+def test_png_and_jpeg_tiles_segment_like_the_same_tiff(tmp_path):
+    """NEON benchmark tiles and DSB2018 images are PNGs: a PNG (and a JPEG) under the stream-format limit is
+    read like any raster GDAL reads — the same objects as the same pixels in a TIFF, no georeferencing — and a
+    reader that closes the pipe early (`| head`) gets no traceback."""
+    import json
+
+    import geopandas as gpd
+    import rasterio
+    from helpers import shared
+
+    with rasterio.open(shared("aerial", "deepforest", "OSBS_029.tif")) as ds:
+        rgb = ds.read()
+    paths = {}
+    for driver, ext in (("GTiff", "tif"), ("PNG", "png"), ("JPEG", "jpg")):
+        paths[ext] = tmp_path / f"tile_{ext}.{ext}"
+        with rasterio.open(paths[ext], "w", driver=driver, width=400, height=400, count=3, dtype="uint8",
+                           **({"quality": 100} if driver == "JPEG" else {})) as out:
+            out.write(rgb)
+    res = run_cli([paths["tif"], paths["png"], paths["jpg"]], tmp_path / "out", "--quiet")
+    assert res.returncode == 0, res.stderr
+    frames = {ext: gpd.read_parquet(tmp_path / "out" / f"tile_{ext}.parquet") for ext in paths}
+    assert len(frames["tif"]) > 20
+    assert len(frames["png"]) == len(frames["tif"])
+    assert sorted(frames["png"].area.round(3)) == sorted(frames["tif"].area.round(3))
+    assert abs(len(frames["jpg"]) - len(frames["tif"])) <= 0.2 * len(frames["tif"])  # lossy, but the same scene
+    summary = json.loads((tmp_path / "out" / "tile_png.json").read_text())
+    assert summary["source"]["format"] == "PNG" and summary["crs"] is None
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "segment", str(paths["png"]), "--out",
+                             str(tmp_path / "out2"), "--model", "classical", "--workers", "1", "--quiet"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert (tmp_path / "out2" / "tile_png.parquet").is_file()  # published before printing

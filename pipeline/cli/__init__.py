@@ -161,13 +161,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at the interpreter's exit
+        return code
     except SeamlineError as exc:
         print(f"seamline: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("seamline: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout went to a reader that stopped reading (`seamline segment … | head -1`): what remains to print
+        # goes nowhere, without a traceback (Python's documented recipe: point stdout at devnull, so that the
+        # interpreter's own flush at exit does not raise again). Outputs were published before anything printed.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Raster input: open and validate a GeoTIFF/COG or TIFF/OME-TIFF, read its georeferencing and pixel size.
+"""Raster input: open and validate a GeoTIFF/COG, TIFF/OME-TIFF, VRT or any other raster GDAL reads (PNG and
+JPEG up to :data:`MAX_STREAM_PIXELS`), read its georeferencing and pixel size.
 
 All reads are windowed (GDAL through rasterio): nothing here holds the whole raster. Paths may be local or
 fsspec URLs (``s3://``, ``gs://``, ``memory://``, ...); remote files are read through fsspec file objects
@@ -21,6 +22,11 @@ from pipeline.errors import InputError
 __all__ = ["SceneInfo", "open_raster", "inspect_raster", "read_window", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+#: Formats GDAL can only decode from the start (no tiles, no random access): every window re-reads the file up
+#: to it, so they are taken up to a size that costs little (a NEON benchmark tile, a DSB2018 image, a photo)
+#: and refused above it with the conversion to use. Every other raster format GDAL reads is read by windows.
+STREAM_DRIVERS = ("PNG", "JPEG", "GIF", "WEBP")
+MAX_STREAM_PIXELS = 64 * 2**20
 _UNIT_TO_UM = {"nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "micrometer": 1.0,
                "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6}
 
@@ -136,9 +142,12 @@ def open_raster(path: str, **open_kwargs: Any):
     except RasterioIOError as exc:
         first = str(exc).splitlines()[0][:160]
         raise InputError(f"input {name}: not a readable GeoTIFF/TIFF ({first}); pass a GeoTIFF, COG or (OME-)TIFF file") from None
-    if ds.driver not in ("GTiff", "COG", "LIBERTIFF", "VRT"):
+    if ds.driver in STREAM_DRIVERS and ds.width * ds.height > MAX_STREAM_PIXELS:
+        w, h, drv = ds.width, ds.height, ds.driver
         ds.close()
-        raise InputError(f"input {name}: expected a GeoTIFF/TIFF, found a {ds.driver} file; convert it with gdal_translate -of COG")
+        raise InputError(f"input {name}: a {drv} of {w} x {h} px ({w * h / 1e6:.0f} Mpx) cannot be read by windows "
+                         f"({drv} has no tiles), expected at most {MAX_STREAM_PIXELS / 1e6:.0f} Mpx in {drv}; convert it "
+                         "with gdal_translate -of COG")
     return ds
 
 
