@@ -287,3 +287,26 @@ def test_box_files_find_an_image_by_name_then_by_stem(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps(summary))
     with pytest.raises(InputError, match="none named 'SJER_1.png'"):
         evaluate_boxes(tmp_path / "p.parquet", multi)
+
+
+def test_evaluate_boxes_per_class_only_with_classes_in_common(tmp_path):
+    """A one-class crown model against SOAP_061's Alive/Dead boxes: the overall row only (per-class rows of a
+    class the model never names would all read 0); with a class in common the rows are there."""
+    import json
+
+    import geopandas as gpd
+    import shapely
+
+    from pipeline.evaluation.boxeval import evaluate_boxes
+
+    truth = read_box_file(shared("aerial", "neon_trees", "SOAP_061.xml"))["SOAP_061.png"]
+    pred = gpd.GeoDataFrame({"class": ["tree"] * len(truth)}, geometry=[shapely.box(*r[:4]) for r in truth])
+    pred.to_parquet(tmp_path / "p.parquet")
+    summary = {"input": "SOAP_061.png", "height": 400, "width": 400, "transform": [1, 0, 0, 0, 1, 0]}
+    (tmp_path / "p.json").write_text(json.dumps(summary))
+    r = evaluate_boxes(tmp_path / "p.parquet", shared("aerial", "neon_trees", "SOAP_061.xml"))
+    assert r["all"]["f1"] == 1.0 and "per_class" not in r
+    pred["class"] = [t[4] for t in truth]
+    pred.to_parquet(tmp_path / "p.parquet")
+    r = evaluate_boxes(tmp_path / "p.parquet", shared("aerial", "neon_trees", "SOAP_061.xml"))
+    assert r["per_class"]["Alive"]["tp"] == 9 and r["per_class"]["Dead"]["tp"] == 28

@@ -78,7 +78,9 @@ def evaluate_boxes(pred_path, truth_path, like=None, threshold: float = BOX_IOU)
     result = {"prediction": str(pred_p), "ground_truth": str(truth_p), "iou_threshold": threshold,
               "all": box_scores(*box_counts(truth_boxes, pred_boxes, threshold=threshold))}
     classes = sorted(set(truth_cls))
-    if len(classes) > 1 or set(pred_cls) - set(classes) == set():
+    # Per class only where the two sides name classes in common: a one-class model (`tree`) against truth
+    # labelled Alive/Dead has no class to score, only the overall row.
+    if set(pred_cls) & set(classes) and (len(classes) > 1 or set(pred_cls) <= set(classes)):
         per = {}
         for c in sorted(set(truth_cls) | set(pred_cls)):
             t = truth_boxes[[i for i, v in enumerate(truth_cls) if v == c]]
