@@ -33,6 +33,9 @@ def test_unknown_pixel_size_and_coarser_image_run_native_with_a_warning():
     r = choose_resolution(NDPI, None, None, (1.0, "um"), model_name="nuclei")
     assert (r.level, r.resample, r.scale) == (0, 1.0, 1.0)
     assert "pixel size is unknown" in r.warnings[0] and "nuclei" in r.warnings[0]
+    assert "set pixel_size_um" in r.warnings[0]
+    r = choose_resolution([Level(400, 400, 1.0)], None, None, (0.1, "m"), model_name="trees")  # a NEON PNG tile
+    assert r.scale == 1.0 and "gdal_translate -a_srs" in r.warnings[0] and "pixel_size_um" not in r.warnings[0]
     r = choose_resolution(NDPI, (2.0, 2.0), "um", (0.5, "um"))
     assert r.scale == 1.0 and "coarser" in r.warnings[0]
     assert choose_resolution(NDPI, (0.2, 0.2), "um", None) == choose_resolution(NDPI, None, None, None)

@@ -83,8 +83,11 @@ def choose_resolution(levels: Sequence[Level], pixel_size: tuple[float, float] |
             src_um = _unit_um(pixel_unit)
             m_um = _unit_um(model_px[1])
             if pixel_size is None or src_um is None:
+                fix = ("if its pixels are not about that size, georeference it (gdal_translate -a_srs EPSG:... "
+                       "-a_ullr ...) so that they can be resampled" if model_px[1] == "m"
+                       else "set pixel_size_um if you know it")
                 warns.append(f"the image's pixel size is unknown: {model_name} (trained at {model_px[0]:g} {model_px[1]}"
-                             "/px) ran at the image's native resolution; set pixel_size_um if you know it")
+                             f"/px) ran at the image's native resolution; {fix}")
             elif m_um is None:
                 warns.append(f"{model_name}: pixel_size unit {model_px[1]!r} is not m or um: ran at native resolution")
             else:
