@@ -40,11 +40,10 @@ def _truth(path: Path, image_name: str | None, grid):
 
     if path.suffix.lower() in (".xml", ".csv"):
         table = read_box_file(path)
-        if image_name and boxes_of_image(table, image_name) is not None:
-            rows = boxes_of_image(table, image_name)
-        elif len(table) == 1:
+        rows = boxes_of_image(table, image_name) if image_name else None
+        if rows is None and len(table) == 1:
             rows = next(iter(table.values()))
-        else:
+        elif rows is None:
             raise InputError(f"evaluate --boxes: {path} holds boxes of {len(table)} images, none named {image_name!r}; "
                              "pass a box file of the evaluated image only")
         return np.array([r[:4] for r in rows], np.float64).reshape(-1, 4), [r[4] for r in rows]
