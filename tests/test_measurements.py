@@ -132,7 +132,7 @@ def test_qupath_geojson(runs):
     import shapely
 
     s = runs["tiled"]
-    fc = json.loads(open(s["outputs"]["geojson"], encoding="utf-8").read())
+    fc = json.loads(open(s["outputs"]["qupath_geojson"], encoding="utf-8").read())
     g = gpd.read_parquet(s["outputs"]["parquet"]).set_index("object_id")
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(g) == s["objects"]
     for f in fc["features"]:

@@ -107,7 +107,7 @@ def test_input_workdir_and_outputs_on_s3_equal_a_local_run(s3, s3_client_local, 
     assert any(k.startswith("results/.seamline-work/scene/parts/t") for k in keys)  # the work folder is in the bucket
     assert "results/.seamline-work/scene/windows.zarr/zarr.json" in keys
     assert not [k for k in keys if "/_seamline/tmp/" in k]
-    assert {"scene.parquet", "scene.gpkg", "scene.geojson", "scene.ome.zarr/labels/objects/.zattrs"} <= set(remote["files"])
+    assert {"scene.parquet", "scene.gpkg", "scene.qupath.geojson", "scene.ome.zarr/labels/objects/.zattrs"} <= set(remote["files"])
     assert all(("sha256" in m or "etag" in m) and m["size"] >= 0 for m in remote["files"].values())
     assert {k[len("results/"):] for k in keys if not k.startswith(("results/.seamline-work/", "results/scene.json"))} \
         == set(remote["files"])  # the JSON names every output file, and nothing else was published

@@ -191,7 +191,7 @@ def _arrow_batch(rows: dict[str, np.ndarray], geoms: np.ndarray, extra: list[str
 def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: SceneInfo, out: Staging,
                   class_name: str, summary: dict[str, Any], geojson: bool = False,
                   regularize: dict[str, Any] | None = None, class_names: list[str] | None = None) -> dict[str, Any]:
-    """Stage ``<stem>.parquet`` and ``<stem>.gpkg`` (and, with ``geojson``, the QuPath ``<stem>.geojson``:
+    """Stage ``<stem>.parquet`` and ``<stem>.gpkg`` (and, with ``geojson``, the QuPath ``<stem>.qupath.geojson``:
     :mod:`pipeline.io.qupath`) in ``out``; returns the summary, which ``out.publish`` writes last as
     ``<stem>.json`` (:mod:`pipeline.io.publish`). ``class_names``: a multi-class model's classes; each object
     gets the one with the largest probability summed over its pixels (else every object is ``class_name``)."""
@@ -203,8 +203,10 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
     import pyogrio
 
     stem = out.stem
-    exts = ("parquet", "gpkg", "geojson") if geojson else ("parquet", "gpkg")
-    tmps = {ext: out.path(ext, f"{stem}.{ext}") for ext in exts}
+    # The QuPath file is named for what it is: its coordinates are pixels, and a plain .geojson beside
+    # georeferenced layers is read by QGIS as lon/lat.
+    names = {"parquet": f"{stem}.parquet", "gpkg": f"{stem}.gpkg", **({"qupath_geojson": f"{stem}.qupath.geojson"} if geojson else {})}
+    tmps = {kind: out.path(kind, name) for kind, name in names.items()}
     staging = os.path.join(out.dir, ".rows.parquet")  # local scratch: GPKG (SQLite) and parquet need a file
     crs = output_crs(info)
     channels = channel_names(info)
@@ -227,7 +229,7 @@ def write_outputs(workdir: str, n_tiles: int, groups: dict[int, int], info: Scen
     try:
         first_gpkg = True
         if geojson:
-            gj = GeoJSONWriter(tmps["geojson"])
+            gj = GeoJSONWriter(tmps["qupath_geojson"])
         for batch in assemble_objects(workdir, n_tiles, groups):
             geoms_px = np.array(batch["geometry"], dtype=object)
             n = len(geoms_px)

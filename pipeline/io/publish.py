@@ -36,7 +36,7 @@ from typing import Any
 
 from pipeline.io import storage
 
-__all__ = ["Staging", "verify_outputs", "summary_url", "sha256_file"]
+__all__ = ["Staging", "verify_outputs", "current_outputs", "summary_url", "sha256_file"]
 
 PUBLISH_PREFIX = "_seamline/tmp"
 
@@ -239,6 +239,16 @@ def verify_outputs(out_dir: str, stem: str, deep: bool = False) -> dict[str, Any
         except OSError:
             return None
     return summary
+
+
+def current_outputs(out_dir: str, stem: str, version: str, fingerprint: str) -> dict[str, Any] | None:
+    """The published summary of ``stem`` when the outputs verify (:func:`verify_outputs`) and were made from
+    this ``version`` of the input (:func:`pipeline.io.storage.version_of`) with the settings of this
+    ``fingerprint`` (:mod:`pipeline.settings`); else None. The runner and ``watch`` decide "done" with it."""
+    s = verify_outputs(out_dir, stem)
+    if s is None or s.get("input_version") != version or s.get("settings_fingerprint") != fingerprint:
+        return None
+    return s
 
 
 def _json_default(o):

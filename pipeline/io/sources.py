@@ -331,9 +331,33 @@ def stem_of(path: str) -> str:
     return Path(name).stem
 
 
-def level_window(level: Level, row: float, col: float, h: float, w: float) -> tuple[int, int, int, int]:
-    """A level-0 region (floats) as the level's pixel window that covers it, clipped to the level."""
-    d = level.downsample
-    r0, c0 = max(0, math.floor(row / d)), max(0, math.floor(col / d))
-    r1, c1 = min(level.height, math.ceil((row + h) / d)), min(level.width, math.ceil((col + w) / d))
-    return r0, c0, max(1, r1 - r0), max(1, c1 - c0)
+def unique_stems(paths: list[str]) -> list[str]:
+    """Output stems for a batch: each input's :func:`stem_of`, and where two inputs share one (labs name
+    slides ``caseA/slide.svs``, ``caseB/slide.svs``), the shortest run of parent folder names that tells them
+    apart, joined with ``_`` (``caseA_slide``, ``caseB_slide``). The same input twice is an error."""
+    from collections import Counter
+
+    if len(set(paths)) != len(paths):
+        dup = next(p for p, n in Counter(paths).items() if n > 1)
+        raise ParameterError(f"input {dup} is given twice; pass each input once")
+    stems = [stem_of(p) for p in paths]
+    parents = [[x for x in p.split("::")[0].split("?")[0].rstrip("/").split("/")[:-1] if x and not x.endswith(":")]
+               for p in paths]
+    counts = Counter(stems)
+    out = list(stems)
+    for stem in (s for s, n in counts.items() if n > 1):
+        idx = [i for i, s in enumerate(stems) if s == stem]
+        depth = 1
+        while True:
+            names = ["_".join([*parents[i][-depth:], stem]) for i in idx]
+            if len(set(names)) == len(names) or depth > max(len(parents[i]) for i in idx):
+                break
+            depth += 1
+        if len(set(names)) != len(names):
+            names = [f"{stem}_{k + 1}" for k in range(len(idx))]
+        for i, n in zip(idx, names):
+            out[i] = n
+    if len(set(out)) != len(out):  # a made-up name equal to another input's own stem
+        out = [s if counts[stems[i]] == 1 else f"{s}_{i + 1}" for i, s in enumerate(out)]
+    return out
+
