@@ -20,7 +20,7 @@ def main() -> dict:
     from pipeline.models.learned import LearnedModel
     from pipeline.models.registry import resolve_model_spec
     from pipeline.stages.objectscale import choose_scale, estimate_diameter
-    from pipeline.io.sources import Level
+    from pipeline.io.readers.base import Level
     from pipeline.stages.resolution import area_resample, working_shape
     from pipeline.training.tune import validation_samples
 

@@ -33,7 +33,7 @@ from pipeline.config import SegmentConfig
 from pipeline.errors import InputError
 from pipeline.io import storage
 from pipeline.io.publish import current_outputs
-from pipeline.io.raster import SceneInfo
+from pipeline.io.scene import SceneInfo
 from pipeline.settings import Settings, resolve_settings
 from pipeline.stages.tiles import TileJob
 from pipeline.stages.tiling import TileGrid
@@ -412,7 +412,7 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
     input's name). ``task(fn, name)`` wraps each stage call (the flows make each a Prefect task)."""
     from pipeline.memwatch import TreeMemoryWatch
     from pipeline.io.labels_zarr import write_label_image
-    from pipeline.io.sources import stem_of
+    from pipeline.io.storage import stem_of
     from pipeline.report.progress import current
     from pipeline.stages.dispatch import cluster_client
 
@@ -501,7 +501,8 @@ class BatchResult:
 def check_inputs(inputs: list[str], cfg: SegmentConfig) -> list[str]:
     """Open every input (any format; bad channels fail here too) before any work, so a bad file in a batch
     leaves no half-made outputs; returns the output stem of each (:func:`pipeline.io.sources.unique_stems`)."""
-    from pipeline.io.sources import open_source, resolve_channels, unique_stems
+    from pipeline.io.sources import open_source, resolve_channels
+    from pipeline.io.storage import unique_stems
 
     for p in inputs:
         with open_source(p, cfg.reader, cfg.series) as src:

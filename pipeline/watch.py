@@ -35,7 +35,7 @@ from typing import Any, Callable
 from pipeline.config import SegmentConfig
 from pipeline.io import storage
 from pipeline.io.publish import verify_outputs
-from pipeline.io.sources import stem_of
+from pipeline.io.storage import stem_of
 from pipeline.lease import Lease
 from pipeline.runner import StageWrapper, check_writable, segment_scene
 from pipeline.settings import resolve_settings

@@ -26,7 +26,8 @@ import pytest
 from pipeline.configio import load_yaml_config
 from pipeline.config import SegmentConfig
 from pipeline.errors import CheckpointError, ConfigError, InputError, ParameterError, SeamlineError
-from pipeline.io.raster import SUPPORTED_DTYPES, inspect_raster
+from pipeline.io.raster import inspect_raster
+from pipeline.io.scene import SUPPORTED_DTYPES
 from pipeline.settings import check_model
 from pipeline.stages.tiling import validate_tiling
 

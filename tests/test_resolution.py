@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ParameterError
-from pipeline.io.sources import Level
+from pipeline.io.readers.base import Level
 from pipeline.stages.resolution import (area_resample, choose_resolution, model_pixel_size, source_window,
                                         working_shape)
 

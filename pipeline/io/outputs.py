@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.stages.measure import measure, output_crs
 from pipeline.stages.measure_objects import channel_names, measurement_names, object_columns, scene_density
-from pipeline.io.raster import SceneInfo
+from pipeline.io.scene import SceneInfo
 from pipeline.io import storage
 from pipeline.io.publish import Staging
 from pipeline.stages.tiles import part_path

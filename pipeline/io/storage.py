@@ -19,20 +19,26 @@ import os
 import posixpath
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, ParameterError
 
-__all__ = ["is_local", "local_path", "join", "fs_path", "exists", "read_bytes", "read_text", "write_bytes",
+__all__ = ["is_local", "is_url", "local_path", "stem_of", "unique_stems", "join", "fs_path", "exists", "read_bytes", "read_text", "write_bytes",
            "write_text", "write_parquet", "read_parquet", "read_parquet_schema", "remove", "listdir", "info", "version_of", "zarr_store", "ensure_dir", "storage_error",
            "name_of"]
 
 
 def is_local(url: str | Path) -> bool:
-    """A plain path or a ``file://`` URL (no fsspec needed)."""
+    """A plain path or a ``file://`` URL (no fsspec needed). The one test of "path or URL" in Seamline."""
     s = str(url)
     return "://" not in s or s.startswith("file://")
+
+
+def is_url(url: str | Path) -> bool:
+    """A URL that needs fsspec (``s3://``, ``zip://…::s3://…``, ``memory://``): not :func:`is_local`."""
+    return not is_local(url)
 
 
 def local_path(url: str | Path) -> str:
@@ -245,3 +251,42 @@ def zarr_store(url: str | Path, read_only: bool = False):
     from zarr.storage import FsspecStore
 
     return FsspecStore.from_url(str(url), read_only=read_only)
+
+
+def stem_of(path: str) -> str:
+    """Output file stem of an input: its name without image extensions (a URL's query and chain removed)."""
+    name = Path(path.split("::")[0].split("?")[0].rstrip("/")).name
+    for suf in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".svs", ".ndpi", ".vrt"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return Path(name).stem
+
+
+def unique_stems(paths: list[str]) -> list[str]:
+    """Output stems for a batch: each input's :func:`stem_of`, and where two inputs share one (labs name
+    slides ``caseA/slide.svs``, ``caseB/slide.svs``), the shortest run of parent folder names that tells them
+    apart, joined with ``_`` (``caseA_slide``, ``caseB_slide``). The same input twice is an error."""
+    if len(set(paths)) != len(paths):
+        dup = next(p for p, n in Counter(paths).items() if n > 1)
+        raise ParameterError(f"input {dup} is given twice; pass each input once")
+    stems = [stem_of(p) for p in paths]
+    parents = [[x for x in p.split("::")[0].split("?")[0].rstrip("/").split("/")[:-1] if x and not x.endswith(":")]
+               for p in paths]
+    counts = Counter(stems)
+    out = list(stems)
+    for stem in (s for s, n in counts.items() if n > 1):
+        idx = [i for i, s in enumerate(stems) if s == stem]
+        depth = 1
+        while True:
+            names = ["_".join([*parents[i][-depth:], stem]) for i in idx]
+            if len(set(names)) == len(names) or depth > max(len(parents[i]) for i in idx):
+                break
+            depth += 1
+        if len(set(names)) != len(names):
+            names = [f"{stem}_{k + 1}" for k in range(len(idx))]
+        for i, n in zip(idx, names):
+            out[i] = n
+    if len(set(out)) != len(out):  # a made-up name equal to another input's own stem
+        out = [s if counts[stems[i]] == 1 else f"{s}_{i + 1}" for i, s in enumerate(out)]
+    return out
+

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.io import storage
-from pipeline.io.raster import SceneInfo
+from pipeline.io.scene import SceneInfo
 
 __all__ = ["IngestBlock", "plan_ingest", "create_store", "ingest_block", "sample_stride", "scene_statistics", "MAX_SAMPLE_PX"]
 
@@ -87,7 +87,8 @@ def create_store(zarr_path: str, info: SceneInfo, tile: int) -> None:
 def read_working(info: SceneInfo, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
     """A window of the working image: the source's level window, area-averaged, the chosen channels; and
     where it is valid (None when the source cannot hold invalid pixels)."""
-    from pipeline.io.sources import Level, open_source
+    from pipeline.io.readers.base import Level
+    from pipeline.io.sources import open_source
     from pipeline.stages.resolution import area_resample, source_window
 
     src = open_source(info.path, info.reader, info.series, cache=True)

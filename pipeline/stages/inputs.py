@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io.raster import SceneInfo
+from pipeline.io.scene import SceneInfo
 from pipeline.io.sources import ImageSource, open_source, resolve_channels
 from pipeline.stages.resolution import Resolution, choose_resolution, model_pixel_size, working_shape
 
@@ -136,7 +136,7 @@ def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: flo
     if src.crs_wkt is None and ps is not None and unit == "um":
         ps_um = (ps[0] * s, ps[1] * s)
     elif src.crs_wkt is None and ps is not None:
-        from pipeline.io.sources import to_um
+        from pipeline.io.units import to_um
 
         x, y = to_um(ps[0], unit), to_um(ps[1], unit)
         ps_um = (x * s, y * s) if x and y else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.io.raster import SceneInfo
+from pipeline.io.scene import SceneInfo
 
 __all__ = ["to_scene_coords", "measure", "output_crs", "PIXEL_CRS_WKT"]
 

@@ -27,7 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.io.sources import Level, to_um
+from pipeline.io.readers.base import Level
+from pipeline.io.units import to_um
 
 __all__ = ["Resolution", "choose_resolution", "model_pixel_size", "area_resample", "working_shape", "source_window",
            "LEVEL_SNAP"]

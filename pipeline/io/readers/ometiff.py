@@ -13,7 +13,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.io.sources import ImageSource, Level, open_binary, to_um
+from pipeline.io.readers.base import ImageSource, Level, open_binary
+from pipeline.io.units import to_um
 
 __all__ = ["OmeTiffSource", "ome_channels_and_size"]
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.io.sources import ImageSource, Level, to_um
+from pipeline.io import storage
+from pipeline.io.readers.base import ImageSource, Level
+from pipeline.io.units import to_um
 
 __all__ = ["OmeZarrSource"]
 
@@ -20,9 +22,9 @@ __all__ = ["OmeZarrSource"]
 def _open_group(url: str):
     import zarr
 
-    path = url[len("file://"):] if url.startswith("file://") else url
+    path = storage.local_path(url)
     try:
-        if "://" in path:
+        if storage.is_url(path):
             from zarr.storage import FsspecStore
 
             return zarr.open_group(FsspecStore.from_url(path, read_only=True), mode="r")

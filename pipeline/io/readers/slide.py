@@ -13,7 +13,8 @@ import threading
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.io.sources import ImageSource, Level
+from pipeline.io import storage
+from pipeline.io.readers.base import ImageSource, Level
 
 __all__ = ["SlideSource"]
 
@@ -26,8 +27,8 @@ class SlideSource(ImageSource):
             import openslide
         except ImportError:  # pragma: no cover - a dependency
             raise InputError(f"input {url}: a whole-slide file needs OpenSlide; pip install openslide-bin openslide-python") from None
-        path = url[len("file://"):] if url.startswith("file://") else url
-        if "://" in path:
+        path = storage.local_path(url)
+        if storage.is_url(path):
             raise InputError(f"input {url}: OpenSlide reads local files only; copy the slide to a local disk "
                              "(or pass reader: tifffile for SVS/NDPI over fsspec)")
         try:
