@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402  (after the environ
 from prefect.cache_policies import NONE  # noqa: E402
 
 from pipeline.cli.options import add_run_options, overrides_from_args  # noqa: E402
-from pipeline.configio import segment_config  # noqa: E402
+from pipeline.config_file import segment_config  # noqa: E402
 from pipeline.errors import SeamlineError  # noqa: E402
 from pipeline.runner import segment_batch, segment_scene  # noqa: E402
 

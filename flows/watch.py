@@ -19,7 +19,7 @@ prefect_environment()
 from prefect import flow, get_run_logger  # noqa: E402  (after the environment defaults above)
 
 from flows.segment import stage_task  # noqa: E402
-from pipeline.configio import segment_config  # noqa: E402
+from pipeline.config_file import segment_config  # noqa: E402
 from pipeline.settings import resolve_settings  # noqa: E402
 from pipeline.stages.dispatch import cluster_client  # noqa: E402
 from pipeline.watch import totals_line, watch_once  # noqa: E402

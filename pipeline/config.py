@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import ParameterError
+from pipeline.stages.grid import validate_tiling
 
 __all__ = ["SegmentConfig", "ClassicalParams", "SlurmClusterParams", "result_fields"]
 
@@ -163,8 +164,6 @@ class SegmentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "SegmentConfig":
-        from pipeline.stages.tiling import validate_tiling
-
         validate_tiling(self.tile, 0 if self.halo is None else self.halo)
         if self.scheduler and self.cluster.kind != "local":
             raise ParameterError(f"scheduler ({self.scheduler}) and cluster: {{kind: {self.cluster.kind}}} both say where the "

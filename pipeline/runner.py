@@ -30,13 +30,30 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.config import SegmentConfig
-from pipeline.errors import InputError
+from pipeline.errors import InputError, ParameterError
 from pipeline.io import storage
-from pipeline.io.publish import current_outputs
+from pipeline.io.batch import batch_row, failed_row, write_batch_summary
+from pipeline.io.outputs import write_outputs
+from pipeline.io.publish import Staging, current_outputs
 from pipeline.io.scene import SceneInfo
+from pipeline.io.sources import open_source, resolve_channels
+from pipeline.io.storage import stem_of, unique_stems
+from pipeline.memwatch import TreeMemoryWatch
+from pipeline.report.progress import current
+from pipeline.report.stage import run_report as report_scene
+from pipeline.report.stage import write_index
 from pipeline.settings import Settings, resolve_settings
-from pipeline.stages.tiles import TileJob
-from pipeline.stages.tiling import TileGrid
+from pipeline.stages.assemble import object_batches, output_measurements, valid_pixels
+from pipeline.stages.dispatch import cluster_client, cores_per_worker
+from pipeline.stages.grid import TileGrid
+from pipeline.stages.ingest import create_store, ingest_block, plan_ingest, sample_stride, scene_statistics
+from pipeline.stages.inputs import plan_input
+from pipeline.stages.label_image import write_label_image
+from pipeline.stages.objectscale import choose_scale, estimate_scene_diameter
+from pipeline.stages.pixel_stats import scene_density
+from pipeline.stages.skipping import needed_tiles, nodata_skip, tile_fractions, tissue_mask, tissue_skip
+from pipeline.stages.stitch import components, seam_edges
+from pipeline.stages.tile_task import TileJob, process_tiles
 
 WINDOW_CHUNK = 256
 
@@ -66,6 +83,7 @@ class ScenePlan:
     input_version: str | None = None  # size + ETag/mtime of the input (pipeline.io.storage.version_of)
     scale: dict | None = None  # the object-scale decision (pipeline.stages.objectscale.ObjectScale.as_dict)
     class_names: list[str] | None = None  # a multi-class model's classes (each object gets its most probable)
+    model_classes: list[str] | None = None  # the checkpoint's class list (its order fixes the colours)
     stem: str = ""  # the outputs' name: <stem>.parquet, <stem>.json, ...
 
     @property
@@ -96,16 +114,15 @@ def check_writable(url: str, what: str) -> None:
         storage.remove(probe)
     except InputError:
         raise
-    except Exception as exc:  # botocore/aiohttp raise their own types for endpoint and credential errors
-        raise storage.storage_error(f"{what} {url}", exc, "writing a test object") from None
+    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp raise their own types for endpoint and credential errors
+        raise storage.storage_error(url, exc, "writing a test object", what) from None
 
 
 def plan_scene(input_path: str, out_dir: str | Path, settings: Settings, stem: str | None = None) -> ScenePlan:
-    """Validate the input against the model, and prepare (or resume) the work folder. No heavy work.
+    """Stage 1: validate the input against the model, choose what to read (level, resampling, channels,
+    object scale), and prepare (or resume) the work folder. No heavy work.
 
     ``stem`` names the outputs (``<stem>.parquet``…; default: the input's file name without extensions)."""
-    from pipeline.stages.inputs import plan_input
-
     cfg, model, md = settings.cfg, settings.model, settings.metadata
     name = settings.model_name
     inp = plan_input(input_path, cfg, md, name)
@@ -135,8 +152,10 @@ def plan_scene(input_path: str, out_dir: str | Path, settings: Settings, stem: s
     try:
         same = json.loads(storage.read_text(manifest)).get("fingerprint") == fp
         fresh = False
-    except (OSError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError):
         same, fresh = False, True
+    except Exception as exc:  # noqa: BLE001 - a refusing endpoint or a 403: one line naming the work folder
+        raise storage.storage_error(workdir, exc, "reading", "work folder") from None
     try:
         if not same:
             storage.remove(workdir, recursive=True)  # other settings, other input version, or a broken start
@@ -144,13 +163,14 @@ def plan_scene(input_path: str, out_dir: str | Path, settings: Settings, stem: s
             storage.write_text(manifest, json.dumps({"fingerprint": fp, "input": info.path}))
     except InputError:
         raise
-    except Exception as exc:
-        raise storage.storage_error(f"work folder {workdir}", exc, "writing" if fresh else "resetting") from None
+    except Exception as exc:  # noqa: BLE001 - storage backends raise their own types; storage_error makes one line
+        raise storage.storage_error(workdir, exc, "writing" if fresh else "writing (resetting)", "work folder") from None
     try:
         version = storage.version_of(info.path)
     except (OSError, InputError, ValueError):
         version = None
     return ScenePlan(info, out, workdir, cfg, model, class_name, class_names=None if cfg.class_name else class_names,
+                     model_classes=list(md.get("classes") or []) or None if md else None,
                      warnings=warnings, input=inp, fingerprint=fp, settings_fingerprint=settings.fingerprint,
                      model_id=settings.model_id, input_version=version, scale=scale.as_dict(), stem=stem)
 
@@ -159,8 +179,6 @@ def object_scale(inp, cfg: SegmentConfig, md: dict | None):
     """The object-diameter route (:mod:`pipeline.stages.objectscale`) for a planned input read at level 0:
     config ``object_diameter``, else the level-0 pixel size, else an estimate from a few full-resolution
     windows of the channels the model gets (read only in that last case)."""
-    from pipeline.io.sources import open_source
-    from pipeline.stages.objectscale import choose_scale, estimate_scene_diameter
 
     info = inp.info
     ps = (info.pixel_size_um[0] / info.scale, info.pixel_size_um[1] / info.scale) if info.pixel_size_um else None
@@ -175,13 +193,10 @@ def object_scale(inp, cfg: SegmentConfig, md: dict | None):
 
 
 def run_ingest(client, plan: ScenePlan) -> dict:
-    """Stage 1–2: raster → zarr (parallel, disjoint chunks) and scene statistics from the global lattice."""
-    from pipeline.stages.ingest import create_store, ingest_block, plan_ingest, sample_stride, scene_statistics
-
+    """Stage 2: raster → zarr (parallel, disjoint chunks) and scene statistics from the global lattice."""
     stats_file = storage.join(plan.workdir, "stats.json")
     if storage.exists(stats_file):
         return json.loads(storage.read_text(stats_file))
-    from pipeline.stages.skipping import needed_tiles, nodata_skip, tile_fractions, tissue_mask, tissue_skip
 
     info, tile = plan.info, plan.cfg.tile
     grid = plan.grid
@@ -206,7 +221,7 @@ def run_ingest(client, plan: ScenePlan) -> dict:
         results = client.gather(futures)
     except InputError:
         raise
-    except Exception as exc:  # GDAL read errors from a truncated or corrupt file surface here
+    except Exception as exc:  # noqa: BLE001 - GDAL read errors from a truncated or corrupt file surface here
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise InputError(f"input {info.path}: reading pixel data failed ({first}); the file looks truncated or corrupt — re-copy or re-export it") from None
     samples = [r[0] for r in results]
@@ -225,8 +240,6 @@ def run_ingest(client, plan: ScenePlan) -> dict:
 def make_job(plan: ScenePlan, stats: dict) -> TileJob:
     """What every tile task needs. The model's CPU threads: this machine's share per LocalCluster worker; on
     an existing cluster, whatever its workers were started with (torch's default)."""
-    from pipeline.stages.dispatch import cores_per_worker
-
     c = plan.cfg
     threads = None if (c.scheduler or c.cluster.kind != "local") else cores_per_worker(c.workers)
     skip = stats.get("skip", {})
@@ -246,10 +259,8 @@ def task_batches(n: int, tiles_per_task: int, slots: int) -> list[list[int]]:
 
 
 def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
-    """Stage 3–4: every tile through the model, batched per task; returns summed worker timings."""
+    """Stage 3: every tile through the model, batched per task; returns summed worker timings."""
     import zarr
-
-    from pipeline.stages.tiles import process_tiles
 
     win_path = storage.join(plan.workdir, "windows.zarr")
     if not storage.exists(storage.join(win_path, "zarr.json")):
@@ -272,8 +283,6 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
     total = {"tiles": 0, "skipped": 0, "pieces": 0, "pixels": 0, "empty": 0, "timings": {}}
     from distributed import as_completed
 
-    from pipeline.report.progress import current
-
     progress = current()  # counted here, as tasks finish on the driver: nothing added to the workers' hot path
     progress.start_tiles(len(job.grid), plan.info.width * plan.info.height)
     for fut in as_completed(futures):
@@ -288,9 +297,7 @@ def run_tiles(client, plan: ScenePlan, job: TileJob) -> dict:
 
 
 def run_stitch(client, plan: ScenePlan, job: TileJob) -> dict[int, int]:
-    """Stage 5: seam edges per tile (parallel), then one connected-components step on the driver."""
-    from pipeline.stages.stitch import components, seam_edges
-
+    """Stage 4: seam edges per tile (parallel), then one connected-components step on the driver."""
     n = len(job.grid)
     futures = client.map(seam_edges, [job] * n, list(range(n)), pure=False)
     edges = [e for e in client.gather(futures) if e.size]
@@ -298,13 +305,13 @@ def run_stitch(client, plan: ScenePlan, job: TileJob) -> dict[int, int]:
 
 
 def stage_outputs(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]):
-    """Stage 6–7: whole objects, real-unit measures, GeoParquet and GeoPackage staged for publishing.
-    Returns ``(staging, summary)``; other output writers add their files to ``staging`` before
+    """Stages 6–7: whole objects with real-unit measures (:mod:`pipeline.stages.assemble`), written to GeoParquet,
+    GeoPackage and QuPath GeoJSON staged for publishing (:mod:`pipeline.io.outputs`). Returns
+    ``(staging, summary)``; other output writers add their files to ``staging`` before
     ``staging.publish(summary)`` (see :mod:`pipeline.io.publish`)."""
-    from pipeline.io.outputs import write_outputs
-    from pipeline.io.publish import Staging
-
     info, c = plan.info, plan.cfg
+    n_tiles = len(plan.grid)
+    regularize = c.regularize.model_dump() if c.regularize else None
     summary = {
         "seamline_version": __version__,
         "input": info.path,
@@ -328,9 +335,10 @@ def stage_outputs(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]
     }
     staging = Staging(plan.out_dir, plan.stem)
     try:
-        summary = write_outputs(plan.workdir, len(plan.grid), groups, info, staging, plan.class_name, summary,
-                                geojson=c.qupath_geojson, regularize=c.regularize.model_dump() if c.regularize else None,
-                                class_names=plan.class_names)
+        batches = object_batches(plan.workdir, n_tiles, groups, info, plan.class_name, plan.class_names, regularize)
+        summary = write_outputs(batches, info, staging, summary, output_measurements(info, regularize),
+                                geojson=c.qupath_geojson, model_classes=plan.model_classes, class_name=plan.class_name)
+        summary.update(scene_density(summary["objects"], valid_pixels(plan.workdir, n_tiles), info, summary.get("tissue_px")))
     except BaseException:
         staging.discard()
         raise
@@ -345,7 +353,7 @@ def skipping_summary(plan: ScenePlan, stats: dict) -> dict[str, Any]:
             "tiles_skipped": {"tissue": n_t, "nodata": n_n, "total": n_t + n_n,
                               "fraction": round((n_t + n_n) / len(plan.grid), 4)},
             "tissue": stats.get("tissue"),
-            # tissue area in working pixels (measure_objects.scene_density: objects per mm² of tissue)
+            # tissue area in working pixels (pixel_stats.scene_density: objects per mm² of tissue)
             **({"tissue_px": int(stats["tissue"]["working_px"])} if stats.get("tissue") else {})}
 
 
@@ -363,13 +371,11 @@ def _source_summary(plan: ScenePlan) -> dict[str, Any]:
 def run_report(plan: ScenePlan, summary: dict, staging) -> dict[str, str]:
     """Stage 8: quicklook PNG (+ COG when georeferenced) and the HTML report, from the zarr store and the staged
     GeoParquet file, into ``staging`` (published with the rest) — so before the work folder is removed."""
-    from pipeline.report.stage import model_classes, run_report as report_scene
-
     stem = plan.stem
     final = {k: storage.join(plan.out_dir, n) for k, n in staging.entries.items()}
     try:
         return report_scene(plan.zarr_path, plan.out_dir, stem, {**summary, "outputs": {**summary.get("outputs", {}), **final}},
-                            plan.cfg.tile, model_classes(plan.model), plan.info.nodata,
+                            plan.cfg.tile, plan.model_classes, plan.info.nodata,
                             parquet=os.path.join(staging.dir, f"{stem}.parquet"), dest=staging.path)
     except Exception as exc:  # noqa: BLE001 - the objects are written; a picture must not fail the run
         msg = f"quicklook/report not written: {type(exc).__name__}: {exc}"
@@ -410,11 +416,6 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
     whose published outputs are current for this input version and these settings is not run again: its
     summary is returned with ``skipped: True``, unless ``force``. ``stem`` names the outputs (default: the
     input's name). ``task(fn, name)`` wraps each stage call (the flows make each a Prefect task)."""
-    from pipeline.memwatch import TreeMemoryWatch
-    from pipeline.io.labels_zarr import write_label_image
-    from pipeline.io.storage import stem_of
-    from pipeline.report.progress import current
-    from pipeline.stages.dispatch import cluster_client
 
     step = task or _plain
     settings = resolve_settings(cfg)
@@ -501,8 +502,6 @@ class BatchResult:
 def check_inputs(inputs: list[str], cfg: SegmentConfig) -> list[str]:
     """Open every input (any format; bad channels fail here too) before any work, so a bad file in a batch
     leaves no half-made outputs; returns the output stem of each (:func:`pipeline.io.sources.unique_stems`)."""
-    from pipeline.io.sources import open_source, resolve_channels
-    from pipeline.io.storage import unique_stems
 
     for p in inputs:
         with open_source(p, cfg.reader, cfg.series) as src:
@@ -520,17 +519,13 @@ def segment_batch(inputs: list[str], out_dir: str, cfg: SegmentConfig, *, force:
     A scene that fails is recorded and the others still run. ``DIR/summary.parquet`` and ``.csv`` gain one
     row per input (rows of earlier calls into the same folder are kept, a scene's row replaced), and
     ``DIR/index.html`` lists every scene of this batch. The cluster starts only if a scene needs running."""
-    from pipeline.io.batch import batch_row, failed_row, write_batch_summary
-    from pipeline.report.stage import write_index
-    from pipeline.stages.dispatch import cluster_client
 
     settings = resolve_settings(cfg)  # a broken checkpoint or a tile the model cannot use fails before any work
     cfg = settings.cfg
     stems = check_inputs(inputs, cfg)
     if storage.is_local(out_dir) and Path(storage.local_path(out_dir)).exists() and not Path(storage.local_path(out_dir)).is_dir():
-        from pipeline.errors import ParameterError
-
         raise ParameterError(f"--out {out_dir}: exists and is not a folder; pass a folder path")
+    check_writable(out_dir, "--out")  # a read-only bucket or a refusing endpoint: one line before any work
     result = BatchResult()
     with contextlib.ExitStack() as stack:
         client = None
@@ -539,7 +534,7 @@ def segment_batch(inputs: list[str], out_dir: str, cfg: SegmentConfig, *, force:
                 client = stack.enter_context(cluster_client(cfg))
             try:
                 s = segment_scene(p, out_dir, cfg, client=client, force=force, stem=stem, task=task)
-            except Exception as exc:  # one failed slide does not stop the batch; it is reported, then raised
+            except Exception as exc:  # noqa: BLE001 - one failed slide does not stop the batch; it is reported, then raised
                 result.errors.append((p, exc))
                 result.rows.append(failed_row(p, stem, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
                 continue

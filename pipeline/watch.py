@@ -27,12 +27,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from pipeline.config import SegmentConfig
+from pipeline.errors import InputError
 from pipeline.io import storage
 from pipeline.io.publish import verify_outputs
 from pipeline.io.storage import stem_of
@@ -61,17 +63,25 @@ class Scene:
 
 
 def list_scenes(source: str) -> list[Scene]:
-    """Rasters under a folder or prefix (recursively), with their versions from one listing (no HEAD each)."""
+    """Rasters under a folder or prefix (recursively), with their versions from one listing (no HEAD each).
+
+    A source that does not exist (a mistyped folder, a prefix with nothing under it, a bucket this identity
+    cannot list) is one line, never "0 scenes": a scheduled watch on a wrong path would otherwise report
+    success on every run and process nothing. An existing, empty folder is 0 scenes."""
     fs, root = storage.fs_path(source)
     fs.invalidate_cache(root)
     try:
+        if storage.is_local(source):
+            if not os.path.isdir(root):
+                why = "is a file, expected a folder" if os.path.exists(root) else "no such folder"
+                raise InputError(f"watch source {source}: {why}; check the path (a folder of scenes)")
+        elif not fs.exists(root):
+            raise FileNotFoundError(f"no such folder or prefix: {source}")
         found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        found = {}
-    except Exception as exc:
-        raise storage.storage_error(source, exc, "listing") from None
-    if not found and not storage.is_local(source) and not fs.exists(root):
-        raise storage.storage_error(source, FileNotFoundError(f"no such folder or prefix: {source}"), "listing")
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - storage backends raise their own types; storage_error makes one line
+        raise storage.storage_error(source, exc, "listing", "watch source") from None
     scenes = []
     for path, meta in sorted(found.items()):
         if meta.get("type") == "directory" or not path.lower().endswith(RASTER_SUFFIXES):
@@ -167,9 +177,9 @@ def watch_once(source: str, dest: str, cfg: SegmentConfig, client=None, max_atte
     settings = resolve_settings(cfg)  # the fingerprint the runs publish: the same function, the same value
     cfg = settings.cfg
     process = process or (lambda url, out, c, cl: segment_scene(url, out, c, client=cl, force=True, task=task))
+    scenes = list_scenes(source)  # a missing or unlistable source stops here: nothing written, no ledger
     check_writable(dest, "--out")
     fp = settings.fingerprint
-    scenes = list_scenes(source)
     result: dict[str, Any] = {"source": source, "dest": dest, "scenes": len(scenes), "processed": 0, "failed": 0,
                               "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "lost_lease": 0, "unreadable": 0,
                               "results": []}

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.configio import load_yaml_config
 from pipeline.config import SegmentConfig
+from pipeline.config_file import load_yaml_config
 from pipeline.errors import CheckpointError, ConfigError, InputError, ParameterError, SeamlineError
 from pipeline.io.raster import inspect_raster
 from pipeline.io.scene import SUPPORTED_DTYPES
 from pipeline.settings import check_model
-from pipeline.stages.tiling import validate_tiling
+from pipeline.stages.grid import validate_tiling
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT_SUFFIXES = (".parquet", ".gpkg", ".json", ".geojson", ".zarr", ".csv", ".html", ".png", ".tif")

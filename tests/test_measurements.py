@@ -7,12 +7,11 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from helpers import rasterize_output
 
 from pipeline.config import SegmentConfig
 from pipeline.runner import segment_scene
 from pipeline.synthetic import write_scene
-
-from helpers import rasterize_output
 
 PX = (0.5, 0.25)  # anisotropic µm pixels: axis lengths must use both
 

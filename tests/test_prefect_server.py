@@ -13,10 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from pipeline.synthetic import write_scene
 from servers import BIN, ROOT, free_port, stop, wait_port
 from test_routes import same_objects, scene_files
+
+from pipeline.synthetic import write_scene
+
+pytestmark = pytest.mark.slow  # a real `prefect server`
 
 
 def _prefect_env(home: Path, api: str | None = None) -> dict[str, str]:

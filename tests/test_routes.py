@@ -10,9 +10,12 @@ import subprocess
 import sys
 
 import geopandas as gpd
+import pytest
+from servers import ROOT
 
 from pipeline.synthetic import write_scene
-from servers import ROOT
+
+pytestmark = pytest.mark.slow  # the CLI, a Prefect flow and a watch in subprocesses
 
 PER_SCENE = {"parquet", "gpkg", "json", "qupath.geojson", "ome.zarr", "quicklook.png", "quicklook.tif", "html"}
 

@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from servers import ROOT
 
 from pipeline.config import SegmentConfig, result_fields
 from pipeline.settings import default_workers, resolve_settings
 from pipeline.synthetic import write_scene
 from pipeline.watch import read_ledger, watch_once
-from servers import ROOT
 
 SHIPPED = ["default", "buildings", "trees"]
 

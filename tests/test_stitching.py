@@ -11,13 +11,12 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from helpers import rasterize_output
 
 from pipeline.config import SegmentConfig
 from pipeline.evaluation.metrics import iou_matrix, match
 from pipeline.runner import segment_scene
 from pipeline.synthetic import write_scene
-
-from helpers import rasterize_output
 
 
 @pytest.fixture(scope="module")

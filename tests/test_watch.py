@@ -11,12 +11,14 @@ import sys
 import time
 
 import pytest
+from servers import ROOT, make_bucket, s3_client, s3_environment
 
 from pipeline.config import SegmentConfig
 from pipeline.lease import Lease
 from pipeline.synthetic import write_scene
 from pipeline.watch import read_ledger, watch_once
-from servers import ROOT, make_bucket, s3_client, s3_environment
+
+pytestmark = pytest.mark.slow  # an S3 server (moto) and watcher processes
 
 # Tile and halo left unset, as users leave them: the second round must still find every scene done (#19).
 CFG = SegmentConfig(model="classical", workers=1, label_image=False, qupath_geojson=False)
@@ -189,7 +191,7 @@ def test_two_creates_that_both_succeed_still_give_one_holder(s3, monkeypatch):
     monkeypatch.setattr(a, "_create_if_absent", non_atomic_create(a, 0.0))
     monkeypatch.setattr(b, "_create_if_absent", non_atomic_create(b, 0.4))
     got = {}
-    threads = [threading.Thread(target=lambda l=l, k=k: got.__setitem__(k, l.acquire())) for k, l in (("a", a), ("b", b))]
+    threads = [threading.Thread(target=lambda lease=lease, k=k: got.__setitem__(k, lease.acquire())) for k, lease in (("a", a), ("b", b))]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert got == {"a": False, "b": True} and b.still_held() and not a.still_held()

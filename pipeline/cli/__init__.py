@@ -7,7 +7,14 @@ import os
 import sys
 
 from pipeline import __version__
-from pipeline.errors import SeamlineError
+from pipeline.cli.evaluate import add_evaluate_command
+from pipeline.cli.segment import add_segment_commands
+from pipeline.cli.watch import add_watch_command
+from pipeline.config import SegmentConfig
+from pipeline.config_file import load_yaml_config, validation_message
+from pipeline.errors import ConfigError, ParameterError, SeamlineError
+from pipeline.stages.dispatch import slurm_cluster
+from pipeline.training.config import TrainConfig
 
 __all__ = ["main"]
 
@@ -19,9 +26,7 @@ def _env_defaults() -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.configio import load_yaml_config
-    from pipeline.training.config import TrainConfig
-    from pipeline.training.train import train
+    from pipeline.training.train import train  # late: torch and the training stack load only for training
 
     overrides: dict = {}
     if args.epochs is not None:
@@ -41,9 +46,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SeamlineError("seamline train: pass --config FILE or --data DIR (a folder with images/ and labels/)")
         from pydantic import ValidationError
 
-        from pipeline.configio import validation_message
-        from pipeline.errors import ConfigError
-
         try:
             cfg = TrainConfig.model_validate(overrides)
         except ValidationError as exc:
@@ -54,15 +56,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from pipeline.training.tune import tune_postprocess
+    from pipeline.training.tune import tune_postprocess  # late: the model stack loads only for tuning
 
     if (args.data is None) == (args.config is None):
         raise SeamlineError("seamline tune: pass the data the checkpoint was trained on, either --data DIR "
                             "(images/ and labels/) or --config TRAINING.yaml")
     if args.config:
-        from pipeline.configio import load_yaml_config
-        from pipeline.training.config import TrainConfig
-
         data = load_yaml_config(args.config, TrainConfig, {}).data
     else:
         data = args.data
@@ -98,17 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint's JSON as it is")
     u.set_defaults(func=_cmd_tune)
 
-    from pipeline.cli.segment import add_segment_commands
-
     add_segment_commands(sub)
+    add_evaluate_command(sub)
 
     v = sub.add_parser("view", help="open a run's image and objects in napari (optional extra: seamline[view])")
     v.add_argument("target", metavar="OUT/STEM", help="the output folder and scene stem of a finished run")
     v.add_argument("--screenshot", metavar="PNG", help="save the canvas to PNG and exit instead of opening a window")
     v.add_argument("--max-polygons", type=int, default=50_000, help="beyond this many objects show centroids")
     v.set_defaults(func=_cmd_view)
-
-    from pipeline.cli.watch import add_watch_command
 
     add_watch_command(sub)
 
@@ -119,10 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_cluster_script(args: argparse.Namespace) -> int:
-    from pipeline.config import SegmentConfig
-    from pipeline.configio import load_yaml_config
-    from pipeline.errors import ParameterError
-    from pipeline.stages.dispatch import slurm_cluster
 
     cfg = load_yaml_config(args.config, SegmentConfig, {})
     if cfg.cluster.kind != "slurm":
@@ -134,7 +126,7 @@ def _cmd_cluster_script(args: argparse.Namespace) -> int:
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
-    from pipeline.report.view import view
+    from pipeline.report.view import view  # late: napari is an optional extra
 
     shot = view(args.target, args.screenshot, args.max_polygons)
     if shot:

@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from pipeline.config import SegmentConfig
-from pipeline.configio import segment_config
+from pipeline.config_file import segment_config
 
 __all__ = ["add_config_options", "add_run_options", "overrides_from_args", "config_from_args", "MODEL_HELP"]
 

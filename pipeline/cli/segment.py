@@ -7,13 +7,16 @@ import json
 from pathlib import Path
 
 from pipeline.cli.options import add_run_options, config_from_args
+from pipeline.config import SegmentConfig
+from pipeline.evaluation.evaluate import evaluate_files, format_table
+from pipeline.report.progress import Progress, use
+from pipeline.runner import segment_batch, segment_scene
+from pipeline.synthetic import write_scene
 
 __all__ = ["add_segment_commands"]
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from pipeline.report.progress import Progress, use
-    from pipeline.runner import segment_batch
 
     cfg = config_from_args(args)
 
@@ -50,22 +53,11 @@ def add_segment_commands(sub) -> None:
     add_run_options(s)
     s.add_argument("--force", action="store_true", help="redo inputs whose outputs are current for these settings")
     s.set_defaults(func=_cmd_segment)
-
-    try:
-        from pipeline.evaluation.evaluate import add_evaluate_command
-    except ImportError:  # pragma: no cover - evaluate lands separately
-        pass
-    else:
-        add_evaluate_command(sub)
     add_demo_bench_commands(sub)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Generate the bundled demo slide (with its ground truth), segment it, and score the result."""
-    from pipeline.config import SegmentConfig
-    from pipeline.evaluation.evaluate import evaluate_files, format_table
-    from pipeline.runner import segment_scene
-    from pipeline.synthetic import write_scene
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +70,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         write_scene(slide, args.size, args.size, crs=None, pixel_size_um=0.5, seed=2018, cell=26, radius=(5, 11),
                     fill=0.85, labels_path=truth)
     cfg = SegmentConfig(model=args.model, tile=512, workers=args.workers)
-    from pipeline.report.progress import Progress, use
 
     with use(None if args.quiet else Progress()):
         s = segment_scene(str(slide), out, cfg)
@@ -94,7 +85,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.bench import run_bench
+    from pipeline.bench import run_bench  # late: the benchmark loads torch
 
     res = run_bench(args.out, args.size, args.model, args.tile, args.halo, args.workers, args.device, args.batch_size,
                     tta=args.tta)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.io import storage
+
 __all__ = ["batch_row", "failed_row", "write_batch_summary", "BATCH_COLUMNS"]
 
 BATCH_COLUMNS = ["input", "stem", "status", "error", "objects", "tissue_area", "tissue_area_unit", "objects_density",
@@ -49,8 +51,6 @@ def write_batch_summary(out_dir: str | Path, rows: list[dict[str, Any]]) -> dict
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
-
-    from pipeline.io import storage
 
     url = storage.join(str(out_dir), "summary.parquet")
     if storage.exists(url):

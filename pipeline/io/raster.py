@@ -15,8 +15,8 @@ from typing import Any
 
 from pipeline.errors import InputError
 from pipeline.io import storage
-from pipeline.io.readers.base import open_binary
 from pipeline.io.scene import SUPPORTED_DTYPES, SceneInfo
+from pipeline.io.storage import open_binary
 from pipeline.io.units import to_um
 
 __all__ = ["open_raster", "inspect_raster", "check_dataset", "clean_nodata"]
@@ -38,20 +38,13 @@ def open_raster(path: str, **open_kwargs: Any):
     name = path  # what messages call the input: the path or URL as the user gave it
     path = storage.local_path(path)
     if storage.is_url(path):
-        from fsspec.core import url_to_fs
-
-        try:
-            # The filesystem and the path inside it; chained URLs ("zip://a.tif::s3://bucket/b.zip") too.
-            fs, path = url_to_fs(path)
-            # fsspec instances are shared and cache listings: a scene replaced under the same key (a new version,
-            # as `seamline watch` sees them) must not be read with the old size — GDAL aborts on that.
-            fs.invalidate_cache(path)
-            exists = fs.exists(path)
-        except (ValueError, ImportError, OSError) as exc:
-            raise InputError(f"input {name}: cannot open this URL ({exc}); install the fsspec backend for its "
-                             "scheme (e.g. s3fs, gcsfs, aiohttp) and check the address") from None
-        if not exists:
-            raise InputError(f"input {name}: file not found; check the URL")
+        # One line for a refusing endpoint, missing credentials, a 403 or a 404, before GDAL sees the URL; the
+        # probe also drops fsspec's cached listing: a scene replaced under the same key (a new version, as
+        # `seamline watch` sees them) must not be read with the old size — GDAL aborts on that.
+        if storage.probe(path, "input").get("type") == "directory":
+            raise InputError(f"input {name}: is a folder (prefix), expected an image file; pass the image's URL itself")
+        # The filesystem and the path inside it; chained URLs ("zip://a.tif::s3://bucket/b.zip") too.
+        fs, path = storage.fs_path(path)
         kwargs["opener"] = fs
     else:
         if not os.path.exists(path):
@@ -98,7 +91,7 @@ def _pixel_size_from_tiff(path: str) -> tuple[float, float] | None:
                     ypx = yr.value[0] / yr.value[1]
                     if xpx > 0 and ypx > 0:
                         return (f / xpx, f / ypx)
-    except Exception:  # metadata is optional: a TIFF without it is still valid input
+    except Exception:  # noqa: BLE001 - metadata is optional: a TIFF without it is still valid input
         return None
     return None
 
@@ -137,7 +130,7 @@ def check_dataset(ds, path: str) -> str:
     try:
         ds.read(1, window=RWindow(0, 0, min(16, ds.width), min(16, ds.height)))
         ds.read(window=RWindow(max(0, ds.width - 16), max(0, ds.height - 16), min(16, ds.width), min(16, ds.height)))
-    except Exception as exc:  # rasterio raises RasterioIOError; GDAL may raise others for corrupt blocks
+    except Exception as exc:  # noqa: BLE001 - rasterio raises RasterioIOError; GDAL may raise others for corrupt blocks
         detail = exc.__cause__ or exc  # rasterio's "Read failed. See previous exception" wraps GDAL's message
         first = str(detail).splitlines()[0][:160] if str(detail) else type(exc).__name__
         raise InputError(f"input {path}: pixel data cannot be read, the file looks truncated or corrupt ({first}); re-copy or re-export it") from None

@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pyproj
+
 from pipeline.io.storage import stem_of
 
-__all__ = ["SceneInfo", "SUPPORTED_DTYPES"]
+__all__ = ["SceneInfo", "SUPPORTED_DTYPES", "scene_crs", "PIXEL_CRS_WKT"]
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
@@ -76,3 +78,16 @@ class SceneInfo:
                    tuple(tuple(lv) for lv in a.get("levels", ())),
                    tuple(a["channels"]) if a.get("channels") is not None else None,
                    tuple(a["channel_names"]) if a.get("channel_names") is not None else None, a.get("has_mask", False))
+
+
+PIXEL_CRS_WKT = (
+    'ENGCRS["Image pixel grid",EDATUM["Image"],CS[Cartesian,2],'
+    'AXIS["x (column)",east,ORDER[1],LENGTHUNIT["unknown",1]],'
+    'AXIS["y (row)",south,ORDER[2],LENGTHUNIT["unknown",1]]]'
+)
+
+
+def scene_crs(info: "SceneInfo") -> pyproj.CRS:
+    """The CRS of the outputs: the scene's own, or, for an image without georeferencing, an engineering CRS of
+    its pixel grid (never omitted: an omitted CRS means lon/lat to GeoParquet readers)."""
+    return pyproj.CRS.from_wkt(info.crs_wkt if info.crs_wkt else PIXEL_CRS_WKT)

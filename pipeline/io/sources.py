@@ -8,8 +8,7 @@ channel names, the dtype, nodata / a validity mask (alpha band, GDAL mask, slide
 level-0 affine transform, and windowed reads ``read(level, row, col, h, w, channels) -> (channels, h, w)``.
 
 Why one interface: the resolution rule (:mod:`pipeline.stages.resolution`), channel choice, tissue detection
-and ingest must not know which library read the pixels, and each library misreads some formats (NOTES:
-OpenSlide and GDAL both read an OME-TIFF pyramid as its first plane only), so the choice of backend is made
+and ingest must not know which library read the pixels, and each library misreads some formats (OpenSlide and GDAL both read an OME-TIFF pyramid as its first plane only), so the choice of backend is made
 once, here, by content and not by file extension alone.
 
 Backends live in :mod:`pipeline.io.readers`; a worker re-opens a source from its URL and ``reader`` name
@@ -24,11 +23,12 @@ from typing import Sequence
 
 from pipeline.errors import InputError, ParameterError
 from pipeline.io import storage
-from pipeline.io.readers.base import ImageSource, open_binary
+from pipeline.io.readers.base import ImageSource
 from pipeline.io.readers.gdal import GdalSource
 from pipeline.io.readers.ometiff import OmeTiffSource
 from pipeline.io.readers.omezarr import OmeZarrSource
 from pipeline.io.readers.slide import SlideSource
+from pipeline.io.storage import open_binary
 
 __all__ = ["open_source", "detect_reader", "resolve_channels", "READERS"]
 
@@ -70,7 +70,7 @@ def detect_reader(path: str) -> str:
         import openslide
 
         vendor = openslide.OpenSlide.detect_format(lp)
-    except Exception:  # OpenSlide missing or unable to parse: not a slide it reads
+    except Exception:  # noqa: BLE001 - OpenSlide missing or unable to parse: not a slide it reads
         vendor = None
     if vendor in _VENDORS:
         return "openslide"
@@ -86,7 +86,7 @@ def _looks_ome(path: str) -> bool:
 
         with open_binary(path) as fh, tifffile.TiffFile(fh) as tif:
             return bool(tif.is_ome)
-    except Exception:
+    except Exception:  # noqa: BLE001 - not an OME-TIFF if tifffile cannot parse it
         return False
 
 
@@ -116,6 +116,8 @@ def open_source(url: str, reader: str = "auto", series: int | None = None, cache
             src = _CACHE.get(key)
         if src is not None:
             return src
+    if storage.is_url(url) and not cache:  # workers (cache=True) read what the driver already checked
+        storage.probe(url, "input")  # one line for a refusing endpoint, no credentials, a 403 or a 404
     kind = detect_reader(url) if reader == "auto" else reader
     src = BACKENDS[kind](url, series)
     # rasterio keeps an fsspec opener in a context variable: a dataset opened through one in one Dask task

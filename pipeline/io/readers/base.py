@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from fsspec.core import url_to_fs
 
 from pipeline.errors import InputError
-from pipeline.io import storage
 from pipeline.io.scene import SUPPORTED_DTYPES
 from pipeline.io.units import to_um
 
-__all__ = ["Level", "ImageSource", "open_binary"]
+__all__ = ["Level", "ImageSource"]
 
 
 @dataclass(frozen=True)
@@ -138,13 +136,3 @@ class ImageSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_binary(path: str):
-    """A binary file object for a local path or an fsspec URL (read by ranges, never downloaded whole)."""
-    if storage.is_url(path):
-        fs, inner = url_to_fs(path)  # the filesystem (e.g. a zip over s3) stays alive with the file it opened
-        fh = fs.open(inner, "rb")
-        fh._seamline_fs = fs
-        return fh
-    return open(storage.local_path(path), "rb")
