@@ -38,7 +38,7 @@ class RegularizeParams(_Strict):
     """Building outline regularisation (pipeline/stages/regularize.py); off unless set."""
 
     classes: list[str] = Field(default_factory=lambda: ["building"])  # only objects of these classes
-    tolerance: float = Field(default=0.5, gt=0)  # Douglas-Peucker tolerance in map units (m; um or px without a CRS)
+    tolerance: float = Field(default=0.5, gt=0)  # Douglas-Peucker tolerance: m on the ground (any CRS); um or px without one
     angle_tolerance: float = Field(default=15.0, ge=0, lt=45)  # edges this close to the dominant axes are squared
     min_iou: float = Field(default=0.8, ge=0, le=1)  # squared outline must fit the original this well, else simplified only
 

@@ -343,7 +343,7 @@ def test_cli_good_run_after_failures(tmp_path, small_scene):
     assert "Traceback" not in res.stderr, res.stderr
     names = sorted(x.name for x in out.iterdir())
     assert names == ["summary.csv", "summary.parquet", "tiny.gpkg", "tiny.html", "tiny.json", "tiny.ome.zarr",
-                     "tiny.parquet", "tiny.qupath.geojson", "tiny.quicklook.png", "tiny.quicklook.tif"], names  # no temp files, no work folder
+                     "tiny.parquet", "tiny.quicklook.png", "tiny.quicklook.tif", "tiny.qupath.geojson"], names  # no temp files, no work folder
     summary = json.loads((out / "tiny.json").read_text())
     assert summary["objects"] > 0
     assert summary["tiling"]["tile"] == 128 and summary["tiling"]["halo"] == 16

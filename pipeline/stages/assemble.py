@@ -121,14 +121,11 @@ def assemble_objects(workdir: str, n_tiles: int, groups: dict[int, int], batch_r
 
 
 def regularized(geoms_px: np.ndarray, info: SceneInfo, params: dict[str, Any]) -> np.ndarray:
-    """Regularise pixel-space polygons with a tolerance given in map units (metres for a projected scene,
-    µm for microscopy with a pixel size, else pixels): square pixels make the two equivalent."""
-    if info.crs_wkt:
-        px = float(np.hypot(info.transform[0], info.transform[3]))
-    elif info.pixel_size_um:
-        px = float(info.pixel_size_um[0])
-    else:
-        px = 1.0
+    """Regularise pixel-space polygons with a tolerance in real units — metres on the ground for a
+    georeferenced scene, whatever its CRS (a tolerance in degrees left triangles, #26), µm for microscopy with a
+    pixel size, else pixels — turned into pixels by :attr:`SceneInfo.pixel_length` (square pixels make the
+    two equivalent)."""
+    px, _ = info.pixel_length
     return regularize_many(geoms_px, params["tolerance"] / px, params["angle_tolerance"], params["min_iou"])
 
 

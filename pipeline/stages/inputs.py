@@ -90,6 +90,22 @@ def plan_input(url: str, cfg, md: dict | None = None, model_name: str = "the mod
         src.close()
 
 
+#: Channel names of nuclear stains (case-insensitive substrings): what a nuclei model reads from a multiplexed image.
+NUCLEAR_STAINS = ("dapi", "hoechst", "draq5", "draq7", "dna", "nucle", "syto", "h33342", "sytox", "propidium")
+
+
+def nuclear_channel(names: list[str]) -> int | None:
+    """The 0-based channel of a nuclear stain in a multi-channel image, by name (the first one); None for one
+    channel, RGB renders, or names that say nothing."""
+    if len(names) < 2 or [n.lower() for n in names[:3]] == ["red", "green", "blue"]:
+        return None
+    return next((i for i, n in enumerate(names) if any(s in str(n).lower() for s in NUCLEAR_STAINS)), None)
+
+
+def _nuclei_model(md: dict | None) -> bool:
+    return bool(md) and "nucleus" in (md.get("classes") or [])
+
+
 def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: float) -> InputPlan:
     warnings: list[str] = []
     key = "bands" if cfg.bands is not None else "channels"
@@ -97,6 +113,11 @@ def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: flo
     channels = chosen if chosen is not None else list(range(src.count))
     if chosen is None and src.count == 4 and src.channel_names[3].lower() == "alpha":
         channels = channels[:3]  # an RGBA image without an alpha colour interpretation (tifffile "S" axis)
+    nuclear = nuclear_channel(src.channel_names) if chosen is None and _nuclei_model(md) else None
+    if nuclear is not None:  # a multiplexed fluorescence image: the nuclei model gets the nuclear stain
+        channels = [nuclear]
+        warnings.append(f"channel {nuclear + 1} ({src.channel_names[nuclear]}) taken as the nuclear stain for "
+                        f"{model_name}; set channels: to choose another")
     need_overview = cfg.tissue.enabled or (chosen is None and cfg.single_stain != "off" and len(channels) == 3)
     ov = ov_mask = None
     ov_down = 1.0
@@ -143,5 +164,6 @@ def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: flo
         url, w, h, len(channels), src.dtype, src.crs_wkt, (a * s, b * s, c0, d * s, e * s, f0), src.nodata, ps_um,
         src.format, src.reader, src.series, res.level, res.resample, s, (src.height, src.width),
         tuple((lv_.height, lv_.width, lv_.downsample) for lv_ in src.levels), tuple(channels),
-        tuple(src.channel_names[i] for i in channels), src.may_have_invalid)
+        tuple(src.channel_names[i] for i in channels), src.may_have_invalid,
+        (ps[0] * s, ps[1] * s) if src.crs_wkt is not None and ps is not None and unit == "m" else None)
     return InputPlan(info, res, src.describe(), ov, ov_down, warnings, stain)

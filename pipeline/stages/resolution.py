@@ -93,6 +93,11 @@ def choose_resolution(levels: Sequence[Level], pixel_size: tuple[float, float] |
             else:
                 src = math.sqrt(pixel_size[0] * pixel_size[1]) * src_um
                 scale = extra_scale * model_px[0] * m_um / src
+        # Four significant digits: pixel sizes read from georeferencing carry float noise (the same pixels in UTM
+        # and in EPSG:4326 give 1.153688 and 1.153687), and a resampling that differs in the sixth digit gives the
+        # model other input values, so other objects at its decision thresholds. Polygons go back through the
+        # same scale, so the geometry stays exact.
+        scale = float(f"{scale:.4g}")
         if scale < 1.0 - LEVEL_SNAP:
             warns.append(f"the image's pixels ({scale:.3g}x the size {model_name} wants) are coarser than the model's: "
                          "ran at native resolution (Seamline does not upsample)")
