@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_watch_command(sub)
 
+    from pipeline.cli.diff import add_diff_command
+
+    add_diff_command(sub)
+
     c = sub.add_parser("cluster-script", help="print the SLURM job script a config's cluster: {kind: slurm} submits (nothing is submitted)")
     c.add_argument("--config", required=True, metavar="FILE", help="YAML config with a cluster: {kind: slurm, ...} section")
     c.set_defaults(func=_cmd_cluster_script)

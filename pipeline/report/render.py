@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["PALETTE", "class_colours", "stretch", "to_rgb", "world_to_pixel", "iter_outlines", "draw_outlines", "hex_colour"]
+__all__ = ["PALETTE", "CHANGE_COLOURS", "class_colours", "stretch", "to_rgb", "world_to_pixel", "iter_outlines", "draw_outlines", "hex_colour"]
 
 # High-contrast outline colours, readable on dark fluorescence and on green/grey aerial scenes alike.
 PALETTE: list[tuple[int, int, int]] = [
@@ -29,6 +29,17 @@ PALETTE: list[tuple[int, int, int]] = [
     (255, 170, 170),  # pink
     (170, 120, 60),   # brown
 ]
+
+# One colour per verdict of ``seamline diff`` (pipeline.stages.change.CHANGES), in QGIS and in its report.
+CHANGE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "new": (40, 210, 70),
+    "gone": (240, 40, 40),
+    "grown": (255, 150, 0),
+    "shrunk": (180, 90, 255),
+    "same": (160, 160, 160),
+    "class-changed": (0, 200, 240),
+    "edge": (90, 90, 90),
+}
 
 
 def class_colours(model_classes: Sequence[str] | None, found: Iterable[str] = ()) -> dict[str, tuple[int, int, int]]:
