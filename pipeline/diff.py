@@ -6,8 +6,8 @@ OLD and NEW are GeoParquet files written by ``seamline segment`` (paths or URLs)
    CRS when it is projected, else NEW's, else the UTM zone of the scene (areas and shifts in metres); runs
    of images without georeferencing are compared in level-0 pixels. A georeferenced run and a pixel-grid
    run cannot be reconciled (error);
-2. estimates the global shift from the objects' centroids (:mod:`pipeline.stages.coregister`), read
-   strip by strip (three columns), and the common footprint (:mod:`pipeline.stages.footprint`);
+2. estimates the global shift from the objects' positions (bbox centres; :mod:`pipeline.stages.coregister`),
+   read strip by strip (two columns), and the common footprint (:mod:`pipeline.stages.footprint`);
 3. partitions the common footprint into horizontal strips of about ``strip_objects`` objects. For each
    strip it reads from both files only the row groups whose ``bbox`` statistics meet the strip (plus a
    margin), compares them (:mod:`pipeline.stages.change`), and keeps the rows of the overlap-graph
@@ -180,18 +180,28 @@ def _objects(rf: RunFile, frame: Frame, which: str, win: tuple[float, float, flo
                      t.column("area").to_numpy()[idx].astype(float))
 
 
+def _centres(t) -> tuple[np.ndarray, np.ndarray]:
+    """Object bbox centres from the ``bbox`` column: in the file's CRS even when a tool reprojected the file
+    and left Seamline's ``centroid_x/y`` columns behind; they move with the object just as its centroid."""
+    import pyarrow.compute as pc
+
+    b = t.column("bbox")
+    f = lambda k: pc.struct_field(b, k).to_numpy()  # noqa: E731
+    return (f("xmin") + f("xmax")) / 2, (f("ymin") + f("ymax")) / 2
+
+
 def _estimate_shift(old: RunFile, new: RunFile, frame: Frame, bounds, edges, max_shift: float, bin_size: float,
                     area_factor: tuple[float, float], area_change: float) -> Shift:
-    """Votes strip by strip (centroid and area columns only), a bounded sample of date-1 objects per strip."""
+    """Votes strip by strip (bbox and area columns only), a bounded sample of date-1 objects per strip."""
     rng = np.random.default_rng(0)
     per_strip = max(1, SHIFT_SAMPLE // (len(edges) - 1))
     votes = []
     x0, x1 = bounds[0] - max_shift, bounds[2] + max_shift
-    cols = ("centroid_x", "centroid_y", "area")
+    cols = ("bbox", "area")
     for k in range(len(edges) - 1):
         lo, hi = edges[k], edges[k + 1]
         to = old.read_window(*frame.window("old", x0, lo, x1, hi), columns=cols)
-        xy_o = frame.points("old", to.column("centroid_x").to_numpy(), to.column("centroid_y").to_numpy())
+        xy_o = frame.points("old", *_centres(to))
         inside = (xy_o[:, 1] >= lo) & (xy_o[:, 1] < hi) & (xy_o[:, 0] >= x0) & (xy_o[:, 0] <= x1) if len(xy_o) else np.zeros(0, bool)
         idx = np.nonzero(inside)[0]
         if len(idx) > per_strip:
@@ -199,7 +209,7 @@ def _estimate_shift(old: RunFile, new: RunFile, frame: Frame, bounds, edges, max
         if not len(idx):
             continue
         tn = new.read_window(*frame.window("new", x0 - max_shift, lo - max_shift, x1 + max_shift, hi + max_shift), columns=cols)
-        xy_n = frame.points("new", tn.column("centroid_x").to_numpy(), tn.column("centroid_y").to_numpy())
+        xy_n = frame.points("new", *_centres(tn))
         votes.append(displacement_votes(xy_o[idx], to.column("area").to_numpy()[idx] * area_factor[0], xy_n,
                                         tn.column("area").to_numpy() * area_factor[1], max_shift, area_change))
     return shift_from_votes(np.concatenate(votes) if votes else np.zeros((0, 2)), max_shift, bin_size)

@@ -115,3 +115,55 @@ def write_two_dates(folder: str | Path, height: int = 2000, width: int = 2000, *
                     labels_path=folder / f"date{k}_labels.tif" if labels else None)
         paths.append(p)
     return paths[0], paths[1], truth
+
+
+def write_object_table(path: str | Path, geoms, crs, *, classes=None, area_px=None, tile: float | None = None,
+                       row_group: int | None = None) -> int:
+    """Write polygons as a GeoParquet the way ``seamline segment`` writes its objects (the same columns,
+    ``bbox`` covering column, zstd, row groups of at most ``ROW_GROUP`` rows, rows in tile order: tiles of
+    ``tile`` map units, north row first, west to east) — for the change tests and the out-of-core benchmark,
+    where objects are made directly rather than segmented. ``crs``: a pyproj CRS or anything it reads (the
+    engineering pixel CRS for None). Returns the number of rows."""
+    import pyarrow.parquet as pq
+    import pyproj
+    import shapely
+
+    from pipeline.io.outputs import ROW_GROUP, _arrow_batch, _geo_metadata
+    from pipeline.stages.measure import PIXEL_CRS_WKT
+
+    geoms = np.asarray(geoms, dtype=object)
+    n = len(geoms)
+    crs = pyproj.CRS.from_user_input(crs) if crs is not None else pyproj.CRS.from_wkt(PIXEL_CRS_WKT)
+    cent = shapely.centroid(geoms)
+    cx, cy = shapely.get_x(cent), shapely.get_y(cent)
+    b = shapely.bounds(geoms)
+    if tile is None:
+        tile = max(float(np.ptp(b[:, [0, 2]])), float(np.ptp(b[:, [1, 3]])), 1.0) / 8
+    x0, y1 = float(b[:, 0].min()), float(b[:, 3].max())
+    trow, tcol = np.floor((y1 - cy) / tile).astype(np.int64), np.floor((cx - x0) / tile).astype(np.int64)
+    order = np.lexsort((cx, -cy, tcol, trow))
+    geoms, cx, cy, trow, tcol = geoms[order], cx[order], cy[order], trow[order], tcol[order]
+    area = shapely.area(geoms)
+    unit = "px" if crs.name == "Image pixel grid" else "m2"
+    cls = np.full(n, "object", dtype=object) if classes is None else np.asarray(classes, dtype=object)[order]
+    apx = np.maximum(1, np.round(area).astype(np.int64)) if area_px is None else np.asarray(area_px, np.int64)[order]
+    rows = {"object_id": np.arange(1, n + 1, dtype=np.int64), "class": cls, "score": np.ones(n, np.float32),
+            "area_px": apx, "area": area, "area_unit": np.full(n, unit, dtype=object),
+            "perimeter": shapely.length(geoms), "perimeter_unit": np.full(n, unit.rstrip("2"), dtype=object),
+            "centroid_x": cx, "centroid_y": cy, "tile": (trow * (tcol.max(initial=0) + 1) + tcol).astype(np.int32)}
+    rg = row_group or ROW_GROUP
+    types = sorted({"Polygon" if t == 3 else "MultiPolygon" for t in shapely.get_type_id(geoms).tolist()})
+    bbox = [float(v) for v in shapely.total_bounds(geoms)] if n else []
+    writer = None
+    try:
+        for s in range(0, max(n, 1), rg):
+            part = {k: v[s:s + rg] for k, v in rows.items()}
+            table = _arrow_batch(part, geoms[s:s + rg], [])
+            if writer is None:
+                schema = table.schema.with_metadata({b"geo": _geo_metadata(crs.to_json_dict(), types, bbox)})
+                writer = pq.ParquetWriter(str(path), schema, compression="zstd", write_statistics=True)
+            writer.write_table(table.cast(schema), row_group_size=rg)
+    finally:
+        if writer is not None:
+            writer.close()
+    return n

@@ -25,7 +25,7 @@ from pipeline.io import storage
 
 __all__ = ["RunFile", "REQUIRED_COLUMNS", "PIXEL_CRS_NAME"]
 
-REQUIRED_COLUMNS = ["object_id", "class", "area", "area_unit", "area_px", "centroid_x", "centroid_y", "geometry", "bbox"]
+REQUIRED_COLUMNS = ["object_id", "class", "area", "area_unit", "area_px", "geometry", "bbox"]
 PIXEL_CRS_NAME = "Image pixel grid"  # pipeline.stages.measure.PIXEL_CRS_WKT: images without georeferencing
 _CACHE_GROUPS = 3
 
