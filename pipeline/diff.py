@@ -395,7 +395,7 @@ class _Stats:
         if len(rows):
             cent = shapely.centroid(rows.geometry)
             self.map.add(ch, shapely.get_x(cent), shapely.get_y(cent))
-        rel = c["relation"].astype(str)
+        rel = np.array([x or "" for x in c["relation"]], dtype=object).astype(str)
         for name, n in zip(*np.unique(rel[rel != ""], return_counts=True)):
             self.relations[str(name)] = self.relations.get(str(name), 0) + int(n)
         changed = np.nonzero(np.isin(ch, ["new", "gone", "grown", "shrunk"]))[0]

@@ -84,25 +84,26 @@ class ChangeRows:
 
 
 def _greedy(i: np.ndarray, j: np.ndarray, iou: np.ndarray, n_old: int, n_new: int, min_iou: float):
-    """One-to-one matching: IoU > 0.5 pairs are unique (taken at once); the rest greedily by IoU."""
+    """One-to-one matching: IoU > 0.5 pairs are unique (taken at once); the rest greedily by IoU.
+    Returns the partner of each old and new object (-1: none) and the candidate-pair index of each old one."""
     mo = np.full(n_old, -1, np.int64)
     mn = np.full(n_new, -1, np.int64)
-    sure = iou > 0.5
-    mo[i[sure]], mn[j[sure]] = j[sure], i[sure]
-    rest = np.nonzero(~sure & (iou >= min_iou))[0]
+    mk = np.full(n_old, -1, np.int64)
+    sure = np.nonzero(iou > 0.5)[0]
+    mo[i[sure]], mn[j[sure]], mk[i[sure]] = j[sure], i[sure], sure
+    rest = np.nonzero((iou <= 0.5) & (iou >= min_iou))[0]
     rest = rest[np.lexsort((j[rest], i[rest], -iou[rest]))]
     for k in rest.tolist():
         a, b = i[k], j[k]
         if mo[a] < 0 and mn[b] < 0:
-            mo[a], mn[b] = b, a
-    return mo, mn
+            mo[a], mn[b], mk[a] = b, a, k
+    return mo, mn, mk
 
 
-def _find(parent: np.ndarray, x: int) -> int:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
+def _first_per(keys: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Positions (into ``order``) of the first occurrence of each key along ``order``."""
+    _, first = np.unique(keys[order], return_index=True)
+    return order[first]
 
 
 def compare(old: ObjectSet, new: ObjectSet, shift: Shift, footprint: Footprint, params: ChangeParams) -> ChangeRows:
@@ -125,23 +126,20 @@ def compare(old: ObjectSet, new: ObjectSet, shift: Shift, footprint: Footprint, 
     keep = inter > 0
     i, j, inter = i[keep], j[keep], inter[keep]
     iou = inter / np.maximum(ao[i] + an[j] - inter, 1e-300)
-    mo, mn = _greedy(i, j, iou, no, nn, params.min_iou)
+    mo, mn, mk = _greedy(i, j, iou, no, nn, params.min_iou)
 
-    # groups: union-find over old (0..no-1) and new (no..) objects; matched pairs first, then extras
-    parent = np.arange(no + nn)
-    for a in np.nonzero(mo >= 0)[0].tolist():
-        parent[no + mo[a]] = a
-    order = np.argsort(-inter, kind="stable")
-    joined_n, joined_o = np.zeros(nn, bool), np.zeros(no, bool)
-    for k in order.tolist():  # largest overlap first: each extra joins the partner it overlaps most
-        a, b = i[k], j[k]
-        if mn[b] < 0 and mo[a] >= 0 and not joined_n[b] and inter[k] >= params.containment * an[b]:
-            parent[no + b] = _find(parent, a)
-            joined_n[b] = True
-        elif mo[a] < 0 and mn[b] >= 0 and not joined_o[a] and inter[k] >= params.containment * ao[a]:
-            parent[a] = _find(parent, no + b)
-            joined_o[a] = True
-    root = np.array([_find(parent, x) for x in range(no + nn)], np.int64)
+    # groups, named by the old index of their matched pair: the pair, and each unmatched object lying mostly
+    # inside a matched object of the other date (joining the one it overlaps most)
+    g_old = np.where(mo >= 0, np.arange(no), -1)
+    g_new = np.where(mn >= 0, mn, -1)
+    ext_n = np.nonzero((mn[j] < 0) & (mo[i] >= 0) & (inter >= params.containment * an[j]))[0]
+    if len(ext_n):
+        k = _first_per(j, ext_n[np.argsort(-inter[ext_n], kind="stable")])
+        g_new[j[k]] = i[k]
+    ext_o = np.nonzero((mo[i] < 0) & (mn[j] >= 0) & (inter >= params.containment * ao[i]))[0]
+    if len(ext_o):
+        k = _first_per(i, ext_o[np.argsort(-inter[ext_o], kind="stable")])
+        g_old[i[k]] = mn[j[k]]
 
     # components of the overlap graph (for a partitioned driver: a component is decided as a whole)
     g = coo_matrix((np.ones(len(i)), (i, no + j)), shape=(no + nn, no + nn))
@@ -153,94 +151,132 @@ def compare(old: ObjectSet, new: ObjectSet, shift: Shift, footprint: Footprint, 
         fn.at(cext[:, k], comp, bb[:, k])
 
     shapely.prepare(footprint.zone)
-    both = np.concatenate([old.geoms, new_t])
-    near = shapely.intersects(footprint.zone, both) if no + nn else np.zeros(0, bool)
-    return _rows(old, new, new_t, ao, an, mo, root, near, cext[comp], i, j, iou, footprint, params)
+    near = shapely.intersects(footprint.zone, np.concatenate([old.geoms, new_t])) if no + nn else np.zeros(0, bool)
+    return _rows(_Ctx(old, new, new_t, ao, an, mo, mk, g_old, g_new, near, cext[comp], iou, footprint, params))
 
 
-def _mostly_inside(geom, footprint: Footprint) -> bool:
+@dataclass
+class _Ctx:
+    old: ObjectSet
+    new: ObjectSet
+    new_t: np.ndarray
+    ao: np.ndarray
+    an: np.ndarray
+    mo: np.ndarray
+    mk: np.ndarray
+    g_old: np.ndarray
+    g_new: np.ndarray
+    near: np.ndarray
+    ext: np.ndarray
+    iou: np.ndarray
+    footprint: Footprint
+    params: ChangeParams
+
+
+def _verdict(ratio: np.ndarray, same_class: np.ndarray, p: ChangeParams) -> np.ndarray:
+    out = np.full(len(ratio), "same", dtype=object)
+    if p.compare_classes:
+        out[~same_class] = "class-changed"
+    out[ratio >= p.area_change] = "grown"
+    out[ratio <= 1.0 / p.area_change] = "shrunk"
+    return out
+
+
+class _Out:
+    """Row columns gathered block by block (a block: arrays of equal length; None where a value is absent)."""
+
+    def __init__(self):
+        self.blocks: list[dict[str, np.ndarray]] = []
+
+    def add(self, n: int, **cols) -> None:
+        if n:
+            self.blocks.append({k: (v if isinstance(v, np.ndarray) and len(v) == n else np.full(n, v, dtype=object))
+                                for k, v in cols.items()})
+
+    def column(self, k: str) -> np.ndarray:
+        if not self.blocks:
+            return np.zeros(0, object)
+        return np.concatenate([np.asarray(b[k], dtype=object) for b in self.blocks])
+
+
+def _rows(c: _Ctx) -> ChangeRows:
     import shapely
 
-    a = shapely.area(geom)
-    return bool(a > 0 and shapely.area(shapely.intersection(geom, footprint.inner)) >= EDGE_INSIDE * a)
-
-
-def _rows(old, new, new_t, ao, an, mo, root, near, ext, i, j, iou, footprint, params) -> ChangeRows:
-    import shapely
-
+    old, new, p = c.old, c.new, c.params
     no, nn = len(old), len(new)
-    pair_iou = {(int(a), int(b)): float(v) for a, b, v in zip(i.tolist(), j.tolist(), iou.tolist())}
-    members: dict[int, list[int]] = {}
-    for x, r in enumerate(root.tolist()):
-        members.setdefault(r, []).append(x)
-    cent = shapely.centroid(np.concatenate([old.geoms, new_t])) if no + nn else np.zeros(0, object)
+    out = _Out()
+    cent = shapely.centroid(np.concatenate([old.geoms, c.new_t])) if no + nn else np.zeros(0, object)
     cx, cy = shapely.get_x(cent), shapely.get_y(cent)
-    out: dict[str, list] = {c: [] for c in ROW_COLUMNS}
-    geoms, owner = [], []
+    size_o = np.bincount(c.g_old[c.g_old >= 0], minlength=no)
+    size_n = np.bincount(c.g_new[c.g_new >= 0], minlength=no)
 
-    def add(change, relation, gid, o, n, ratio, iou_v, d, geom, c):
-        out["change"].append(change)
-        out["relation"].append(relation)
-        out["group_id"].append(gid)
-        out["old_id"].append(int(old.ids[o]) if o is not None else None)
-        out["new_id"].append(int(new.ids[n]) if n is not None else None)
-        out["class_old"].append(old.classes[o] if o is not None else None)
-        out["class_new"].append(new.classes[n] if n is not None else None)
-        out["area_old"].append(float(old.area[o]) if o is not None else None)
-        out["area_new"].append(float(new.area[n]) if n is not None else None)
-        out["area_ratio"].append(ratio)
-        out["iou"].append(iou_v)
-        out["dx"].append(d[0])
-        out["dy"].append(d[1])
-        out["displacement"].append(None if d[0] is None else float(np.hypot(d[0], d[1])))
-        geoms.append(geom)
-        owner.append(c)
+    # alone: new, gone, or edge (near the footprint's edge and mostly outside its interior)
+    for which, alone, n_off in (("gone", np.nonzero(c.g_old < 0)[0], 0), ("new", np.nonzero(c.g_new < 0)[0], no)):
+        geoms = old.geoms[alone] if which == "gone" else c.new_t[alone]
+        change = np.full(len(alone), which, dtype=object)
+        nr = c.near[n_off + alone]
+        if nr.any():
+            a = shapely.area(geoms[nr])
+            inside = shapely.area(shapely.intersection(geoms[nr], c.footprint.inner))
+            change[np.nonzero(nr)[0][~(inside >= EDGE_INSIDE * np.maximum(a, 1e-300))]] = "edge"
+        src = old if which == "gone" else new
+        ids = src.ids[alone].astype(object)
+        out.add(len(alone), change=change, relation=None, group_id=None,
+                old_id=ids if which == "gone" else None, new_id=ids if which == "new" else None,
+                class_old=src.classes[alone] if which == "gone" else None,
+                class_new=src.classes[alone] if which == "new" else None,
+                area_old=src.area[alone].astype(object) if which == "gone" else None,
+                area_new=src.area[alone].astype(object) if which == "new" else None,
+                area_ratio=None, iou=None, dx=None, dy=None, displacement=None,
+                geometry=old.geoms[alone] if which == "gone" else new.geoms[alone], owner=n_off + alone)
 
-    for r, xs in members.items():
-        olds = [x for x in xs if x < no]
-        news = [x - no for x in xs if x >= no]
-        if not olds or not news:  # alone: new, gone or edge
-            x = xs[0]
-            g = old.geoms[x] if x < no else new_t[x - no]
-            change = "edge" if near[x] and not _mostly_inside(g, footprint) else ("gone" if x < no else "new")
-            if x < no:
-                add(change, "", None, x, None, None, None, (None, None), old.geoms[x], x)
-            else:
-                add(change, "", None, None, x - no, None, None, (None, None), new.geoms[x - no], x)
-            continue
-        a = next(o for o in olds if mo[o] >= 0)  # the matched pair anchoring the group
-        b = int(mo[a])
-        if near[xs].any():  # near the footprint's edge: compare the parts inside it
-            area_o = float(shapely.area(shapely.intersection(old.geoms[olds], footprint.area)).sum())
-            area_n = float(shapely.area(shapely.intersection(new_t[news], footprint.area)).sum())
+    # plain pairs (one old, one new, nothing joined), vectorised
+    anchors = np.nonzero(c.mo >= 0)[0]
+    plain = anchors[(size_o[anchors] == 1) & (size_n[anchors] == 1)]
+    b = c.mo[plain]
+    near = c.near[plain] | c.near[no + b]
+    area_o, area_n = c.ao[plain].copy(), c.an[b].copy()
+    if near.any():  # near the footprint's edge: compare the parts inside it
+        area_o[near] = shapely.area(shapely.intersection(old.geoms[plain[near]], c.footprint.area))
+        area_n[near] = shapely.area(shapely.intersection(c.new_t[b[near]], c.footprint.area))
+    ratio = area_n / np.maximum(area_o, 1e-300)
+    dxs, dys = cx[no + b] - cx[plain], cy[no + b] - cy[plain]
+    out.add(len(plain), change=_verdict(ratio, old.classes[plain] == new.classes[b], p), relation="pair",
+            group_id=old.ids[plain].astype(object), old_id=old.ids[plain].astype(object), new_id=new.ids[b].astype(object),
+            class_old=old.classes[plain], class_new=new.classes[b], area_old=old.area[plain].astype(object),
+            area_new=new.area[b].astype(object), area_ratio=ratio.astype(object), iou=c.iou[c.mk[plain]].astype(object),
+            dx=dxs.astype(object), dy=dys.astype(object), displacement=np.hypot(dxs, dys).astype(object),
+            geometry=new.geoms[b], owner=plain)
+
+    # groups with splits or merges: one verdict from the summed areas, a row per member
+    for a in anchors[(size_o[anchors] > 1) | (size_n[anchors] > 1)].tolist():
+        olds = np.nonzero(c.g_old == a)[0]
+        news = np.nonzero(c.g_new == a)[0]
+        bb = int(c.mo[a])
+        if c.near[olds].any() or c.near[no + news].any():
+            area_o = float(shapely.area(shapely.intersection(old.geoms[olds], c.footprint.area)).sum())
+            area_n = float(shapely.area(shapely.intersection(c.new_t[news], c.footprint.area)).sum())
         else:
-            area_o, area_n = float(ao[olds].sum()), float(an[news].sum())
-        ratio = area_n / max(area_o, 1e-300)
-        if len(xs) == 2:
-            gi = pair_iou[(a, b)]
-        else:
-            uo, un = shapely.union_all(old.geoms[olds]), shapely.union_all(new_t[news])
-            inter = shapely.area(shapely.intersection(uo, un))
-            gi = float(inter / max(shapely.area(uo) + shapely.area(un) - inter, 1e-300))
-        wo, wn = ao[olds], an[news]
-        d = (float((cx[[no + n for n in news]] * wn).sum() / wn.sum() - (cx[olds] * wo).sum() / wo.sum()),
-             float((cy[[no + n for n in news]] * wn).sum() / wn.sum() - (cy[olds] * wo).sum() / wo.sum()))
-        if ratio >= params.area_change:
-            change = "grown"
-        elif ratio <= 1.0 / params.area_change:
-            change = "shrunk"
-        elif params.compare_classes and old.classes[a] != new.classes[b]:
-            change = "class-changed"
-        else:
-            change = "same"
-        relation = "pair" if len(xs) == 2 else ("split" if len(olds) == 1 else "merge" if len(news) == 1 else "regroup")
-        gid = int(old.ids[a])
-        add(change, relation, gid, a, b, ratio, gi, d, new.geoms[b], a)
-        for o in olds:
-            if o != a:
-                add(change, relation, gid, o, None, ratio, gi, d, old.geoms[o], o)
-        for n in news:
-            if n != b:
-                add(change, relation, gid, None, n, ratio, gi, d, new.geoms[n], no + n)
-    cols = {k: np.array(v, dtype=object) for k, v in out.items()}
-    return ChangeRows(cols, np.array(geoms, dtype=object), ext[np.array(owner, np.int64)].reshape(-1, 4))
+            area_o, area_n = float(c.ao[olds].sum()), float(c.an[news].sum())
+        r = area_n / max(area_o, 1e-300)
+        uo, un = shapely.union_all(old.geoms[olds]), shapely.union_all(c.new_t[news])
+        it = shapely.area(shapely.intersection(uo, un))
+        gi = float(it / max(shapely.area(uo) + shapely.area(un) - it, 1e-300))
+        wo, wn = c.ao[olds], c.an[news]
+        d = (float((cx[no + news] * wn).sum() / wn.sum() - (cx[olds] * wo).sum() / wo.sum()),
+             float((cy[no + news] * wn).sum() / wn.sum() - (cy[olds] * wo).sum() / wo.sum()))
+        change = _verdict(np.array([r]), np.array([old.classes[a] == new.classes[bb]]), p)[0]
+        relation = "split" if len(olds) == 1 else "merge" if len(news) == 1 else "regroup"
+        common = dict(change=change, relation=relation, group_id=int(old.ids[a]), area_ratio=r, iou=gi, dx=d[0], dy=d[1],
+                      displacement=float(np.hypot(*d)))
+        out.add(1, old_id=int(old.ids[a]), new_id=int(new.ids[bb]), class_old=old.classes[a], class_new=new.classes[bb],
+                area_old=float(old.area[a]), area_new=float(new.area[bb]), geometry=np.array([new.geoms[bb]], object),
+                owner=np.array([a]), **common)
+        xo, xn = olds[olds != a], news[news != bb]
+        out.add(len(xo), old_id=old.ids[xo].astype(object), new_id=None, class_old=old.classes[xo], class_new=None,
+                area_old=old.area[xo].astype(object), area_new=None, geometry=old.geoms[xo], owner=xo, **common)
+        out.add(len(xn), old_id=None, new_id=new.ids[xn].astype(object), class_old=None, class_new=new.classes[xn],
+                area_old=None, area_new=new.area[xn].astype(object), geometry=new.geoms[xn], owner=no + xn, **common)
+    cols = {k: out.column(k) for k in ROW_COLUMNS}
+    owner = out.column("owner").astype(np.int64) if out.blocks else np.zeros(0, np.int64)
+    return ChangeRows(cols, out.column("geometry"), c.ext[owner].reshape(-1, 4))
