@@ -157,7 +157,7 @@ def _check_params(area_change: float, min_iou: float, containment: float, max_sh
     if not (max_shift_px >= 0 and math.isfinite(max_shift_px)):
         raise ParameterError(f"--max-shift {max_shift_px}: must be 0 (no shift estimated) or a positive number of pixels")
     if strip_objects < 1000:
-        raise ParameterError(f"strip_objects {strip_objects}: too small; use at least 1000 (default 250000)")
+        raise ParameterError(f"strip_objects {strip_objects}: too small; use at least 1000 (default 100000)")
 
 
 def _objects(rf: RunFile, frame: Frame, which: str, win: tuple[float, float, float, float], shift: Shift) -> ObjectSet:
@@ -223,18 +223,24 @@ def _edges(old: RunFile, new: RunFile, frame: Frame, bounds, strip_objects: int)
 
 def diff_runs(old: str, new: str, out_dir: str, *, area_change: float = 1.3, min_iou: float = 0.1,
               containment: float = 0.5, max_shift_px: float = 10.0, shift: tuple[float, float] | None = None,
-              strip_objects: int = 250_000, report: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              min_area: float = 0.0,
+              strip_objects: int = 100_000, report: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Compare two runs' objects and publish ``<new stem>.changes.{parquet,gpkg,json}`` (+ ``.html``) in
     ``out_dir``; returns the summary (``counts`` per change: what a ledger records).
 
     ``shift`` (dx, dy in working-frame units) replaces the estimate; ``max_shift_px`` bounds the estimate
-    (0: assume none). Bad input raises before anything is written.
+    (0: assume none); ``min_area`` (the runs' ``area`` unit): a minimum mapping unit — lone objects, pairs and
+    groups smaller than it on both dates are left out (counted, not reported), against fragments that come
+    and go between acquisitions. Bad input raises before anything is written.
     """
     from pipeline.io.changes import ChangesWriter
     from pipeline.io.publish import Staging
     from pipeline.memwatch import TreeMemoryWatch
 
     _check_params(area_change, min_iou, containment, max_shift_px, strip_objects)
+    if not (min_area >= 0 and math.isfinite(min_area)):
+        raise ParameterError(f"--min-area {min_area}: must be 0 (keep every object) or a positive area in the runs' "
+                             "area unit (m2 for georeferenced runs)")
     say = log or (lambda s: None)
     t0 = time.perf_counter()
     ro, rn = RunFile(old), RunFile(new)
@@ -269,7 +275,7 @@ def diff_runs(old: str, new: str, out_dir: str, *, area_change: float = 1.3, min
         if fp.area.is_empty or fp.inner.is_empty:
             raise InputError(_no_overlap(ro, rn, fo, fn, frame))
         compare_classes = _compare_classes(ro, rn)
-        params = ChangeParams(area_change, min_iou, containment, compare_classes)
+        params = ChangeParams(area_change, min_iou, containment, compare_classes, min_area)
         bounds = fp.area.bounds
         edges = _edges(ro, rn, frame, bounds, strip_objects)
         margin = 2 * max(ext_o, ext_n) + tol
@@ -293,6 +299,9 @@ def diff_runs(old: str, new: str, out_dir: str, *, area_change: float = 1.3, min
                     m *= 2
                     retries += 1
                 kept = rows.take(np.nonzero(own)[0])
+                small = kept.cols["small"].astype(bool)
+                stats.add_small(kept.take(np.nonzero(small)[0]))
+                kept = kept.take(np.nonzero(~small)[0])
                 writer.add(kept)
                 stats.add(kept)
                 say(f"strip {k + 1}/{len(edges) - 1}: {len(kept)} rows")
@@ -309,7 +318,7 @@ def diff_runs(old: str, new: str, out_dir: str, *, area_change: float = 1.3, min
                 "crs_name": frame.crs.name if frame.crs is not None else "level-0 image pixels",
                 "area_unit": _area_unit(ro),
                 "parameters": {"area_change": area_change, "min_iou": min_iou, "containment": containment,
-                               "max_shift_px": max_shift_px, "compare_classes": compare_classes,
+                               "max_shift_px": max_shift_px, "min_area": min_area, "compare_classes": compare_classes,
                                "shift_given": shift is not None},
                 "shift": est.as_dict(pixel),
                 "footprint": {**fp.as_dict(), "source": {"old": src_o, "new": src_n}},
@@ -351,8 +360,10 @@ def _no_overlap(ro: RunFile, rn: RunFile, fo, fn, frame: Frame) -> str:
 
 def _run_info(rf: RunFile, source: str, which: str, stats: "_Stats") -> dict:
     inside = stats.objects[which]
+    small = stats.small[which]
     return {"url": rf.url, "stem": rf.stem, "crs": rf.crs.name if rf.crs is not None and not rf.is_pixel else "pixels",
-            "objects": rf.num_rows, "compared": inside, "outside_footprint": rf.num_rows - inside,
+            "objects": rf.num_rows, "compared": inside, "below_min_area": small,
+            "outside_footprint": rf.num_rows - inside - small,
             "footprint_source": source, "input": (rf.summary or {}).get("input")}
 
 
@@ -368,8 +379,14 @@ class _Stats:
         self.per_class: dict[str, dict[str, int]] = {}
         self.relations: dict[str, int] = {}
         self.objects = {"old": 0, "new": 0}
+        self.small = {"old": 0, "new": 0}
         self.largest: list[tuple[float, int, dict]] = []
         self._n = 0
+
+    def add_small(self, rows: ChangeRows) -> None:
+        """Rows left out as smaller than the minimum area: counted per date, not reported."""
+        self.small["old"] += sum(v is not None for v in rows.cols["old_id"])
+        self.small["new"] += sum(v is not None for v in rows.cols["new_id"])
 
     def add(self, rows: ChangeRows) -> None:
         import shapely

@@ -26,7 +26,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         raise ParameterError(f"OLD and NEW are the same file ({args.old}); pass the runs of two dates")
     log = None if args.quiet else (lambda s: print(f"seamline: {s}", file=sys.stderr, flush=True))
     s = diff_runs(args.old, args.new, args.out, area_change=args.area_change, min_iou=args.min_iou,
-                  max_shift_px=args.max_shift, shift=args.shift, report=not args.no_report, log=log)
+                  max_shift_px=args.max_shift, shift=args.shift, min_area=args.min_area, report=not args.no_report,
+                  log=log)
     c = s["counts"]
     sh = s["shift"]
     px = f" = {sh['dx_px']:+.2f}, {sh['dy_px']:+.2f} px" if "dx_px" in sh else ""
@@ -53,6 +54,9 @@ def add_diff_command(sub) -> None:
                    help="pairs overlapping less than this are not matched (default 0.1)")
     d.add_argument("--max-shift", dest="max_shift", type=float, default=10.0, metavar="PX",
                    help="largest co-registration shift looked for, in pixels of the coarser run (default 10; 0: none)")
+    d.add_argument("--min-area", dest="min_area", type=float, default=0.0, metavar="AREA",
+                   help="leave objects smaller than AREA (the runs' area unit: m2 when georeferenced) out of both "
+                        "runs: a minimum mapping unit against fragments that flicker (default 0: keep all)")
     d.add_argument("--shift", type=_shift, metavar="DX,DY",
                    help="use this shift of NEW relative to OLD (map units) instead of estimating it")
     d.add_argument("--no-report", dest="no_report", action="store_true", help="skip the HTML page")

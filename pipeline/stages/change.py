@@ -23,6 +23,10 @@ Everything here is plain numpy/shapely on objects already in one coordinate fram
    in common and the (matched) pair's classes differ. IoU does not decide: flicker lowers IoU without
    changing size. Unmatched, ungrouped objects are ``new`` or ``gone`` (or ``edge``, rule 2).
 
+6. **Minimum mapping unit** (``min_area``, in the runs' area unit; default 0: off). Lone objects, and pairs or
+   groups whose larger side is smaller than it, are flagged ``small`` and left out by the driver — judged on
+   the larger side, so an object that grew past the unit is still ``grown``, not ``new``.
+
 Every object of either date inside the footprint is in exactly one row (a matched pair shares one row).
 """
 
@@ -48,6 +52,7 @@ class ChangeParams:
     min_iou: float = 0.1
     containment: float = 0.5
     compare_classes: bool = False
+    min_area: float = 0.0  # in the runs' own area unit: changes of smaller objects are not reported
 
 
 @dataclass
@@ -221,7 +226,7 @@ def _rows(c: _Ctx) -> ChangeRows:
             change[np.nonzero(nr)[0][~(inside >= EDGE_INSIDE * np.maximum(a, 1e-300))]] = "edge"
         src = old if which == "gone" else new
         ids = src.ids[alone].astype(object)
-        out.add(len(alone), change=change, relation=None, group_id=None,
+        out.add(len(alone), change=change, relation=None, group_id=None, small=src.area[alone] < p.min_area,
                 old_id=ids if which == "gone" else None, new_id=ids if which == "new" else None,
                 class_old=src.classes[alone] if which == "gone" else None,
                 class_new=src.classes[alone] if which == "new" else None,
@@ -242,6 +247,7 @@ def _rows(c: _Ctx) -> ChangeRows:
     ratio = area_n / np.maximum(area_o, 1e-300)
     dxs, dys = cx[no + b] - cx[plain], cy[no + b] - cy[plain]
     out.add(len(plain), change=_verdict(ratio, old.classes[plain] == new.classes[b], p), relation="pair",
+            small=np.maximum(old.area[plain], new.area[b]) < p.min_area,
             group_id=old.ids[plain].astype(object), old_id=old.ids[plain].astype(object), new_id=new.ids[b].astype(object),
             class_old=old.classes[plain], class_new=new.classes[b], area_old=old.area[plain].astype(object),
             area_new=new.area[b].astype(object), area_ratio=ratio.astype(object), iou=c.iou[c.mk[plain]].astype(object),
@@ -268,7 +274,8 @@ def _rows(c: _Ctx) -> ChangeRows:
         change = _verdict(np.array([r]), np.array([old.classes[a] == new.classes[bb]]), p)[0]
         relation = "split" if len(olds) == 1 else "merge" if len(news) == 1 else "regroup"
         common = dict(change=change, relation=relation, group_id=int(old.ids[a]), area_ratio=r, iou=gi, dx=d[0], dy=d[1],
-                      displacement=float(np.hypot(*d)))
+                      displacement=float(np.hypot(*d)),
+                      small=max(float(old.area[olds].sum()), float(new.area[news].sum())) < p.min_area)
         out.add(1, old_id=int(old.ids[a]), new_id=int(new.ids[bb]), class_old=old.classes[a], class_new=new.classes[bb],
                 area_old=float(old.area[a]), area_new=float(new.area[bb]), geometry=np.array([new.geoms[bb]], object),
                 owner=np.array([a]), **common)
@@ -277,6 +284,6 @@ def _rows(c: _Ctx) -> ChangeRows:
                 area_old=old.area[xo].astype(object), area_new=None, geometry=old.geoms[xo], owner=xo, **common)
         out.add(len(xn), old_id=None, new_id=new.ids[xn].astype(object), class_old=None, class_new=new.classes[xn],
                 area_old=None, area_new=new.area[xn].astype(object), geometry=new.geoms[xn], owner=no + xn, **common)
-    cols = {k: out.column(k) for k in ROW_COLUMNS}
+    cols = {k: out.column(k) for k in [*ROW_COLUMNS, "small"]}
     owner = out.column("owner").astype(np.int64) if out.blocks else np.zeros(0, np.int64)
     return ChangeRows(cols, out.column("geometry"), c.ext[owner].reshape(-1, 4))
