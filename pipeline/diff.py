@@ -321,7 +321,7 @@ def diff_runs(old: str, new: str, out_dir: str, *, area_change: float = 1.3, min
                                "max_shift_px": max_shift_px, "min_area": min_area, "compare_classes": compare_classes,
                                "shift_given": shift is not None},
                 "shift": est.as_dict(pixel),
-                "footprint": {**fp.as_dict(), "source": {"old": src_o, "new": src_n}},
+                "footprint": {**fp.as_dict(), "area_unit": _area_unit_of(frame.crs), "source": {"old": src_o, "new": src_n}},
                 **stats.as_dict(),
                 "partition": {"strips": len(edges) - 1, "retries": retries, "strip_objects": strip_objects},
             }
@@ -343,6 +343,14 @@ def diff_runs(old: str, new: str, out_dir: str, *, area_change: float = 1.3, min
 def _area_unit(rf: RunFile) -> str | None:
     t = rf.sample(n=1, columns=("area_unit",))
     return t.column("area_unit")[0].as_py() if t is not None and t.num_rows else None
+
+
+def _area_unit_of(crs) -> str:
+    """The working frame's area unit: m2 for a metre CRS, else its unit squared (px2 for image pixels)."""
+    if crs is None:
+        return "px2"
+    unit = crs.axis_info[0].unit_name if crs.axis_info else "unknown"
+    return "m2" if unit == "metre" else f"{unit}2"
 
 
 def _compare_classes(ro: RunFile, rn: RunFile) -> bool:

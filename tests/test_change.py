@@ -170,3 +170,12 @@ def test_find_previous_prefers_the_same_stem_then_the_largest_overlap():
     assert find_previous(new, [older_a, b_big, later_a]) is later_a
     assert find_previous(new, [b_small, b_big, far]) is b_big
     assert find_previous(new, [far, new]) is None
+
+
+def test_min_area_is_judged_on_the_larger_side():
+    old = objects([disc(0, 0, 1), disc(50, 0, 2), disc(100, 0, 5)])
+    new = objects([disc(0, 0, 1.05), disc(50, 0, 3), disc(200, 0, 1)])
+    rows, c = run(old, new, min_area=20.0)  # discs of radius 1, 2, 3, 5: 3.1, 12.6, 28.3, 78.5
+    small = dict(zip(rows.cols["change"], rows.cols["small"]))
+    assert c == {"same": 1, "grown": 1, "gone": 1, "new": 1}
+    assert small == {"same": True, "grown": False, "gone": False, "new": True}

@@ -234,6 +234,31 @@ def test_s3_urls_in_and_out(dates, goal, tmp_path):
     assert s["old"]["footprint_source"] == "summary"
 
 
+def test_a_component_longer_than_the_margin_is_read_again_with_a_wider_one(tmp_path):
+    """A long object split in five on the second date spans every strip: the partitioned driver must widen its
+    margin until it sees the whole group, and give what one strip gives."""
+    import shapely
+
+    from pipeline.diff import diff_runs
+
+    filler = [shapely.box(x, y, x + 3, y + 3) for x in range(20, 400, 10) for y in range(0, 400, 10)]
+    long_old = shapely.box(5, 0, 9, 400)
+    pieces = [shapely.box(5, y + 0.5, 9, y + 79.5) for y in range(0, 400, 80)]  # each IoU 0.2 with the whole
+    write_object_table(tmp_path / "old.parquet", [*filler, long_old], None, tile=64, row_group=500)
+    write_object_table(tmp_path / "new.parquet", [*filler, *pieces], None, tile=64, row_group=500)
+    one = diff_runs(str(tmp_path / "old.parquet"), str(tmp_path / "new.parquet"), str(tmp_path / "one"), report=False)
+    many = diff_runs(str(tmp_path / "old.parquet"), str(tmp_path / "new.parquet"), str(tmp_path / "many"),
+                     strip_objects=1000, report=False)
+    assert one["partition"]["strips"] == 1 and many["partition"]["strips"] >= 3 and many["partition"]["retries"] >= 1
+    assert many["counts"] == one["counts"] and one["counts"]["same"] == len(filler) + 5
+    assert one["relations"]["split"] == 5
+    # images without georeferencing: compared in pixels, the GeoPackage on the Undefined Cartesian SRS
+    assert one["crs"] is None and one["footprint"]["area_unit"] == "px2"
+    con = sqlite3.connect(tmp_path / "one" / "new.changes.gpkg")
+    assert con.execute("SELECT srs_id FROM gpkg_contents WHERE table_name = 'changes'").fetchone()[0] == -1
+    con.close()
+
+
 @pytest.fixture(scope="module")
 def odd_inputs(dates, tmp_path_factory):
     import shapely

@@ -25,7 +25,7 @@ __all__ = ["ChangeMap", "write_changes_page", "CROP_PX"]
 CROP_PX = 280  # display size of each before/after crop
 MAP_PX = 720  # long side of the change map
 _PRIORITY = ["gone", "new", "grown", "shrunk", "class-changed", "edge"]
-_GREY = (70, 70, 70)
+OTHERS = (60, 140, 255)  # the other objects in a crop: thin, blue (readable on grey, white and green)
 
 
 class ChangeMap:
@@ -97,7 +97,7 @@ def _crop(rf, frame, which: str, win: tuple[float, float, float, float], ids: se
     geoms = shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False))
     oid = t.column("object_id").to_numpy()
     hit = np.isin(oid, list(ids))
-    for sel, colour, width in ((~hit, (190, 190, 190), 1), (hit, CHANGE_COLOURS.get(change, (255, 255, 0)), 3)):
+    for sel, colour, width in ((~hit, OTHERS, 1), (hit, CHANGE_COLOURS.get(change, (255, 255, 0)), 3)):
         for _, xy in iter_outlines(geoms[sel], inv, 1.0):
             pts = np.stack([xy[:, 0] / scale_xy[0], xy[:, 1] / scale_xy[1]], 1) - 0.5  # PIL: pixel centres at integers
             if len(pts) >= 2:
@@ -134,6 +134,17 @@ def _image_window(s: dict, bounds: tuple[float, float, float, float]):
     # file CRS → window pixels of this level: level-0 pixels, minus the window origin, divided by the downsample
     inv = Affine.scale(1.0 / d) * Affine.translation(-c * d, -r * d) * inv0
     return rgb, inv, (w / CROP_PX, h / CROP_PX)
+
+
+def _caption(item: dict, unit: str) -> str:
+    o, n = item.get("old_id"), item.get("new_id")
+    if o is None:
+        return f"object #{n} of the second date, {_fmt(item.get('area_new'), unit)}"
+    if n is None:
+        return f"object #{o} of the first date, {_fmt(item.get('area_old'), unit)}"
+    rel = f", {item['relation']}" if item.get("relation") not in (None, "", "pair") else ""
+    return (f"#{o} → #{n}: {_fmt(item.get('area_old'), unit)} → {_fmt(item.get('area_new'), unit)} "
+            f"(×{item['area_ratio']:.2f}{rel}), IoU {item['iou']:.2f}")
 
 
 def _window(bounds: list[float], pixel: float) -> tuple[float, float, float, float]:
@@ -179,8 +190,8 @@ def render_changes_page(summary: dict, crops: list, overview: np.ndarray | None)
             ("after", f"{new['stem']} ({new['objects']:,} objects, {new['outside_footprint']:,} outside the common footprint)"),
             ("compared in", summary.get("crs_name", "")),
             ("shift of the second date", shift_line),
-            ("common footprint", f"{_fmt(fp['area'])} (map units²), bounds {', '.join(f'{v:.6g}' for v in fp['bounds'])}; "
-                                 f"from {fp['source']['old']} / {fp['source']['new']}"),
+            ("common footprint", f"{_fmt(fp['area'])} {fp.get('area_unit', '')}, bounds {', '.join(f'{v:.8g}' for v in fp['bounds'])} "
+                                 f"(scene extents from the runs' {fp['source']['old']} / {fp['source']['new']})"),
             ("grown / shrunk at", f"area ratio ≥ {params['area_change']:g} / ≤ 1/{params['area_change']:g}; matched at IoU ≥ "
                                   f"{params['min_iou']:g}; split/merge members ≥ {params['containment']:g} inside"),
             ("splits and merges", ", ".join(f"{k}: {v:,}" for k, v in summary.get("relations", {}).items()) or "—")]
@@ -208,14 +219,11 @@ def render_changes_page(summary: dict, crops: list, overview: np.ndarray | None)
                      "<figcaption>The common footprint, north up: unchanged objects grey (brighter where denser), "
                      "each change a dot in its colour</figcaption></figure>")
     if crops:
-        parts.append("<h2>Largest changes, before | after</h2><div class=\"crops\">")
+        parts.append("<h2>Largest changes, before | after</h2><p class=\"muted\">Each run's own image and "
+                     "objects (the change in its colour, the others thin blue); the after crop is moved by the "
+                     "estimated shift, so the two show the same ground.</p><div class=\"crops\">")
         for item, before, after in crops:
-            ratio = f" (×{item['area_ratio']:.2f})" if item.get("area_ratio") is not None else ""
-            ids = f"#{item['old_id']}" if item.get("old_id") is not None else "—"
-            ids += " → " + (f"#{item['new_id']}" if item.get("new_id") is not None else "—")
-            iou = f", IoU {item['iou']:.2f}" if item.get("iou") is not None else ""
-            cap = (f"<b>{_e(item['change'])}</b> {_e(ids)}: {_fmt(item.get('area_old'), unit)} → "
-                   f"{_fmt(item.get('area_new'), unit)}{_e(ratio)}{_e(iou)}")
+            cap = f"<b>{_e(item['change'])}</b> " + _e(_caption(item, unit))
             parts.append(f'<figure><div class="pair"><img alt="before" src="{png_data_uri(before)}">'
                          f'<img alt="after" src="{png_data_uri(after)}"></div><figcaption>{cap}</figcaption></figure>')
         parts.append("</div>")
