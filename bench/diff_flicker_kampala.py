@@ -87,8 +87,6 @@ def main() -> None:
                     "min_area_m2": min_area, "counts": s["counts"], "changed": s["changed"],
                     "changed_share": round(s["changed"] / max(compared, 1), 4), "relations": s["relations"],
                     "shift": s["shift"], "timings_s": s["timings_s"]}
-                if a.keep:
-                    pairs[key]["report"] = str(out / f"kampala_z{new}.changes.html")
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         result = {"place": {"chips": {f"z{z}": len(chips(z)) for z in vrts}, "zoom20_x": [Z20_X.start, Z20_X.stop - 1],
                             "zoom20_y": [Z20_Y.start, Z20_Y.stop - 1]},

@@ -233,17 +233,34 @@ def diff_runs(old: str, new: str, out_dir: str, *, area_change: float = 1.3, min
     groups smaller than it on both dates are left out (counted, not reported), against fragments that come
     and go between acquisitions. Bad input raises before anything is written.
     """
-    from pipeline.io.changes import ChangesWriter
-    from pipeline.io.publish import Staging
-    from pipeline.memwatch import TreeMemoryWatch
-
     _check_params(area_change, min_iou, containment, max_shift_px, strip_objects)
     if not (min_area >= 0 and math.isfinite(min_area)):
         raise ParameterError(f"--min-area {min_area}: must be 0 (keep every object) or a positive area in the runs' "
                              "area unit (m2 for georeferenced runs)")
     say = log or (lambda s: None)
     t0 = time.perf_counter()
-    ro, rn = RunFile(old), RunFile(new)
+    ro = RunFile(old)
+    try:
+        rn = RunFile(new)
+    except BaseException:
+        ro.close()
+        raise
+    try:
+        return _diff(ro, rn, out_dir, t0, say, area_change, min_iou, containment, max_shift_px, shift, min_area,
+                     strip_objects, report)
+    finally:
+        ro.close()
+        rn.close()
+
+
+def _diff(ro: RunFile, rn: RunFile, out_dir: str, t0: float, say, area_change: float, min_iou: float,
+          containment: float, max_shift_px: float, shift, min_area: float, strip_objects: int, report: bool) -> dict:
+    import shapely
+
+    from pipeline.io.changes import ChangesWriter
+    from pipeline.io.publish import Staging
+    from pipeline.memwatch import TreeMemoryWatch
+
     timings: dict[str, float] = {}
     with TreeMemoryWatch() as mem:
         frame = working_frame(ro, rn)
@@ -268,7 +285,6 @@ def diff_runs(old: str, new: str, out_dir: str, *, area_change: float = 1.3, min
                                   pixel / 2, (af_o, af_n), area_change)
         timings["shift"] = time.perf_counter() - t0
         say(f"shift {est.dx:+.3g}, {est.dy:+.3g} ({est.dx / pixel:+.2f}, {est.dy / pixel:+.2f} px) from {est.votes} object pairs")
-        import shapely
 
         tol = est.length + 2 * pixel
         fp = common_footprint(fo, shapely.affinity.translate(fn, -est.dx, -est.dy), tol)
@@ -335,9 +351,8 @@ def diff_runs(old: str, new: str, out_dir: str, *, area_change: float = 1.3, min
             summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
             summary["peak_rss_process_tree_mb"] = round(max(mem.peak_bytes, mem.sample()) / 2**20, 1)
             summary = staging.publish(summary)
-    ro.close()
-    rn.close()
     return summary
+
 
 
 def _area_unit(rf: RunFile) -> str | None:

@@ -137,8 +137,8 @@ class ChangesWriter:
                                      [float(v) for v in self._bbox])
                 schema = src.schema_arrow.with_metadata({b"geo": meta})
                 with pq.ParquetWriter(self.parquet, schema, compression="zstd", write_statistics=True) as w:
-                    for rb in src.iter_batches(batch_size=ROW_GROUP):
-                        w.write_table(pa.Table.from_batches([rb]).cast(schema), row_group_size=ROW_GROUP)
+                    for g in range(src.metadata.num_row_groups):  # one strip's rows at a time, no read-ahead
+                        w.write_table(src.read_row_group(g, use_threads=False).cast(schema), row_group_size=ROW_GROUP)
             else:
                 schema = _schema().with_metadata({b"geo": _geo_metadata(crs_json, [], [])})
                 pq.write_table(schema.empty_table(), self.parquet, compression="zstd")
