@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,16 +61,6 @@ def make(folder: Path, n: int, seed: int = 0) -> dict:
             "file_mb": {p: round((folder / p).stat().st_size / 2**20, 1) for p in ("date1.parquet", "date2.parquet")}}
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=1_000_000)
@@ -80,6 +68,7 @@ def main() -> None:
     ap.add_argument("--keep", help="keep the files in this folder")
     a = ap.parse_args()
     from pipeline.bench import machine_info
+    from pipeline.memwatch import TreeMemoryWatch
 
     tmp = Path(a.keep or tempfile.mkdtemp(prefix="diff_scale_"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -93,12 +82,9 @@ def main() -> None:
                "--out", str(tmp / "diff")]
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        ps = psutil.Process(proc.pid)
-        peak = 0
-        while proc.poll() is None:
-            peak = max(peak, tree_rss(ps))
-            time.sleep(0.1)
-        out, err = proc.communicate()
+        with TreeMemoryWatch(0.1, pid=proc.pid) as watch:
+            out, err = proc.communicate()
+        peak = watch.peak_bytes
         seconds = time.perf_counter() - t
         if proc.returncode != 0:
             raise SystemExit(f"seamline diff failed ({proc.returncode}):\n{err[-3000:]}")

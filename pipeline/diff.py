@@ -36,7 +36,7 @@ from pipeline.errors import InputError, ParameterError
 from pipeline.io.runfile import RunFile
 from pipeline.stages.change import ChangeParams, ChangeRows, ObjectSet, compare
 from pipeline.stages.coregister import Shift, displacement_votes, shift_from_votes
-from pipeline.stages.footprint import Footprint, common_footprint
+from pipeline.stages.footprint import common_footprint
 
 __all__ = ["diff_runs", "find_previous", "Frame", "SHIFT_SAMPLE", "LARGEST"]
 
@@ -323,7 +323,7 @@ def _diff(ro: RunFile, rn: RunFile, out_dir: str, t0: float, say, area_change: f
                 say(f"strip {k + 1}/{len(edges) - 1}: {len(kept)} rows")
             timings["match"] = time.perf_counter() - t1
             t2 = time.perf_counter()
-            files = writer.finish()
+            writer.finish()
             timings["write"] = time.perf_counter() - t2
             summary = {
                 "seamline_version": __version__,
