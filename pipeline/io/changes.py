@@ -121,7 +121,6 @@ class ChangesWriter:
 
     def finish(self) -> dict[str, str]:
         """Close the files: final GeoParquet metadata, the empty layer when there were no rows, the QGIS style."""
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         from pipeline.report.qgis_style import add_default_style
