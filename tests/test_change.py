@@ -179,3 +179,15 @@ def test_min_area_is_judged_on_the_larger_side():
     small = dict(zip(rows.cols["change"], rows.cols["small"]))
     assert c == {"same": 1, "grown": 1, "gone": 1, "new": 1}
     assert small == {"same": True, "grown": False, "gone": False, "new": True}
+
+
+def test_a_boundary_moving_between_touching_objects_is_not_a_change():
+    """Two touching objects, the line between them moved by a quarter: one 'gains' what the other 'loses'."""
+    old = objects([shapely.box(0, 0, 10, 10), shapely.box(10, 0, 20, 10)])
+    new = objects([shapely.box(0, 0, 13.5, 10), shapely.box(13.5, 0, 20, 10)])
+    rows, c = run(old, new)
+    assert c == {"same": 2} and set(rows.cols["relation"]) == {"boundary"}
+    assert [round(r, 3) for r in rows.cols["area_ratio"]] == [1.0, 1.0]
+    # a real extension into empty ground next to a neighbour stays grown, the neighbour same
+    new = objects([shapely.box(0, -8, 10, 10), shapely.box(10, 0, 20, 10)])
+    assert run(old, new)[1] == {"grown": 1, "same": 1}

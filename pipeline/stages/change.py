@@ -18,12 +18,16 @@ Everything here is plain numpy/shapely on objects already in one coordinate fram
    ``split``, several old ↔ one new a ``merge`` (``regroup`` when both). Segmenters split or merge touching
    objects differently from one acquisition to the next; that is flicker, not change, so the whole group
    gets one verdict from its summed areas, and every member gets a row with that verdict.
-5. **Verdict.** For a pair or group: ``grown`` when new/old area ≥ ``area_change`` (default 1.3),
+5. **Touching neighbours.** Where two objects touch, segmenters move the boundary between them from one
+   acquisition to the next. Area of a new outline lying on another group's old outline is credited back to
+   that group before sizes are compared (pairs so adjusted have ``relation`` ``boundary``): one object's gain
+   is its neighbour's loss, not a change of either.
+6. **Verdict.** For a pair or group: ``grown`` when new/old area ≥ ``area_change`` (default 1.3),
    ``shrunk`` when ≤ 1/``area_change``, else ``same`` — or ``class-changed`` when the two runs name classes
    in common and the (matched) pair's classes differ. IoU does not decide: flicker lowers IoU without
    changing size. Unmatched, ungrouped objects are ``new`` or ``gone`` (or ``edge``, rule 2).
 
-6. **Minimum mapping unit** (``min_area``, in the runs' area unit; default 0: off). Lone objects, and pairs or
+7. **Minimum mapping unit** (``min_area``, in the runs' area unit; default 0: off). Lone objects, and pairs or
    groups whose larger side is smaller than it, are flagged ``small`` and left out by the driver — judged on
    the larger side, so an object that grew past the unit is still ``grown``, not ``new``.
 
@@ -145,6 +149,12 @@ def compare(old: ObjectSet, new: ObjectSet, shift: Shift, footprint: Footprint, 
     if len(ext_o):
         k = _first_per(i, ext_o[np.argsort(-inter[ext_o], kind="stable")])
         g_old[i[k]] = mn[j[k]]
+    # area that crossed the boundary between two touching objects — a new outline covering part of another
+    # group's old outline — is credited back to that group before sizes are compared
+    cross = (g_old[i] >= 0) & (g_new[j] >= 0) & (g_old[i] != g_new[j])
+    moved = np.zeros(no)
+    np.subtract.at(moved, g_new[j[cross]], inter[cross])
+    np.add.at(moved, g_old[i[cross]], inter[cross])
 
     # components of the overlap graph (for a partitioned driver: a component is decided as a whole)
     g = coo_matrix((np.ones(len(i)), (i, no + j)), shape=(no + nn, no + nn))
@@ -157,7 +167,7 @@ def compare(old: ObjectSet, new: ObjectSet, shift: Shift, footprint: Footprint, 
 
     shapely.prepare(footprint.zone)
     near = shapely.intersects(footprint.zone, np.concatenate([old.geoms, new_t])) if no + nn else np.zeros(0, bool)
-    return _rows(_Ctx(old, new, new_t, ao, an, mo, mk, g_old, g_new, near, cext[comp], iou, footprint, params))
+    return _rows(_Ctx(old, new, new_t, ao, an, mo, mk, g_old, g_new, moved, near, cext[comp], iou, footprint, params))
 
 
 @dataclass
@@ -171,6 +181,7 @@ class _Ctx:
     mk: np.ndarray
     g_old: np.ndarray
     g_new: np.ndarray
+    moved: np.ndarray
     near: np.ndarray
     ext: np.ndarray
     iou: np.ndarray
@@ -244,9 +255,10 @@ def _rows(c: _Ctx) -> ChangeRows:
     if near.any():  # near the footprint's edge: compare the parts inside it
         area_o[near] = shapely.area(shapely.intersection(old.geoms[plain[near]], c.footprint.area))
         area_n[near] = shapely.area(shapely.intersection(c.new_t[b[near]], c.footprint.area))
-    ratio = area_n / np.maximum(area_o, 1e-300)
+    ratio = (area_n + c.moved[plain]) / np.maximum(area_o, 1e-300)
     dxs, dys = cx[no + b] - cx[plain], cy[no + b] - cy[plain]
-    out.add(len(plain), change=_verdict(ratio, old.classes[plain] == new.classes[b], p), relation="pair",
+    out.add(len(plain), change=_verdict(ratio, old.classes[plain] == new.classes[b], p),
+            relation=np.where(c.moved[plain] != 0, "boundary", "pair").astype(object),
             small=np.maximum(old.area[plain], new.area[b]) < p.min_area,
             group_id=old.ids[plain].astype(object), old_id=old.ids[plain].astype(object), new_id=new.ids[b].astype(object),
             class_old=old.classes[plain], class_new=new.classes[b], area_old=old.area[plain].astype(object),
@@ -264,7 +276,7 @@ def _rows(c: _Ctx) -> ChangeRows:
             area_n = float(shapely.area(shapely.intersection(c.new_t[news], c.footprint.area)).sum())
         else:
             area_o, area_n = float(c.ao[olds].sum()), float(c.an[news].sum())
-        r = area_n / max(area_o, 1e-300)
+        r = (area_n + float(c.moved[a])) / max(area_o, 1e-300)
         uo, un = shapely.union_all(old.geoms[olds]), shapely.union_all(c.new_t[news])
         it = shapely.area(shapely.intersection(uo, un))
         gi = float(it / max(shapely.area(uo) + shapely.area(un) - it, 1e-300))
