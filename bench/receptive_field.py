@@ -24,8 +24,8 @@ SIZE, BOX = 768, 64
 def main() -> dict:
     import rasterio
 
+    from pipeline.models.normalize import apply_normalization, percentiles
     from pipeline.models.registry import load_model
-    from pipeline.stages.normalize import apply_normalization, percentiles
     from pipeline.synthetic import write_periodic_scene
 
     ap = argparse.ArgumentParser()

@@ -7,8 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import ParameterError
+from pipeline.stages.grid import validate_tiling
 
-__all__ = ["SegmentConfig", "ClassicalParams", "SlurmClusterParams"]
+__all__ = ["SegmentConfig", "ClassicalParams", "SlurmClusterParams", "result_fields"]
 
 
 class _Strict(BaseModel):
@@ -90,56 +91,79 @@ class LocalClusterParams(_Strict):
     kind: Literal["local"] = "local"
 
 
-class SegmentConfig(_Strict):
-    """Defaults are for a 2-core, 24 GB machine; see configs/*.yaml for examples."""
+def _setting(default=..., *, results: bool, doc: str, unit: str | None = None, **kw):
+    """A :class:`SegmentConfig` field with its documentation and its class: ``results=True`` when changing it
+    changes what a run publishes (the objects, their measures, or the set of output files), so it is part of
+    the settings fingerprint (:mod:`pipeline.settings`) that keys the work folder, the summary and ``watch``;
+    ``results=False`` for how and where the work runs (workers, device, paths). Every field must say which:
+    ``tests/test_settings.py`` fails on a field that does not."""
+    extra = {"results": results, **({"unit": unit} if unit else {})}
+    if isinstance(default, type) and issubclass(default, BaseModel):  # a nested section: a fresh one each time
+        return Field(default_factory=default, description=doc, json_schema_extra=extra, **kw)
+    return Field(default=default, description=doc, json_schema_extra=extra, **kw)
 
-    model: str = "default"  # 'classical', 'default' (shipped nuclei model) or a checkpoint path
-    tile: int = 1024
-    halo: int | None = None  # None: the model's receptive field (checkpoint metadata), 64 for classical
-    workers: int = Field(default=2, ge=1)
-    threads_per_worker: int = Field(default=1, ge=1)  # task threads per worker; torch uses the worker's share of cores
-    scheduler: str | None = None  # address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
-    # Where the workers come from: a LocalCluster (default), or SLURM jobs ({kind: slurm, …}); not with scheduler
-    cluster: LocalClusterParams | SlurmClusterParams = Field(default_factory=LocalClusterParams, discriminator="kind")
-    batch_size: int = Field(default=4, ge=1)  # tiles per model call
-    tiles_per_task: int = Field(default=4, ge=1)
-    device: str = "auto"
-    # CPU forward pass: eager (PyTorch channels-last float32), bf16, compile (torch.compile), onnx (ONNX Runtime);
-    # see docs/BENCHMARKS.md for which is fastest here and keeps the validation AP
-    inference: Literal["eager", "bf16", "compile", "onnx"] = "onnx"
-    tta: bool = False  # learned models: average over 4 mirror images (4x slower, a little more accurate)
-    # Per LocalCluster worker: Dask pauses a worker near it and restarts one that exceeds it. "auto" shares
-    # the machine's memory between the workers; a learned model on 4096-px tiles needs ~6 GB per CPU worker.
-    memory_limit: str = "auto"
-    class_name: str | None = None  # default: the model's class
-    pixel_size_um: tuple[float, float] | None = None  # override the TIFF's physical pixel size
-    reader: Literal["auto", "gdal", "openslide", "tifffile", "zarr"] = "auto"  # which library reads the input
-    series: int | None = Field(default=None, ge=0)  # image of a multi-image OME-TIFF / OME-Zarr container
-    channels: list[str | int] | None = None  # names (OME, band descriptions, red/green/blue) or 1-based indices
-    bands: list[str | int] | None = None  # the same as channels (satellite wording: bands: [4, 3, 2]); not both
-    single_stain: Literal["auto", "on", "off"] = "auto"  # RGB render of one stain (R = G = 0) -> one grey channel
-    skip_nodata: bool = True  # skip tiles that are entirely nodata / alpha 0 / NaN before the model
-    resolution: ResolutionParams = Field(default_factory=ResolutionParams)
-    tissue: TissueParams = Field(default_factory=TissueParams)
+
+class SegmentConfig(_Strict):
+    """Settings of ``seamline segment``/``watch`` and the flows: a YAML file (``--config``), then command-line
+    flags on top. Defaults suit a laptop or a 2-core, 24 GB machine; see configs/*.yaml for examples and
+    docs/CONFIG.md (generated from this class) for every key."""
+
+    model: str = _setting("default", results=True,
+                          doc="'default' (shipped nuclei model), 'classical', 'buildings', 'trees', or a checkpoint path")
+    tile: int = _setting(1024, results=True, unit="px", doc="tile core size; each tile is read with its halo around it")
+    halo: int | None = _setting(None, results=True, unit="px",
+                                doc="context around each tile; unset: the model's receptive field (64 for classical)")
+    workers: int | None = _setting(None, ge=1, results=False,
+                                   doc="LocalCluster worker processes; unset: as many as the cores and the memory allow")
+    threads_per_worker: int = _setting(1, ge=1, results=False,
+                                       doc="task threads per worker (the model's forward pass uses the worker's share of cores)")
+    scheduler: str | None = _setting(None, results=False,
+                                     doc="address of an existing Dask scheduler (tcp://host:8786) instead of a LocalCluster")
+    cluster: LocalClusterParams | SlurmClusterParams = _setting(
+        LocalClusterParams, discriminator="kind", results=False,
+        doc="where the workers come from: {kind: local} (default) or {kind: slurm, ...} (dask-jobqueue); not with scheduler")
+    batch_size: int = _setting(4, ge=1, results=False, doc="tiles per model call")
+    tiles_per_task: int = _setting(4, ge=1, results=False, doc="tiles per Dask task (fewer, larger tasks)")
+    device: str = _setting("auto", results=False, doc="auto (CUDA when present), cpu or cuda")
+    inference: Literal["eager", "bf16", "compile", "onnx"] = _setting(
+        "onnx", results=True,
+        doc="CPU forward pass: onnx (ONNX Runtime), eager (PyTorch float32), bf16, compile (torch.compile); docs/BENCHMARKS.md")
+    tta: bool = _setting(False, results=True, doc="learned models: average over 4 mirror images (4x slower, a little more accurate)")
+    memory_limit: str = _setting("auto", results=False,
+                                 doc="per LocalCluster worker: Dask pauses a worker near it, restarts one above it; auto shares the machine's memory")
+    class_name: str | None = _setting(None, results=True, doc="class name of the objects; unset: the model's")
+    pixel_size_um: tuple[float, float] | None = _setting(None, results=True, unit="um",
+                                                         doc="override the image's physical pixel size (x, y)")
+    reader: Literal["auto", "gdal", "openslide", "tifffile", "zarr"] = _setting(
+        "auto", results=True, doc="which library reads the input; auto decides by content")
+    series: int | None = _setting(None, ge=0, results=True, doc="image of a multi-image OME-TIFF / OME-Zarr container (default 0)")
+    channels: list[str | int] | None = _setting(None, results=True,
+                                                doc="channels the model gets: names (OME, band descriptions, red/green/blue) or 1-based indices")
+    bands: list[str | int] | None = _setting(None, results=True, doc="the same as channels, in satellite wording (bands: [4, 3, 2]); not both")
+    single_stain: Literal["auto", "on", "off"] = _setting(
+        "auto", results=True, doc="an RGB render of one stain (R = G = 0, e.g. DAPI in an NDPI) read as one grey channel")
+    skip_nodata: bool = _setting(True, results=True, doc="skip tiles that are entirely nodata / alpha 0 / NaN before the model")
+    resolution: ResolutionParams = _setting(ResolutionParams, results=True,
+                                            doc="the resolution rule's overrides: pixel_size [value, m|um], level")
+    tissue: TissueParams = _setting(TissueParams, results=True, doc="tile skipping by tissue detection on a low-resolution level")
     # Objects' diameter in input px: the scene is rescaled so they come out the model's object_diameter_px.
-    # None: from the pixel size, else native; "estimate": estimated from the image when there is no pixel
-    # size; "native": no rescaling (stages/objectscale.py).
-    object_diameter: float | Literal["native", "estimate"] | None = None
-    classical: ClassicalParams = Field(default_factory=ClassicalParams)
-    regularize: RegularizeParams | None = None  # e.g. {classes: [building]}: squared building outlines, area_raw kept
-    stats: StatsParams = Field(default_factory=StatsParams)
-    keep_intermediate: bool = False
-    qupath_geojson: bool = True  # <stem>.geojson: detections with measurements, QuPath's import format
-    label_image: bool = True  # <stem>.ome.zarr: OME-NGFF multiscale label image (napari-ome-zarr, QuPath)
-    report: bool = True  # <stem>.quicklook.png (+ .tif when georeferenced) and <stem>.html
-    # Parent of each scene's work folder (<workdir>/<stem>): a path or URL (s3://…) — a fast local disk on one
-    # machine, a bucket on a cluster whose nodes share no disk. Default: OUT/.seamline-work
-    workdir: str | None = None
+    object_diameter: float | Literal["native", "estimate"] | None = _setting(
+        None, results=True, unit="px",
+        doc="objects' diameter in input px (rescaled to the model's); unset: from the pixel size, else native; "
+            "'estimate': estimated from the image; 'native': no rescaling")
+    classical: ClassicalParams = _setting(ClassicalParams, results=True, doc="the classical model's parameters")
+    regularize: RegularizeParams | None = _setting(None, results=True,
+                                                   doc="squared building outlines, e.g. {classes: [building]} (area_raw kept)")
+    stats: StatsParams = _setting(StatsParams, results=True, doc="percentiles of the scene normalisation (low, high)")
+    keep_intermediate: bool = _setting(False, results=False, doc="keep the work folder (zarr store, tile parts) after the run")
+    qupath_geojson: bool = _setting(True, results=True, doc="write <stem>.qupath.geojson (QuPath detections with measurements)")
+    label_image: bool = _setting(True, results=True, doc="write <stem>.ome.zarr (OME-NGFF multiscale label image)")
+    report: bool = _setting(True, results=True, doc="write <stem>.quicklook.png (+ .tif when georeferenced) and <stem>.html")
+    workdir: str | None = _setting(None, results=False,
+                                   doc="parent of each scene's work folder (path or URL); default OUT/.seamline-work")
 
     @model_validator(mode="after")
     def _check(self) -> "SegmentConfig":
-        from pipeline.stages.tiling import validate_tiling
-
         validate_tiling(self.tile, 0 if self.halo is None else self.halo)
         if self.scheduler and self.cluster.kind != "local":
             raise ParameterError(f"scheduler ({self.scheduler}) and cluster: {{kind: {self.cluster.kind}}} both say where the "
@@ -152,3 +176,8 @@ class SegmentConfig(_Strict):
         if self.stats.low >= self.stats.high:
             raise ParameterError(f"stats.low ({self.stats.low}) must be below stats.high ({self.stats.high})")
         return self
+
+
+def result_fields() -> set[str]:
+    """The :class:`SegmentConfig` fields whose value changes what a run publishes (``results=True``)."""
+    return {n for n, f in SegmentConfig.model_fields.items() if (f.json_schema_extra or {}).get("results")}

@@ -30,11 +30,22 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pyarrow.compute as pc
+import pyproj
+import shapely
+from pyproj import CRS, Transformer
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
 
 from pipeline import __version__
 from pipeline.errors import InputError, ParameterError
+from pipeline.io.changes import ChangesWriter
+from pipeline.io.publish import Staging
 from pipeline.io.runfile import RunFile
-from pipeline.stages.change import ChangeParams, ChangeRows, ObjectSet, compare
+from pipeline.io.storage import stem_of
+from pipeline.memwatch import TreeMemoryWatch
+from pipeline.report.changes_page import ChangeMap, write_changes_page
+from pipeline.stages.change import CHANGES, ChangeParams, ChangeRows, ObjectSet, compare
 from pipeline.stages.coregister import Shift, displacement_votes, shift_from_votes
 from pipeline.stages.footprint import common_footprint
 
@@ -55,8 +66,6 @@ class Frame:
     from_new: Any
 
     def geoms(self, which: str, g: np.ndarray) -> np.ndarray:
-        import shapely
-
         fn = self.to_old if which == "old" else self.to_new
         return g if fn is None or len(g) == 0 else shapely.transform(g, fn)
 
@@ -86,10 +95,6 @@ def _fn(tr) -> Callable[[np.ndarray], np.ndarray]:
 def working_frame(old: RunFile, new: RunFile) -> Frame:
     """OLD's CRS when projected, else NEW's, else the UTM zone at OLD's footprint centre; pixels for two
     pixel-grid runs. Raises :class:`InputError` for a georeferenced run against a pixel-grid run."""
-    from pyproj import CRS, Transformer
-    from pyproj.aoi import AreaOfInterest
-    from pyproj.database import query_utm_crs_info
-
     if old.is_pixel or new.is_pixel:
         if old.is_pixel and new.is_pixel:
             return Frame(None, None, None, None, None)
@@ -129,8 +134,6 @@ def working_frame(old: RunFile, new: RunFile) -> Frame:
 def _scale(rf: RunFile, frame: Frame, which: str) -> tuple[float, float, float]:
     """From a sample of the run: (pixel size in working units, working area per unit of the run's ``area``,
     99th percentile of object bbox extent in working units)."""
-    import shapely
-
     t = rf.sample(columns=("area_px", "area", "geometry"))
     if t is None or t.num_rows == 0:
         return 0.0, 1.0, 0.0
@@ -162,8 +165,6 @@ def _check_params(area_change: float, min_iou: float, containment: float, max_sh
 
 def _objects(rf: RunFile, frame: Frame, which: str, win: tuple[float, float, float, float], shift: Shift) -> ObjectSet:
     """The run's objects whose working-frame bbox (date 2: moved back by the shift) meets ``win``."""
-    import shapely
-
     dx, dy = (shift.dx, shift.dy) if which == "new" else (0.0, 0.0)
     fw = frame.window(which, win[0] + dx, win[1] + dy, win[2] + dx, win[3] + dy)
     t = rf.read_window(*fw, columns=("object_id", "class", "area", "geometry"))
@@ -183,8 +184,6 @@ def _objects(rf: RunFile, frame: Frame, which: str, win: tuple[float, float, flo
 def _centres(t) -> tuple[np.ndarray, np.ndarray]:
     """Object bbox centres from the ``bbox`` column: in the file's CRS even when a tool reprojected the file
     and left Seamline's ``centroid_x/y`` columns behind; they move with the object just as its centroid."""
-    import pyarrow.compute as pc
-
     b = t.column("bbox")
     f = lambda k: pc.struct_field(b, k).to_numpy()  # noqa: E731
     return (f("xmin") + f("xmax")) / 2, (f("ymin") + f("ymax")) / 2
@@ -255,12 +254,6 @@ def diff_runs(old: str, new: str, out_dir: str, *, area_change: float = 1.3, min
 
 def _diff(ro: RunFile, rn: RunFile, out_dir: str, t0: float, say, area_change: float, min_iou: float,
           containment: float, max_shift_px: float, shift, min_area: float, strip_objects: int, report: bool) -> dict:
-    import shapely
-
-    from pipeline.io.changes import ChangesWriter
-    from pipeline.io.publish import Staging
-    from pipeline.memwatch import TreeMemoryWatch
-
     timings: dict[str, float] = {}
     with TreeMemoryWatch() as mem:
         frame = working_frame(ro, rn)
@@ -318,7 +311,7 @@ def _diff(ro: RunFile, rn: RunFile, out_dir: str, t0: float, say, area_change: f
                 small = kept.cols["small"].astype(bool)
                 stats.add_small(kept.take(np.nonzero(small)[0]))
                 kept = kept.take(np.nonzero(~small)[0])
-                writer.add(kept)
+                writer.add(kept.cols, kept.geometry)
                 stats.add(kept)
                 say(f"strip {k + 1}/{len(edges) - 1}: {len(kept)} rows")
             timings["match"] = time.perf_counter() - t1
@@ -342,8 +335,6 @@ def _diff(ro: RunFile, rn: RunFile, out_dir: str, t0: float, say, area_change: f
                 "partition": {"strips": len(edges) - 1, "retries": retries, "strip_objects": strip_objects},
             }
             if report:
-                from pipeline.report.changes_page import write_changes_page
-
                 t3 = time.perf_counter()
                 write_changes_page(staging, summary, stats.top(), stats.map, ro, rn, frame, est, pixel)
                 timings["report"] = time.perf_counter() - t3
@@ -394,8 +385,6 @@ class _Stats:
     """Counts and area totals per change (and per class), relations, and the largest changes, row batch by batch."""
 
     def __init__(self, bounds: tuple[float, float, float, float]):
-        from pipeline.report.changes_page import ChangeMap
-
         self.map = ChangeMap(bounds)
         self.counts: dict[str, int] = {}
         self.area: dict[str, list[float]] = {}
@@ -412,8 +401,6 @@ class _Stats:
         self.small["new"] += sum(v is not None for v in rows.cols["new_id"])
 
     def add(self, rows: ChangeRows) -> None:
-        import shapely
-
         c = rows.cols
         ch = c["change"].astype(str)
         ao = np.array([v if v is not None else 0.0 for v in c["area_old"]], float)
@@ -454,8 +441,6 @@ class _Stats:
         return [e[2] for e in sorted(self.largest, reverse=True)]
 
     def as_dict(self) -> dict:
-        from pipeline.stages.change import CHANGES
-
         counts = {k: self.counts.get(k, 0) for k in CHANGES}
         return {"counts": counts, "changed": sum(counts[k] for k in ("new", "gone", "grown", "shrunk", "class-changed")),
                 "area": {k: {"old": v[0], "new": v[1]} for k, v in sorted(self.area.items())},
@@ -472,8 +457,6 @@ def find_previous(new: dict, done: Sequence[dict]) -> dict | None:
     that overlaps ``new``'s (in ``new``'s CRS). Returns the latest such candidate with the same stem, else the
     one overlapping most (latest on a tie), else None. The run itself (same ``input_version``) is skipped.
     """
-    from pipeline.io.sources import stem_of
-
     stem = stem_of(str(new.get("input", "")))
     ver = new.get("input_version")
     same, overlap = [], []
@@ -498,9 +481,6 @@ def find_previous(new: dict, done: Sequence[dict]) -> dict | None:
 
 def _summary_footprint(s: dict, crs_json: dict | None):
     """A run summary's scene rectangle in the CRS ``crs_json`` (None: pixels; then only pixel runs compare)."""
-    import pyproj
-    import shapely
-
     try:
         a, b, c, d, e, f = s["transform"][:6]
         w, h = float(s["width"]), float(s["height"])

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
+import pyproj
+import shapely
 
+from pipeline.io.outputs import _arrow_batch, _geo_metadata
+from pipeline.io.scene import PIXEL_CRS_WKT
+from pipeline.io.schema import ROW_GROUP
 from pipeline.synthetic import Blob, scene_blobs, write_scene
 
 __all__ = ["ChangeTruth", "two_dates", "write_two_dates"]
@@ -124,13 +130,6 @@ def write_object_table(path: str | Path, geoms, crs, *, classes=None, area_px=No
     ``tile`` map units, north row first, west to east) — for the change tests and the out-of-core benchmark,
     where objects are made directly rather than segmented. ``crs``: a pyproj CRS or anything it reads (the
     engineering pixel CRS for None). Returns the number of rows."""
-    import pyarrow.parquet as pq
-    import pyproj
-    import shapely
-
-    from pipeline.io.outputs import ROW_GROUP, _arrow_batch, _geo_metadata
-    from pipeline.stages.measure import PIXEL_CRS_WKT
-
     geoms = np.asarray(geoms, dtype=object)
     n = len(geoms)
     crs = pyproj.CRS.from_user_input(crs) if crs is not None else pyproj.CRS.from_wkt(PIXEL_CRS_WKT)

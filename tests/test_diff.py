@@ -213,6 +213,7 @@ def test_partial_overlap_reports_the_common_footprint_and_spares_cut_objects(dat
         assert abs(s["counts"][k] - v) <= 1, (k, s["counts"], want)
 
 
+@pytest.mark.slow  # an S3 server
 def test_s3_urls_in_and_out(dates, goal, tmp_path):
     """Both runs on an S3 server (moto, a real HTTP endpoint), the changes published back to it."""
     from servers import make_bucket, s3_client, s3_environment
@@ -313,8 +314,9 @@ app.exitQgis()
 """
 
 
+@pytest.mark.slow  # QGIS
 def test_qgis_opens_the_changes_styled_by_change(goal, tmp_path):
-    from pipeline.report.render import CHANGE_COLOURS, hex_colour
+    from pipeline.io.palette import CHANGE_COLOURS, hex_colour
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     (tmp_path / "xdg").mkdir(mode=0o700)

@@ -96,7 +96,7 @@ def test_a_multi_class_model_names_what_it_finds(model, dask_client_session, tmp
     assert whole["counts_per_class"] == counts and set(whole["area_per_class"]) == set(counts)
     assert whole["model"]["classes"] == CLASSES
     assert gpd.read_file(whole["outputs"]["gpkg"], layer="objects")["class"].value_counts().to_dict() == counts
-    gj = json.loads((tmp_path / "out1024" / "test.geojson").read_text())
+    gj = json.loads((tmp_path / "out1024" / "test.qupath.geojson").read_text())
     assert {f["properties"]["classification"]["name"] for f in gj["features"]} == set(counts)
 
     # seamline evaluate per class, against the truth polygons.

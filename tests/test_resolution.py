@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ParameterError
-from pipeline.io.sources import Level
-from pipeline.stages.resolution import (area_resample, choose_resolution, model_pixel_size, source_window,
-                                        working_shape)
+from pipeline.io.readers.base import Level
+from pipeline.stages.resolution import area_resample, choose_resolution, model_pixel_size, source_window, working_shape
 
 NDPI = [Level(4864 // d, 3968 // d, float(d)) for d in (1, 2, 4, 8, 16)]
 

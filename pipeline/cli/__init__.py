@@ -7,7 +7,15 @@ import os
 import sys
 
 from pipeline import __version__
-from pipeline.errors import SeamlineError
+from pipeline.cli.diff import add_diff_command
+from pipeline.cli.evaluate import add_evaluate_command
+from pipeline.cli.segment import add_segment_commands
+from pipeline.cli.watch import add_watch_command
+from pipeline.config import SegmentConfig
+from pipeline.config_file import load_yaml_config, validation_message
+from pipeline.errors import ConfigError, ParameterError, SeamlineError
+from pipeline.stages.dispatch import slurm_cluster
+from pipeline.training.config import TrainConfig
 
 __all__ = ["main"]
 
@@ -19,9 +27,7 @@ def _env_defaults() -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.configio import load_yaml_config
-    from pipeline.training.config import TrainConfig
-    from pipeline.training.train import train
+    from pipeline.training.train import train  # late: torch and the training stack load only for training
 
     overrides: dict = {}
     if args.epochs is not None:
@@ -41,9 +47,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SeamlineError("seamline train: pass --config FILE or --data DIR (a folder with images/ and labels/)")
         from pydantic import ValidationError
 
-        from pipeline.configio import validation_message
-        from pipeline.errors import ConfigError
-
         try:
             cfg = TrainConfig.model_validate(overrides)
         except ValidationError as exc:
@@ -54,15 +57,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from pipeline.training.tune import tune_postprocess
+    from pipeline.training.tune import tune_postprocess  # late: the model stack loads only for tuning
 
     if (args.data is None) == (args.config is None):
         raise SeamlineError("seamline tune: pass the data the checkpoint was trained on, either --data DIR "
                             "(images/ and labels/) or --config TRAINING.yaml")
     if args.config:
-        from pipeline.configio import load_yaml_config
-        from pipeline.training.config import TrainConfig
-
         data = load_yaml_config(args.config, TrainConfig, {}).data
     else:
         data = args.data
@@ -98,9 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint's JSON as it is")
     u.set_defaults(func=_cmd_tune)
 
-    from pipeline.cli.segment import add_segment_commands
-
     add_segment_commands(sub)
+    add_evaluate_command(sub)
 
     v = sub.add_parser("view", help="open a run's image and objects in napari (optional extra: seamline[view])")
     v.add_argument("target", metavar="OUT/STEM", help="the output folder and scene stem of a finished run")
@@ -108,12 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-polygons", type=int, default=50_000, help="beyond this many objects show centroids")
     v.set_defaults(func=_cmd_view)
 
-    from pipeline.cli.watch import add_watch_command
-
     add_watch_command(sub)
-
-    from pipeline.cli.diff import add_diff_command
-
     add_diff_command(sub)
 
     c = sub.add_parser("cluster-script", help="print the SLURM job script a config's cluster: {kind: slurm} submits (nothing is submitted)")
@@ -123,10 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_cluster_script(args: argparse.Namespace) -> int:
-    from pipeline.config import SegmentConfig
-    from pipeline.configio import load_yaml_config
-    from pipeline.errors import ParameterError
-    from pipeline.stages.dispatch import slurm_cluster
 
     cfg = load_yaml_config(args.config, SegmentConfig, {})
     if cfg.cluster.kind != "slurm":
@@ -138,7 +128,7 @@ def _cmd_cluster_script(args: argparse.Namespace) -> int:
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
-    from pipeline.report.view import view
+    from pipeline.report.view import view  # late: napari is an optional extra
 
     shot = view(args.target, args.screenshot, args.max_polygons)
     if shot:

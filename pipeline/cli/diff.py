@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.diff import diff_runs
 from pipeline.errors import ParameterError
 
 __all__ = ["add_diff_command"]
@@ -20,8 +21,6 @@ def _shift(text: str) -> tuple[float, float]:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from pipeline.diff import diff_runs
-
     if args.old == args.new:
         raise ParameterError(f"OLD and NEW are the same file ({args.old}); pass the runs of two dates")
     log = None if args.quiet else (lambda s: print(f"seamline: {s}", file=sys.stderr, flush=True))

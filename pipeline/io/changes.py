@@ -5,7 +5,7 @@ GeoPackage helpers are reused): GeoParquet 1.1 with WKB geometry, a ``bbox`` cov
 groups of at most ``ROW_GROUP`` rows in the order the strips come (south to north or north to south: a
 spatial order), the CRS as PROJJSON (the engineering pixel CRS for images without georeferencing); a
 GeoPackage 1.2 layer ``changes`` with a spatial index and a default QGIS style, one colour per ``change``
-(:data:`pipeline.report.render.CHANGE_COLOURS`). Files are written into a :class:`~pipeline.io.publish.Staging`
+(:data:`pipeline.io.palette.CHANGE_COLOURS`). Files are written into a :class:`~pipeline.io.publish.Staging`
 folder; nothing appears under a final name before the JSON summary is published.
 """
 
@@ -14,11 +14,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pyogrio
+import pyproj
+import shapely
 
-from pipeline.io.outputs import ROW_GROUP, _geo_metadata, _gpkg_undefined_cartesian, _write_gpkg
+from pipeline.io.outputs import _geo_metadata, _gpkg_undefined_cartesian, _write_gpkg
+from pipeline.io.palette import CHANGE_COLOURS
 from pipeline.io.publish import Staging
-from pipeline.stages.change import ChangeRows
+from pipeline.io.qgis_style import add_default_style
+from pipeline.io.scene import PIXEL_CRS_WKT
+from pipeline.io.schema import ROW_GROUP
 
 __all__ = ["ChangesWriter", "LAYER", "SCHEMA_COLUMNS"]
 
@@ -32,8 +41,6 @@ _TYPE_NAMES = {3: "Polygon", 6: "MultiPolygon", 7: "GeometryCollection"}
 
 
 def _schema():
-    import pyarrow as pa
-
     fields = []
     for c in SCHEMA_COLUMNS:
         t = pa.int64() if c in _INT else pa.float64() if c in _FLOAT else pa.string()
@@ -47,10 +54,6 @@ class ChangesWriter:
     types — is known only at the end) and GeoPackage."""
 
     def __init__(self, staging: Staging, crs, area_unit: str | None):
-        import pyproj
-
-        from pipeline.stages.measure import PIXEL_CRS_WKT
-
         self.staging = staging
         self.stem = staging.stem
         self.crs = crs
@@ -65,16 +68,13 @@ class ChangesWriter:
         self._bbox = [np.inf, np.inf, -np.inf, -np.inf]
         self.rows = 0
 
-    def _table(self, rows: ChangeRows):
-        import pyarrow as pa
-        import shapely
-
-        c = rows.cols
-        b = shapely.bounds(rows.geometry) if len(rows) else np.zeros((0, 4))
+    def _table(self, c: dict[str, np.ndarray], geometry: np.ndarray):
+        n = len(geometry)
+        b = shapely.bounds(geometry) if n else np.zeros((0, 4))
         arrays = []
         for name in SCHEMA_COLUMNS:
             if name == "area_unit":
-                arrays.append(pa.array([self.area_unit] * len(rows), pa.string()))
+                arrays.append(pa.array([self.area_unit] * n, pa.string()))
             elif name in _INT:
                 arrays.append(pa.array(c[name].tolist(), pa.int64()))
             elif name in _FLOAT:
@@ -82,31 +82,27 @@ class ChangesWriter:
             else:
                 v = [x if x not in ("", None) else None for x in c[name].tolist()]
                 arrays.append(pa.array(v, pa.string()))
-        arrays.append(pa.array(shapely.to_wkb(rows.geometry) if len(rows) else [], pa.binary()))
+        arrays.append(pa.array(shapely.to_wkb(geometry) if n else [], pa.binary()))
         arrays.append(pa.StructArray.from_arrays([pa.array(b[:, i], pa.float64()) for i in range(4)],
                                                  ["xmin", "ymin", "xmax", "ymax"]))
         return pa.Table.from_arrays(arrays, schema=_schema())
 
-    def add(self, rows: ChangeRows) -> None:
-        import pyarrow.parquet as pq
-        import shapely
-
-        if len(rows) == 0:
+    def add(self, cols: dict[str, np.ndarray], geometry: np.ndarray) -> None:
+        """Rows: the columns of :data:`SCHEMA_COLUMNS` but ``area_unit`` (object arrays, None where absent), and
+        their geometries."""
+        if len(geometry) == 0:
             return
-        table = self._table(rows)
+        table = self._table(cols, geometry)
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._scratch, table.schema, compression="zstd")
         self._writer.write_table(table, row_group_size=ROW_GROUP)
-        self._types.update(shapely.get_type_id(rows.geometry).tolist())
-        tb = shapely.total_bounds(rows.geometry)
+        self._types.update(shapely.get_type_id(geometry).tolist())
+        tb = shapely.total_bounds(geometry)
         self._bbox = [min(self._bbox[0], tb[0]), min(self._bbox[1], tb[1]), max(self._bbox[2], tb[2]), max(self._bbox[3], tb[3])]
-        self._write_gpkg(table, rows.geometry)
-        self.rows += len(rows)
+        self._write_gpkg(table, geometry)
+        self.rows += len(geometry)
 
     def _write_gpkg(self, table, geoms: np.ndarray) -> None:
-        import geopandas as gpd
-        import pyogrio
-
         df = table.drop_columns(["geometry", "bbox"]).to_pandas()
         for c in _INT:
             df[c] = df[c].astype("Int64")
@@ -121,11 +117,6 @@ class ChangesWriter:
 
     def finish(self) -> dict[str, str]:
         """Close the files: final GeoParquet metadata, the empty layer when there were no rows, the QGIS style."""
-        import pyarrow.parquet as pq
-
-        from pipeline.report.qgis_style import add_default_style
-        from pipeline.report.render import CHANGE_COLOURS
-
         crs_json = self.out_crs.to_json_dict()
         try:
             if self._writer is not None:

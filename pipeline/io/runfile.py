@@ -16,6 +16,12 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pyproj
+import shapely
+from pyproj import Transformer
 
 from pipeline.errors import InputError
 from pipeline.io import storage
@@ -31,8 +37,6 @@ class RunFile:
     """One run's GeoParquet: its CRS, row-group extents, footprint, and windowed reads."""
 
     def __init__(self, url: str):
-        import pyproj
-
         self.url = str(url)
         self.stem = storage.name_of(self.url).removesuffix(".parquet")
         self._file = self._open()
@@ -55,9 +59,6 @@ class RunFile:
         self.summary = self._summary()
 
     def _open(self):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         missing = InputError(f"{self.url}: no such file; pass the .parquet that seamline segment wrote")
         try:
             if storage.is_local(self.url):
@@ -115,9 +116,6 @@ class RunFile:
 
     def footprint(self):
         """(polygon in this file's CRS, source): the scene rectangle from the summary, else the objects' extent."""
-        import pyproj
-        import shapely
-
         s = self.summary
         if s is not None:
             scrs = pyproj.CRS.from_json_dict(s["crs"]) if s.get("crs") else None
@@ -130,7 +128,6 @@ class RunFile:
             if same:
                 return shapely.normalize(poly), "summary"
             if scrs is not None and self.crs is not None:  # this file was reprojected: bring the rectangle along
-                from pyproj import Transformer
 
                 tr = Transformer.from_crs(scrs, self.crs, always_xy=True)
                 return shapely.transform(poly, lambda xy: np.stack(tr.transform(xy[:, 0], xy[:, 1]), 1)), "summary"
@@ -168,9 +165,6 @@ class RunFile:
 
         Row groups are decoded in batches of ``BATCH_ROWS`` and filtered batch by batch, so memory holds the
         rows kept, never a whole row group (Seamline writes up to 100,000 rows per group)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         cols = list(dict.fromkeys([*columns, "bbox"]))
         groups = self.groups_in(x0, y0, x1, y1).tolist()
         parts = []

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from pipeline.errors import ParameterError
+
 __all__ = ["BACKENDS", "make_forward", "onnx_path"]
 
 BACKENDS = ("eager", "bf16", "compile", "onnx")
@@ -71,8 +73,6 @@ def make_forward(net, backend: str, threads: int | None, weights_file: str | os.
         try:
             import onnxruntime as ort
         except ImportError:
-            from pipeline.errors import ParameterError
-
             raise ParameterError("inference 'onnx': onnxruntime is not installed; pip install onnxruntime onnx "
                                  "(the 'onnx' extra), or set inference: eager") from None
 
@@ -85,6 +85,5 @@ def make_forward(net, backend: str, threads: int | None, weights_file: str | os.
             y = sess.run(None, {"x": x.contiguous().numpy()})[0]
             return torch.from_numpy(y)
         return forward
-    from pipeline.errors import ParameterError
 
     raise ParameterError(f"inference {backend!r}: unknown back-end; use one of {', '.join(BACKENDS)}")

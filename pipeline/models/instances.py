@@ -3,7 +3,7 @@
 Both models end here, so that tiled and untiled runs agree:
 
 * every threshold is passed in (scene statistics, computed once per scene — never per tile, which
-  makes seams, NOTES lesson 4);
+  makes seams);
 * everything here is *local*: the label of a pixel depends only on a neighbourhood about the size of
   the object it lies in. A tile whose halo is larger than the objects therefore labels its core exactly
   as a whole-image run would, which is what makes :mod:`pipeline.stages.stitch` exact.

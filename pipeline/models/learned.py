@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import CheckpointError
+from pipeline.models.backends import make_forward
+from pipeline.models.checkpoint import checkpoint_paths, load_metadata, load_state_dict
 from pipeline.models.instances import heads_to_instances
-from pipeline.stages.normalize import to_model_channels
-from pipeline.models.checkpoint import load_metadata, load_state_dict
 from pipeline.models.network import build_network
+from pipeline.models.normalize import to_model_channels
 
 __all__ = ["LearnedModel", "PendingHeads", "pick_device", "SHIPPED_MODEL"]
 
@@ -63,8 +65,6 @@ class LearnedModel:
         state = load_state_dict(path)
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
-            from pipeline.errors import CheckpointError
-
             raise CheckpointError(
                 f"checkpoint {path}: weights do not fit the architecture in its metadata "
                 f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); re-train or fix the JSON"
@@ -83,9 +83,6 @@ class LearnedModel:
         self._forward_lock = threading.Lock()
         #: CPU back-end of the forward pass (:mod:`pipeline.models.backends`); CUDA always runs PyTorch.
         self.inference = "eager" if self.device.startswith("cuda") else inference
-        from pipeline.models.backends import make_forward
-        from pipeline.models.checkpoint import checkpoint_paths
-
         self.forward = make_forward(self.net, self.inference, threads, checkpoint_paths(path)[0])
 
     @property
@@ -99,7 +96,7 @@ class LearnedModel:
     def submit_heads(self, batch: np.ndarray) -> "PendingHeads":
         """Start the forward pass and return at once where the device allows it (CUDA queues the work and
         copies the result into pinned host memory in the background): the caller post-processes the previous
-        batch on the CPU meanwhile, so the GPU is not left idle (:func:`pipeline.stages.tiles.process_tiles`).
+        batch on the CPU meanwhile, so the GPU is not left idle (:func:`pipeline.stages.tile_task.process_tiles`).
         On a CPU the work is done here.
 
         One forward pass at a time per process (a lock): a worker with several task threads then runs the

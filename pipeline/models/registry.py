@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pipeline.errors import CheckpointError
 from pipeline.models.checkpoint import checkpoint_paths
+from pipeline.models.classical import ClassicalModel
+from pipeline.models.learned import SHIPPED_MODEL, LearnedModel
 
 __all__ = ["load_model", "resolve_model_spec", "SHIPPED_AERIAL"]
 
@@ -22,8 +24,6 @@ def resolve_model_spec(spec: str, what: str = "--model") -> str:
     if spec == "classical":
         return spec
     if spec in ("default", "nuclei"):
-        from pipeline.models.learned import SHIPPED_MODEL
-
         spec = str(SHIPPED_MODEL)
     elif spec in SHIPPED_AERIAL:
         spec = str(SHIPPED_AERIAL[spec])
@@ -40,9 +40,5 @@ def load_model(spec: str, classical_params: dict | None = None, device: str = "a
                tta: bool = False, inference: str = "eager"):
     spec = resolve_model_spec(spec)
     if spec == "classical":
-        from pipeline.models.classical import ClassicalModel
-
         return ClassicalModel(**(classical_params or {}))
-    from pipeline.models.learned import LearnedModel
-
     return LearnedModel(spec, device=device, threads=threads, tta=tta, inference=inference)

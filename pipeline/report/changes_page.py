@@ -12,13 +12,20 @@ change colour, the others grey. Same styles, palette and no-script, no-network r
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
+from affine import Affine
+from PIL import Image, ImageDraw
+from scipy.ndimage import maximum_filter
 
+from pipeline.io.palette import CHANGE_COLOURS, hex_colour
+from pipeline.io.sources import open_source
 from pipeline.report.html import CSS, png_data_uri, write_text_atomic
-from pipeline.report.render import CHANGE_COLOURS, hex_colour, iter_outlines, stretch, to_rgb
+from pipeline.report.render import iter_outlines, stretch, to_rgb
 
 __all__ = ["ChangeMap", "write_changes_page", "CROP_PX"]
 
@@ -48,8 +55,6 @@ class ChangeMap:
 
     def image(self) -> np.ndarray:
         """Same objects as grey (brighter where denser), every change as a dot in its colour on top."""
-        from scipy.ndimage import maximum_filter
-
         img = np.full((*self.shape, 3), 25, np.uint8)
         same = self.grid["same"]
         if same.max(initial=0) > 0:
@@ -74,10 +79,6 @@ def _fmt(v: float | None, unit: str = "") -> str:
 
 def _crop(rf, frame, which: str, win: tuple[float, float, float, float], ids: set[int], change: str) -> np.ndarray:
     """One run's picture of a working-frame window: its image (if it opens) and its objects' outlines."""
-    import shapely
-    from affine import Affine
-    from PIL import Image, ImageDraw
-
     fx0, fy0, fx1, fy1 = frame.window(which, *win)
     s = rf.summary or {}
     bg = None
@@ -108,10 +109,6 @@ def _crop(rf, frame, which: str, win: tuple[float, float, float, float], ids: se
 def _image_window(s: dict, bounds: tuple[float, float, float, float]):
     """(RGB pixels, file CRS → read-window pixel affine, window pixels per display pixel (x, y)) for a window
     of the run's input, read at the pyramid level closest to the display size."""
-    from affine import Affine
-
-    from pipeline.io.sources import level_window, open_source
-
     src_info = s.get("source") or {}
     scale = float(src_info.get("scale", 1.0) or 1.0)
     t0 = Affine(*s["transform"][:6]) * Affine.scale(1.0 / scale)  # level-0 pixels → file CRS
@@ -124,13 +121,18 @@ def _image_window(s: dict, bounds: tuple[float, float, float, float]):
             if (c1 - c0) / lv.downsample >= CROP_PX:
                 lv_i = k
         lv = src.levels[lv_i]
-        r, c, h, w = level_window(lv, r0, c0, r1 - r0, c1 - c0)
+        d = lv.downsample  # the level's pixel window covering the level-0 region; the part inside the level is read
+        r, c = math.floor(r0 / d), math.floor(c0 / d)
+        h, w = max(1, math.ceil(r1 / d) - r), max(1, math.ceil(c1 / d) - c)
+        ri, ci = max(r, 0), max(c, 0)
+        hi, wi = min(r + h, lv.height) - ri, min(c + w, lv.width) - ci
         names = [n.lower() for n in src.channel_names]
         used = [names.index(str(n).lower()) for n in src_info.get("channels_used") or [] if str(n).lower() in names]
-        block = src.read(lv_i, r, c, h, w, used or None)
-    pct = (s.get("stats") or {}).get("percentiles") or [[float(block.min()), float(block.max())]]
-    rgb = to_rgb(stretch(block, pct))
-    d = lv.downsample
+        pct = (s.get("stats") or {}).get("percentiles")
+        rgb = np.zeros((h, w, 3), np.uint8)  # black beyond the image's edge
+        if hi > 0 and wi > 0:
+            block = src.read(lv_i, ri, ci, hi, wi, used or None)
+            rgb[ri - r:ri - r + hi, ci - c:ci - c + wi] = to_rgb(stretch(block, pct or [[float(block.min()), float(block.max())]]))
     # file CRS → window pixels of this level: level-0 pixels, minus the window origin, divided by the downsample
     inv = Affine.scale(1.0 / d) * Affine.translation(-c * d, -r * d) * inv0
     return rgb, inv, (w / CROP_PX, h / CROP_PX)

@@ -39,6 +39,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import shapely
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from pipeline.stages.coregister import Shift
 from pipeline.stages.footprint import EDGE_INSIDE, Footprint
@@ -117,10 +120,6 @@ def _first_per(keys: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 def compare(old: ObjectSet, new: ObjectSet, shift: Shift, footprint: Footprint, params: ChangeParams) -> ChangeRows:
     """The change rows of two object sets (see the module docstring for the rules)."""
-    import shapely
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     shapely.prepare(footprint.area)
     in_o = shapely.intersects(footprint.area, old.geoms)
     new_t = shapely.transform(new.geoms, lambda xy: xy - np.array([shift.dx, shift.dy])) if len(new) else new.geoms
@@ -216,8 +215,6 @@ class _Out:
 
 
 def _rows(c: _Ctx) -> ChangeRows:
-    import shapely
-
     old, new, p = c.old, c.new, c.params
     no, nn = len(old), len(new)
     out = _Out()

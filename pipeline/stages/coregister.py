@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import uniform_filter
+from scipy.spatial import cKDTree
 
 __all__ = ["Shift", "displacement_votes", "shift_from_votes", "estimate_shift", "MIN_VOTES"]
 
@@ -50,8 +52,6 @@ def displacement_votes(old_xy: np.ndarray, old_area: np.ndarray, new_xy: np.ndar
                        max_shift: float, area_tolerance: float) -> np.ndarray:
     """(n, 2) displacements ``new - old`` of every pair of centroids closer than ``max_shift`` whose areas
     differ by less than the factor ``area_tolerance``."""
-    from scipy.spatial import cKDTree
-
     if len(old_xy) == 0 or len(new_xy) == 0 or max_shift <= 0:
         return np.zeros((0, 2))
     tree = cKDTree(new_xy)
@@ -74,7 +74,6 @@ def shift_from_votes(votes: np.ndarray, max_shift: float, bin_size: float) -> Sh
     n = max(1, int(np.ceil(max_shift / bin_size)))
     edges = np.linspace(-n * bin_size, n * bin_size, 2 * n + 1)
     h, _, _ = np.histogram2d(votes[:, 0], votes[:, 1], bins=[edges, edges])
-    from scipy.ndimage import uniform_filter
 
     smooth = uniform_filter(h, size=3, mode="constant")
     ix, iy = np.unravel_index(int(np.argmax(smooth)), smooth.shape)

@@ -14,7 +14,10 @@ shift plus a couple of pixels) of the edge:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+
+import shapely
 
 __all__ = ["Footprint", "common_footprint", "EDGE_INSIDE"]
 
@@ -30,10 +33,6 @@ class Footprint:
     zone: object
 
     def as_dict(self) -> dict:
-        import json
-
-        import shapely
-
         shape = shapely.simplify(self.area, 0)  # the densified rectangle's collinear vertices dropped
         return {"geometry": json.loads(shapely.to_geojson(shape)), "area": float(self.area.area),
                 "bounds": list(self.area.bounds)}
@@ -42,8 +41,6 @@ class Footprint:
 def common_footprint(old, new, tolerance: float) -> Footprint:
     """``old ∩ new`` (shapely polygons in one frame, ``new`` already moved back by the shift), shrunk by and
     the band within ``tolerance`` of its edge. Empty polygons when the runs do not overlap."""
-    import shapely
-
     area = shapely.intersection(old, new)
     if area.is_empty or area.area <= 0:
         return Footprint(shapely.Polygon(), shapely.Polygon(), shapely.Polygon())

@@ -1,5 +1,5 @@
-"""Plan what the pipeline reads from an input: backend, channels, pyramid level, resampling, and the
-low-resolution overview used for stain detection and tissue detection — all before any full-resolution read.
+"""Stage 1 (plan), input side: what the pipeline reads from an input — backend, channels, pyramid level, resampling,
+and the low-resolution overview used for stain detection and tissue detection — all before any full-resolution read.
 
 :func:`plan_input` opens the source (:func:`pipeline.io.sources.open_source`), resolves ``channels:`` (names
 or 1-based indices), detects a single fluorescence stain rendered as one colour of an RGB image (R = G = 0:
@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io.raster import SceneInfo
+from pipeline.io.scene import SceneInfo
 from pipeline.io.sources import ImageSource, open_source, resolve_channels
+from pipeline.io.units import to_um
 from pipeline.stages.resolution import Resolution, choose_resolution, model_pixel_size, working_shape
 
 __all__ = ["InputPlan", "plan_input", "overview", "single_stain_channel", "OVERVIEW_PX"]
@@ -136,8 +137,6 @@ def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: flo
     if src.crs_wkt is None and ps is not None and unit == "um":
         ps_um = (ps[0] * s, ps[1] * s)
     elif src.crs_wkt is None and ps is not None:
-        from pipeline.io.sources import to_um
-
         x, y = to_um(ps[0], unit), to_um(ps[1], unit)
         ps_um = (x * s, y * s) if x and y else None
     info = SceneInfo(

@@ -27,7 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.io.sources import Level, to_um
+from pipeline.errors import ParameterError
+from pipeline.io.readers.base import Level
+from pipeline.io.units import to_um
 
 __all__ = ["Resolution", "choose_resolution", "model_pixel_size", "area_resample", "working_shape", "source_window",
            "LEVEL_SNAP"]
@@ -72,8 +74,6 @@ def choose_resolution(levels: Sequence[Level], pixel_size: tuple[float, float] |
     warns: list[str] = []
     if level is not None:
         if not 0 <= level < len(levels):
-            from pipeline.errors import ParameterError
-
             raise ParameterError(f"resolution.level: {level} does not exist, the image has levels 0..{len(levels) - 1} "
                                  f"(downsamples {', '.join(f'{lv.downsample:g}' for lv in levels)}); pick one of those")
         scale = levels[level].downsample * max(1.0, extra_scale)

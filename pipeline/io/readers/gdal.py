@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from pipeline.io.raster import _pixel_size_from_tiff, check_dataset, clean_nodata, open_raster
-from pipeline.io.sources import ImageSource, Level
+from pipeline.io.readers.base import ImageSource, Level
 
 __all__ = ["GdalSource"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from pipeline.report.render import class_colours, hex_colour
+from pipeline.io.palette import class_colours, hex_colour
 
 __all__ = ["add_default_style", "categorized_qml", "categorized_sld", "STYLE_NAME"]
 

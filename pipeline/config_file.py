@@ -8,9 +8,10 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from pipeline.config import SegmentConfig
 from pipeline.errors import ConfigError, SeamlineError
 
-__all__ = ["load_yaml_config", "validation_message"]
+__all__ = ["load_yaml_config", "validation_message", "segment_config"]
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -57,3 +58,14 @@ def _deep_merge(a: dict, b: dict) -> dict:
     for k, v in b.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def segment_config(config: str | Path | None, overrides: dict | None = None, what: str = "seamline segment") -> SegmentConfig:
+    """A :class:`~pipeline.config.SegmentConfig` from a YAML file (or none) with ``overrides`` on top: what the
+    CLI, the flows and ``watch`` all build their config with."""
+    if config:
+        return load_yaml_config(config, SegmentConfig, overrides or {})
+    try:
+        return SegmentConfig.model_validate(overrides or {})
+    except ValidationError as exc:
+        raise ConfigError(validation_message(what, exc)) from None
