@@ -2,10 +2,9 @@
 
 OLD and NEW are GeoParquet files written by ``seamline segment`` (paths or URLs). The driver
 
-1. opens both by their footers only (:class:`pipeline.io.runfile.RunFile`) and picks one working frame: OLD's
-   CRS when it is projected, else NEW's, else the UTM zone of the scene (areas and shifts in metres); runs
-   of images without georeferencing are compared in level-0 pixels. A georeferenced run and a pixel-grid
-   run cannot be reconciled (error);
+1. opens both by their footers only (:class:`pipeline.io.runfile.RunFile`) and picks one working frame
+   (:mod:`pipeline.stages.frame`: OLD's CRS when projected, else NEW's, else the local UTM zone; level-0
+   pixels for images without georeferencing);
 2. estimates the global shift from the objects' positions (bbox centres; :mod:`pipeline.stages.coregister`),
    read strip by strip (two columns), and the common footprint (:mod:`pipeline.stages.footprint`);
 3. partitions the common footprint into horizontal strips of about ``strip_objects`` objects. For each
@@ -18,7 +17,7 @@ OLD and NEW are GeoParquet files written by ``seamline segment`` (paths or URLs)
    (:mod:`pipeline.io.publish`), then the HTML page (:mod:`pipeline.report.changes_page`).
 
 :func:`diff_runs` is the library entry the CLI and ``seamline watch --diff-previous`` call;
-:func:`find_previous` picks the earlier run of a scene to diff against.
+:func:`find_previous` (:mod:`pipeline.stages.previous`) picks the earlier run of a scene to diff against.
 """
 
 from __future__ import annotations
@@ -26,127 +25,28 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
-import pyarrow.compute as pc
-import pyproj
 import shapely
-from pyproj import CRS, Transformer
-from pyproj.aoi import AreaOfInterest
-from pyproj.database import query_utm_crs_info
 
 from pipeline import __version__
 from pipeline.errors import InputError, ParameterError
 from pipeline.io.changes import ChangesWriter
 from pipeline.io.publish import Staging
 from pipeline.io.runfile import RunFile
-from pipeline.io.storage import stem_of
 from pipeline.memwatch import TreeMemoryWatch
 from pipeline.report.changes_page import ChangeMap, write_changes_page
-from pipeline.stages.change import CHANGES, ChangeParams, ChangeRows, ObjectSet, compare
+from pipeline.stages.change import CHANGES, ChangeParams, ChangeRows, compare
 from pipeline.stages.coregister import Shift, displacement_votes, shift_from_votes
 from pipeline.stages.footprint import common_footprint
+from pipeline.stages.frame import Frame, area_unit_of, bbox_centres, objects_in, run_scale, working_frame
+from pipeline.stages.previous import find_previous
 
 __all__ = ["diff_runs", "find_previous", "Frame", "SHIFT_SAMPLE", "LARGEST"]
 
 SHIFT_SAMPLE = 60_000  # date-1 objects that vote for the shift, spread over the strips
 LARGEST = 8  # changes shown as before/after crops
-
-
-@dataclass
-class Frame:
-    """The working frame: a CRS (None: level-0 pixels) and each run's transform into it."""
-
-    crs: Any
-    to_old: Callable[[np.ndarray], np.ndarray] | None
-    to_new: Callable[[np.ndarray], np.ndarray] | None
-    from_old: Any  # Transformer working → old file CRS (for windows), None when the same
-    from_new: Any
-
-    def geoms(self, which: str, g: np.ndarray) -> np.ndarray:
-        fn = self.to_old if which == "old" else self.to_new
-        return g if fn is None or len(g) == 0 else shapely.transform(g, fn)
-
-    def points(self, which: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        fn = self.to_old if which == "old" else self.to_new
-        xy = np.stack([x, y], axis=1)
-        return xy if fn is None or len(xy) == 0 else fn(xy)
-
-    def window(self, which: str, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
-        """A working-frame rectangle as a rectangle in the run's file CRS that contains it."""
-        tr = self.from_old if which == "old" else self.from_new
-        if tr is None:
-            return x0, y0, x1, y1
-        big = [v if np.isfinite(v) else None for v in (x0, y0, x1, y1)]
-        if None in big:
-            return -np.inf, -np.inf, np.inf, np.inf
-        return tuple(tr.transform_bounds(x0, y0, x1, y1, densify_pts=21))  # type: ignore[return-value]
-
-
-def _fn(tr) -> Callable[[np.ndarray], np.ndarray]:
-    def f(xy: np.ndarray) -> np.ndarray:
-        x, y = tr.transform(xy[:, 0], xy[:, 1])
-        return np.stack([x, y], axis=1)
-    return f
-
-
-def working_frame(old: RunFile, new: RunFile) -> Frame:
-    """OLD's CRS when projected, else NEW's, else the UTM zone at OLD's footprint centre; pixels for two
-    pixel-grid runs. Raises :class:`InputError` for a georeferenced run against a pixel-grid run."""
-    if old.is_pixel or new.is_pixel:
-        if old.is_pixel and new.is_pixel:
-            return Frame(None, None, None, None, None)
-        geo, pix = (new, old) if old.is_pixel else (old, new)
-        raise InputError(f"{pix.url} is in image pixels (its image has no georeferencing) but {geo.url} is in "
-                         f"{geo.crs.name}: these CRSs cannot be reconciled; diff two runs of georeferenced images, "
-                         "or two runs of images without georeferencing (compared in level-0 pixels)")
-    if old.crs.is_projected:
-        crs = old.crs
-    elif new.crs.is_projected:
-        crs = new.crs
-    else:
-        fp, _ = old.footprint()
-        to84 = Transformer.from_crs(old.crs, "EPSG:4326", always_xy=True)
-        lon, lat = to84.transform(fp.centroid.x, fp.centroid.y)
-        info = query_utm_crs_info("WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
-        if not info:
-            raise InputError(f"{old.url}: no UTM zone for its footprint centre ({lon:.4f}, {lat:.4f}); reproject one "
-                             "run to a projected CRS first")
-        crs = CRS.from_epsg(info[0].code)
-
-    def pair(src):
-        if src == crs:
-            return None, None
-        try:
-            fwd = Transformer.from_crs(src, crs, always_xy=True)
-            back = Transformer.from_crs(crs, src, always_xy=True)
-        except Exception as exc:  # noqa: BLE001 - pyproj raises several kinds
-            raise InputError(f"cannot transform {src.name} to {crs.name} ({exc}); reproject the runs to one CRS") from None
-        return _fn(fwd), back
-
-    fo, bo = pair(old.crs)
-    fn, bn = pair(new.crs)
-    return Frame(crs, fo, fn, bo, bn)
-
-
-def _scale(rf: RunFile, frame: Frame, which: str) -> tuple[float, float, float]:
-    """From a sample of the run: (pixel size in working units, working area per unit of the run's ``area``,
-    99th percentile of object bbox extent in working units)."""
-    t = rf.sample(columns=("area_px", "area", "geometry"))
-    if t is None or t.num_rows == 0:
-        return 0.0, 1.0, 0.0
-    g = frame.geoms(which, shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False)))
-    a = shapely.area(g)
-    apx = t.column("area_px").to_numpy().astype(float)
-    area = t.column("area").to_numpy().astype(float)
-    ok = (apx > 0) & (a > 0) & (area > 0)
-    if not ok.any():
-        return 0.0, 1.0, 0.0
-    b = shapely.bounds(g[ok])
-    ext = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
-    return float(np.sqrt(np.median(a[ok] / apx[ok]))), float(np.median(a[ok] / area[ok])), float(np.percentile(ext, 99))
 
 
 def _check_params(area_change: float, min_iou: float, containment: float, max_shift_px: float, strip_objects: int) -> None:
@@ -163,32 +63,6 @@ def _check_params(area_change: float, min_iou: float, containment: float, max_sh
         raise ParameterError(f"strip_objects {strip_objects}: too small; use at least 1000 (default 100000)")
 
 
-def _objects(rf: RunFile, frame: Frame, which: str, win: tuple[float, float, float, float], shift: Shift) -> ObjectSet:
-    """The run's objects whose working-frame bbox (date 2: moved back by the shift) meets ``win``."""
-    dx, dy = (shift.dx, shift.dy) if which == "new" else (0.0, 0.0)
-    fw = frame.window(which, win[0] + dx, win[1] + dy, win[2] + dx, win[3] + dy)
-    t = rf.read_window(*fw, columns=("object_id", "class", "area", "geometry"))
-    g = frame.geoms(which, shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False)))
-    if (frame.to_old if which == "old" else frame.to_new) is not None and len(g):
-        bad = ~shapely.is_valid(g)
-        if bad.any():
-            g[bad] = shapely.make_valid(g[bad])
-    b = shapely.bounds(g) - np.array([dx, dy, dx, dy]) if len(g) else np.zeros((0, 4))
-    keep = (b[:, 0] <= win[2]) & (b[:, 2] >= win[0]) & (b[:, 1] <= win[3]) & (b[:, 3] >= win[1])
-    idx = np.nonzero(keep)[0]
-    return ObjectSet(t.column("object_id").to_numpy()[idx], g[idx],
-                     np.asarray(t.column("class").to_pylist(), dtype=object)[idx] if len(idx) else np.zeros(0, object),
-                     t.column("area").to_numpy()[idx].astype(float))
-
-
-def _centres(t) -> tuple[np.ndarray, np.ndarray]:
-    """Object bbox centres from the ``bbox`` column: in the file's CRS even when a tool reprojected the file
-    and left Seamline's ``centroid_x/y`` columns behind; they move with the object just as its centroid."""
-    b = t.column("bbox")
-    f = lambda k: pc.struct_field(b, k).to_numpy()  # noqa: E731
-    return (f("xmin") + f("xmax")) / 2, (f("ymin") + f("ymax")) / 2
-
-
 def _estimate_shift(old: RunFile, new: RunFile, frame: Frame, bounds, edges, max_shift: float, bin_size: float,
                     area_factor: tuple[float, float], area_change: float) -> Shift:
     """Votes strip by strip (bbox and area columns only), a bounded sample of date-1 objects per strip."""
@@ -200,7 +74,7 @@ def _estimate_shift(old: RunFile, new: RunFile, frame: Frame, bounds, edges, max
     for k in range(len(edges) - 1):
         lo, hi = edges[k], edges[k + 1]
         to = old.read_window(*frame.window("old", x0, lo, x1, hi), columns=cols)
-        xy_o = frame.points("old", *_centres(to))
+        xy_o = frame.points("old", *bbox_centres(to))
         inside = (xy_o[:, 1] >= lo) & (xy_o[:, 1] < hi) & (xy_o[:, 0] >= x0) & (xy_o[:, 0] <= x1) if len(xy_o) else np.zeros(0, bool)
         idx = np.nonzero(inside)[0]
         if len(idx) > per_strip:
@@ -208,7 +82,7 @@ def _estimate_shift(old: RunFile, new: RunFile, frame: Frame, bounds, edges, max
         if not len(idx):
             continue
         tn = new.read_window(*frame.window("new", x0 - max_shift, lo - max_shift, x1 + max_shift, hi + max_shift), columns=cols)
-        xy_n = frame.points("new", *_centres(tn))
+        xy_n = frame.points("new", *bbox_centres(tn))
         votes.append(displacement_votes(xy_o[idx], to.column("area").to_numpy()[idx] * area_factor[0], xy_n,
                                         tn.column("area").to_numpy() * area_factor[1], max_shift, area_change))
     return shift_from_votes(np.concatenate(votes) if votes else np.zeros((0, 2)), max_shift, bin_size)
@@ -260,8 +134,8 @@ def _diff(ro: RunFile, rn: RunFile, out_dir: str, t0: float, say, area_change: f
         fo, src_o = ro.footprint()
         fn, src_n = rn.footprint()
         fo, fn = frame.geoms("old", np.array([fo]))[0], frame.geoms("new", np.array([fn]))[0]
-        px_o, af_o, ext_o = _scale(ro, frame, "old")
-        px_n, af_n, ext_n = _scale(rn, frame, "new")
+        px_o, af_o, ext_o = run_scale(ro, frame, "old")
+        px_n, af_n, ext_n = run_scale(rn, frame, "new")
         pixel = max(px_o, px_n) or 1.0
         rough = fo.intersection(fn)
         if rough.is_empty or rough.area <= 0:
@@ -299,7 +173,7 @@ def _diff(ro: RunFile, rn: RunFile, out_dir: str, t0: float, say, area_change: f
                 m = margin
                 while True:
                     win = (bounds[0] - m, edges[k] - m, bounds[2] + m, edges[k + 1] + m)
-                    rows = compare(_objects(ro, frame, "old", win, est), _objects(rn, frame, "new", win, est), est, fp, params)
+                    rows = compare(objects_in(ro, frame, "old", win, est), objects_in(rn, frame, "new", win, est), est, fp, params)
                     e = rows.extent
                     own = (e[:, 1] >= lo) & (e[:, 1] < hi)
                     eo = e[own]
@@ -330,7 +204,7 @@ def _diff(ro: RunFile, rn: RunFile, out_dir: str, t0: float, say, area_change: f
                                "max_shift_px": max_shift_px, "min_area": min_area, "compare_classes": compare_classes,
                                "shift_given": shift is not None},
                 "shift": est.as_dict(pixel),
-                "footprint": {**fp.as_dict(), "area_unit": _area_unit_of(frame.crs), "source": {"old": src_o, "new": src_n}},
+                "footprint": {**fp.as_dict(), "area_unit": area_unit_of(frame.crs), "source": {"old": src_o, "new": src_n}},
                 **stats.as_dict(),
                 "partition": {"strips": len(edges) - 1, "retries": retries, "strip_objects": strip_objects},
             }
@@ -349,14 +223,6 @@ def _diff(ro: RunFile, rn: RunFile, out_dir: str, t0: float, say, area_change: f
 def _area_unit(rf: RunFile) -> str | None:
     t = rf.sample(n=1, columns=("area_unit",))
     return t.column("area_unit")[0].as_py() if t is not None and t.num_rows else None
-
-
-def _area_unit_of(crs) -> str:
-    """The working frame's area unit: m2 for a metre CRS, else its unit squared (px2 for image pixels)."""
-    if crs is None:
-        return "px2"
-    unit = crs.axis_info[0].unit_name if crs.axis_info else "unknown"
-    return "m2" if unit == "metre" else f"{unit}2"
 
 
 def _compare_classes(ro: RunFile, rn: RunFile) -> bool:
@@ -446,53 +312,3 @@ class _Stats:
                 "area": {k: {"old": v[0], "new": v[1]} for k, v in sorted(self.area.items())},
                 "counts_per_class": {k: dict(sorted(v.items())) for k, v in sorted(self.per_class.items())},
                 "relations": dict(sorted(self.relations.items())), "largest": self.top()}
-
-
-def find_previous(new: dict, done: Sequence[dict]) -> dict | None:
-    """The run to diff a newly published run against, for ``seamline watch --diff-previous``.
-
-    ``new`` and each of ``done`` are published run summaries (``<stem>.json``: ``input``, ``transform``,
-    ``width``, ``height``, ``crs``, ``outputs``); a ``done`` entry may carry ``finished_at`` (ISO time, from the
-    ledger) to order them. Candidates are other versions of the same scene: the same stem, else a footprint
-    that overlaps ``new``'s (in ``new``'s CRS). Returns the latest such candidate with the same stem, else the
-    one overlapping most (latest on a tie), else None. The run itself (same ``input_version``) is skipped.
-    """
-    stem = stem_of(str(new.get("input", "")))
-    ver = new.get("input_version")
-    same, overlap = [], []
-    fp_new = _summary_footprint(new, new.get("crs"))
-    for s in done:
-        if ver is not None and s.get("input_version") == ver and s.get("input") == new.get("input"):
-            continue
-        if stem_of(str(s.get("input", ""))) == stem:
-            same.append(s)
-            continue
-        fp = _summary_footprint(s, new.get("crs"))
-        if fp_new is not None and fp is not None:
-            a = fp_new.intersection(fp).area
-            if a > 0:
-                overlap.append((a, s))
-    if same:
-        return max(same, key=lambda s: str(s.get("finished_at", "")))
-    if overlap:
-        return max(overlap, key=lambda t: (t[0], str(t[1].get("finished_at", ""))))[1]
-    return None
-
-
-def _summary_footprint(s: dict, crs_json: dict | None):
-    """A run summary's scene rectangle in the CRS ``crs_json`` (None: pixels; then only pixel runs compare)."""
-    try:
-        a, b, c, d, e, f = s["transform"][:6]
-        w, h = float(s["width"]), float(s["height"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    xy = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
-    ring = np.stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f], 1)
-    poly = shapely.segmentize(shapely.Polygon(ring), max(w, h) * max(abs(a), abs(e)) / 16)
-    src = s.get("crs")
-    if (src is None) != (crs_json is None):
-        return None
-    if src is None or src == crs_json:
-        return poly
-    tr = pyproj.Transformer.from_crs(pyproj.CRS.from_json_dict(src), pyproj.CRS.from_json_dict(crs_json), always_xy=True)
-    return shapely.transform(poly, _fn(tr))
