@@ -26,12 +26,13 @@ Everything here is plain numpy/shapely on objects already in one coordinate fram
    ``shrunk`` when ≤ 1/``area_change``, else ``same`` — or ``class-changed`` when the two runs name classes
    in common and the (matched) pair's classes differ. IoU does not decide: flicker lowers IoU without
    changing size. Unmatched, ungrouped objects are ``new`` or ``gone`` (or ``edge``, rule 2).
-
 7. **Minimum mapping unit** (``min_area``, in the runs' area unit; default 0: off). Lone objects, and pairs or
    groups whose larger side is smaller than it, are flagged ``small`` and left out by the driver — judged on
    the larger side, so an object that grew past the unit is still ``grown``, not ``new``.
 
 Every object of either date inside the footprint is in exactly one row (a matched pair shares one row).
+The ``area_ratio`` of a row is the one its verdict used (its group's, after rules 2 and 5); ``area_old`` and
+``area_new`` are the runs' own ``area`` values of the row's objects.
 """
 
 from __future__ import annotations
