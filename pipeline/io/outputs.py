@@ -211,13 +211,13 @@ def _write_gpkg(gdf, path: str, **kw) -> None:
         pyogrio.write_dataframe(gdf, path, **kw)
 
 
-def _gpkg_undefined_cartesian(path: str) -> None:
+def _gpkg_undefined_cartesian(path: str, layer: str = "objects") -> None:
     """Point the layer at srs_id -1 (GeoPackage's "Undefined Cartesian SRS"), as microscopy pixels are."""
     con = sqlite3.connect(path)
     try:
         with con:
-            con.execute("UPDATE gpkg_geometry_columns SET srs_id = -1 WHERE table_name = 'objects'")
-            con.execute("UPDATE gpkg_contents SET srs_id = -1 WHERE table_name = 'objects'")
+            con.execute("UPDATE gpkg_geometry_columns SET srs_id = -1 WHERE table_name = ?", (layer,))
+            con.execute("UPDATE gpkg_contents SET srs_id = -1 WHERE table_name = ?", (layer,))
     finally:
         con.close()
 

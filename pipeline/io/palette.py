@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-__all__ = ["PALETTE", "class_colours", "hex_colour"]
+__all__ = ["PALETTE", "CHANGE_COLOURS", "class_colours", "hex_colour"]
 
 # High-contrast outline colours, readable on dark fluorescence and on green/grey aerial scenes alike.
 PALETTE: list[tuple[int, int, int]] = [
@@ -24,6 +24,17 @@ PALETTE: list[tuple[int, int, int]] = [
     (255, 170, 170),  # pink
     (170, 120, 60),   # brown
 ]
+
+# One colour per verdict of ``seamline diff`` (pipeline.stages.change.CHANGES): its GeoPackage style and its page.
+CHANGE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "new": (40, 210, 70),
+    "gone": (240, 40, 40),
+    "grown": (255, 150, 0),
+    "shrunk": (180, 90, 255),
+    "same": (160, 160, 160),
+    "class-changed": (0, 200, 240),
+    "edge": (90, 90, 90),
+}
 
 
 def class_colours(model_classes: Sequence[str] | None, found: Iterable[str] = ()) -> dict[str, tuple[int, int, int]]:
