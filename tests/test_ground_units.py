@@ -15,9 +15,9 @@ import pytest
 import rasterio
 from pyproj import Transformer
 from rasterio.transform import Affine
+from servers import ROOT
 
 from pipeline.io.scene import ground_pixel_size
-from servers import ROOT
 
 DATA = ROOT.parent / "shared" / "data" / "aerial"
 BANEPA = DATA / "banepa_buildings" / "chips"
