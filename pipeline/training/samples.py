@@ -17,7 +17,7 @@ from pipeline.io import storage
 from pipeline.models.normalize import apply_normalization, percentiles, to_model_channels
 
 __all__ = ["Sample", "IMAGE_EXTS", "read_image", "normalised", "vector_classes", "class_indices", "instance_class_map",
-           "expand_paths", "local_only"]
+           "expand_paths", "local_only", "read_vectors"]
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -35,6 +35,11 @@ class Sample:
     box_counted: np.ndarray | None = None  # (N,) bool: the box counts as truth when scoring
     # multi-class data: class index (into the config's classes) of each label, index 0 = background (-1)
     instance_classes: np.ndarray | None = None
+    # georeferenced samples (places.py): the affine transform and CRS of the sample's grid
+    transform: object | None = None
+    crs: object | None = None
+    # flat pixel indices where the network saw an object that is not there (hardneg.py): crops centre on them
+    hard: np.ndarray | None = None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -118,3 +123,23 @@ def expand_paths(patterns: list[str], what: str) -> list[str]:
             raise InputError(f"training data {what}: {p!r} matches no file; give existing paths or glob patterns")
         out += hits
     return sorted(dict.fromkeys(out))
+
+
+def read_vectors(vectors: str | list[str], what: str = "vectors"):
+    """One GeoDataFrame of the polygons of one file or several (e.g. the OSM outlines of two cities), in the
+    first file's CRS; each file is read whole and reprojected, so files in different CRSs mix."""
+    import geopandas as gpd
+    import pandas as pd
+
+    paths = [vectors] if isinstance(vectors, str) else list(vectors)
+    if not paths:
+        raise InputError(f"training data {what}: no vector file given; name a GeoPackage or GeoJSON of polygons")
+    frames = []
+    for p in paths:
+        local_only(p, what)
+        if not Path(p).exists():
+            raise InputError(f"training data {what}: {p} not found; give a GeoPackage/GeoJSON of polygons")
+        frames.append(gpd.read_file(p))
+    crs = next((f.crs for f in frames if f.crs is not None), None)
+    frames = [f.to_crs(crs) if (crs is not None and f.crs is not None) else f for f in frames]
+    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=crs) if len(frames) > 1 else frames[0]
