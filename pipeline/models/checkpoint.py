@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.errors import CheckpointError
 
-__all__ = ["checkpoint_paths", "save_checkpoint", "load_metadata", "load_state_dict", "FORMAT_VERSION"]
+__all__ = ["checkpoint_paths", "save_checkpoint", "load_metadata", "load_state_dict", "atomic_write_bytes", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "architecture", "encoder", "in_channels", "heads", "postprocess")
@@ -30,7 +30,8 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder: a reader sees the old file or the new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -52,8 +53,8 @@ def save_checkpoint(path: str | os.PathLike[str], state_dict: dict[str, Any], me
     if missing:
         raise CheckpointError(f"checkpoint metadata lacks {missing}; pass them to save_checkpoint")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    _atomic_write_bytes(weights, st_save(tensors, metadata={"seamline_format": str(FORMAT_VERSION)}))
-    _atomic_write_bytes(meta, (json.dumps(md, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(weights, st_save(tensors, metadata={"seamline_format": str(FORMAT_VERSION)}))
+    atomic_write_bytes(meta, (json.dumps(md, indent=2, sort_keys=True) + "\n").encode())
     return weights
 
 

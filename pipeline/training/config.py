@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.training.grids import VALIDATION_GRID
 
-__all__ = ["TrainConfig", "DataConfig", "ArchConfig", "AugmentConfig"]
+__all__ = ["TrainConfig", "DataConfig", "ArchConfig", "AugmentConfig", "HardNegativeConfig"]
 
 
 class _Strict(BaseModel):
@@ -19,13 +19,16 @@ class DataConfig(_Strict):
     kind: Literal["folders", "geotiff", "boxes"] = "folders"
     root: str | None = None  # folders: root with images/ and labels/
     rasters: list[str] = Field(default_factory=list)  # geotiff / boxes: images (paths or glob patterns)
-    vectors: str | None = None  # geotiff: polygons
-    # geotiff: group rasters into square places of this size (map units) and hold out whole places
-    # (pipeline/training/places.py); needs the config's pixel_size (rasters are resampled to it)
+    vectors: str | list[str] | None = None  # geotiff: polygons (one file, or several: e.g. one per city)
+    # geotiff: group rasters into square places of this size (Web Mercator metres, whatever the rasters' CRS: a
+    # zoom-19 web-map tile is 76.437) and hold out whole places (pipeline/training/places.py); needs the
+    # config's pixel_size (rasters are resampled to it, in ground metres)
     place_size: float | None = Field(default=None, gt=0)
     boxes: list[str] = Field(default_factory=list)  # boxes: VOC XML, CSV or vector files (pipeline/training/boxdata.py)
     tile: int | None = Field(default=None, ge=64)  # boxes: cut larger images into tiles of this size (split unit)
-    val_names: list[str] | None = None  # hold out exactly these samples instead of a random split
+    # hold out exactly these samples instead of a random split; with place_size, a place's name (p<x>_<y>)
+    # holds out every resolution of that place
+    val_names: list[str] | None = None
     limit: int | None = Field(default=None, gt=0)
 
 
@@ -60,6 +63,16 @@ class AugmentConfig(_Strict):
     saturation: tuple[float, float] = (0.6, 1.4)  # blend with the grey image: 0 grey, 1 unchanged, uniform
 
 
+class HardNegativeConfig(_Strict):
+    """Crops centred on mined false positives (:mod:`pipeline.training.hardneg`): roads, bare soil, vehicles
+    that the network outlines as objects. Only for complete labels (see the module)."""
+
+    share: float = Field(default=0.0, ge=0, le=1)  # share of the crops centred on a mined pixel (0: off)
+    every: int = Field(default=10, gt=0)  # re-mine with the current network every N epochs
+    threshold: float = Field(default=0.5, gt=0, lt=1)  # foreground probability that counts as "object seen"
+    margin_px: int = Field(default=3, ge=0)  # pixels this close to a labelled object are not negatives
+
+
 class TrainConfig(_Strict):
     data: DataConfig
     model: ArchConfig = Field(default_factory=ArchConfig)
@@ -83,9 +96,15 @@ class TrainConfig(_Strict):
     pixel_size: tuple[float, Literal["m", "um"]] | None = None
     lr: float = Field(default=2e-3, gt=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    hard_negatives: HardNegativeConfig = Field(default_factory=HardNegativeConfig)
     contact_weight: float = Field(default=5.0, ge=0)  # extra loss weight on the band between touching objects
     val_every: int = Field(default=1, gt=0)  # validate (and maybe keep the checkpoint) every N epochs and the last
     val_fraction: float = Field(default=0.15, ge=0, lt=1)
+    # 'best': keep the epoch with the best validation AP@0.5; 'last': keep the last one (validation only reports:
+    # seamline adapt, whose hold-out must not also choose the checkpoint it judges)
+    keep: Literal["best", "last"] = "best"
+    # save the whole training state after every epoch (OUT.state.*) and continue from it when run again
+    resume: bool = False
     seed: int = 0
     device: str = "auto"
     threads: int | None = None

@@ -22,7 +22,8 @@ from scipy import ndimage as ndi
 from pipeline.errors import InputError
 from pipeline.training.boxdata import load_box_dataset
 from pipeline.training.config import AugmentConfig
-from pipeline.training.places import load_places_dataset, split_by_place
+from pipeline.training.hardneg import crop_origin
+from pipeline.training.places import load_places_dataset, place_of, split_by_place
 from pipeline.training.samples import (
     IMAGE_EXTS,
     Sample,
@@ -31,6 +32,7 @@ from pipeline.training.samples import (
     local_only,
     normalised,
     read_image,
+    read_vectors,
     vector_classes,
 )
 
@@ -82,15 +84,14 @@ def class_head_loss(logits, targets, mask):
     return (per_px * m).sum() / (m.sum() * logits.shape[1]).clamp(min=1)
 
 
-def load_geotiff_dataset(rasters: list[str | Path], vectors: str | Path, in_channels: int = 3,
+def load_geotiff_dataset(rasters: list[str | Path], vectors: str | list[str], in_channels: int = 3,
                          classes: list[str] | None = None) -> list[Sample]:
     """Rasterise vector polygons on each GeoTIFF's grid; each polygon becomes one instance (of its ``class``
     attribute's class when ``classes`` names several)."""
-    import geopandas as gpd
     import rasterio
     from rasterio.features import rasterize
 
-    gdf = gpd.read_file(vectors)
+    gdf = read_vectors(vectors)
     poly_cls = vector_classes(gdf, classes, str(vectors))
     out = []
     for r in rasters:
@@ -128,12 +129,17 @@ def split_samples(samples: list[Sample], data, val_fraction: float, seed: int) -
     """Train/validation split: the names in ``data.val_names``, whole places (place-based data), or random
     per modality."""
     if data.val_names:
+        # a name is a sample's, or (place-based data) a place's: every resolution of that place is held out
         names = set(data.val_names)
-        unknown = names - {s.name for s in samples}
+        unknown = names - {s.name for s in samples} - {place_of(s.name) for s in samples}
         if unknown:
-            raise InputError(f"training config data.val_names: {sorted(unknown)} are not sample names; "
+            raise InputError(f"training config data.val_names: {sorted(unknown)} are not sample or place names; "
                              f"names look like {sorted(s.name for s in samples)[:3]}")
-        return [s for s in samples if s.name not in names], [s for s in samples if s.name in names]
+
+        def held(s: Sample) -> bool:
+            return s.name in names or place_of(s.name) in names
+
+        return [s for s in samples if not held(s)], [s for s in samples if held(s)]
     if data.kind == "geotiff" and data.place_size:
         return split_by_place(samples, val_fraction, seed)
     return split_train_val(samples, val_fraction, seed)
@@ -263,8 +269,9 @@ class Augmenter:
     """
 
     def __init__(self, crop: int, seed: int, scale: tuple[float, float] | None = None, contact_weight: float = 0.0,
-                 augment=None, n_classes: int = 1):
+                 augment=None, n_classes: int = 1, hard_share: float = 0.0):
         self.aug = augment or AugmentConfig()
+        self.hard_share = hard_share  # share of crops centred on mined false positives (hardneg.py)
         self.n_classes = n_classes
         self.crop = crop
         self.scale = tuple(scale) if scale is not None else (0.75, 1.33)
@@ -283,8 +290,8 @@ class Augmenter:
             img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
             lab = np.pad(lab, ((0, ph), (0, pw)), mode="constant")
             h, w = lab.shape
-        y = int(rng.integers(0, h - src + 1))
-        x = int(rng.integers(0, w - src + 1))
+        origin = crop_origin(s, src, h, w, rng, self.hard_share)
+        y, x = origin if origin is not None else (int(rng.integers(0, h - src + 1)), int(rng.integers(0, w - src + 1)))
         img = img[:, y : y + src, x : x + src]
         lab = lab[y : y + src, x : x + src]
         if src != self.crop:

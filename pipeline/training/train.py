@@ -27,6 +27,8 @@ from pipeline.models.registry import resolve_model_spec
 from pipeline.training.boxloss import BoxAugmenter, box_losses, ellipse_labels
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Augmenter, class_head_loss, load_samples, source_weights, split_samples
+from pipeline.training.hardneg import mine_hard_negatives
+from pipeline.training.resume import load_state, save_state
 from pipeline.training.samples import Sample
 from pipeline.training.tune import best_postprocess
 
@@ -102,7 +104,10 @@ def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[s
     return best, scores
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None = None) -> dict[str, Any]:
+    """Train ``cfg``; ``samples``: (training, validation) samples made by the caller (``seamline adapt``)
+    instead of those of ``cfg.data``. With ``cfg.resume`` the whole state is saved after every epoch and a
+    later call continues from it (:mod:`pipeline.training.resume`)."""
     import torch
 
     torch.manual_seed(cfg.seed)
@@ -122,8 +127,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if n_classes > 1:  # one class head per class after the three instance heads
         arch["heads"] = [*HEADS, *(f"class:{c}" for c in cfg.classes)]
     in_ch = arch["in_channels"]
-    samples = load_samples(cfg.data, in_ch, cfg.pixel_size[0] if cfg.pixel_size else None, cfg.classes)
-    train_s, val_s = split_samples(samples, cfg.data, cfg.val_fraction, cfg.seed)
+    if samples is None:
+        loaded = load_samples(cfg.data, in_ch, cfg.pixel_size[0] if cfg.pixel_size else None, cfg.classes)
+        train_s, val_s = split_samples(loaded, cfg.data, cfg.val_fraction, cfg.seed)
+    else:
+        train_s, val_s = samples
     boxes = cfg.data.kind == "boxes"
     _log(f"data: {len(train_s)} training, {len(val_s)} validation images ({cfg.data.kind})")
     net = build_network(arch)
@@ -169,7 +177,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                           augment=cfg.augment)
     else:
         aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight, augment=cfg.augment,
-                        n_classes=n_classes)
+                        n_classes=n_classes, hard_share=cfg.hard_negatives.share)
     rng = np.random.default_rng(cfg.seed)
     post = dict(cfg.postprocess)
 
@@ -186,7 +194,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     draw_weights = source_weights(train_s, cfg.source_balance)
     images_seen = 0
     train_time = 0.0
-    for epoch in range(1, cfg.epochs + 1):
+    hn = cfg.hard_negatives
+    start_epoch, finished = 1, False
+    if cfg.resume and (info := load_state(cfg.out, net, opt, sched)) is not None:
+        start_epoch = info["epoch"] + 1
+        finished = info["epoch"] >= cfg.epochs or bool(cfg.max_minutes and info["minutes"] > cfg.max_minutes)
+        best, best_epoch, history = info["best"], info["best_epoch"], info["history"]
+        images_seen, train_time = info["images_seen"], info["train_time"]
+        t_start = time.perf_counter() - 60 * info["minutes"]
+        rng.bit_generator.state, aug.rng.bit_generator.state = info["rng"], info["aug_rng"]
+        _log(f"resuming after epoch {info['epoch']} ({info['minutes']:.1f} min done)" + (": finished" if finished else ""))
+    for epoch in range(start_epoch, 0 if finished else cfg.epochs + 1):
+        if hn.share and not boxes and ((epoch - 1) % hn.every == 0 or epoch == start_epoch):
+            mined = mine_hard_negatives(model_fn, train_s, hn.threshold, hn.margin_px, seed=cfg.seed + epoch)
+            _log(f"hard negatives (epoch {epoch}): {mined['share_of_background']:.2%} of the background seen as objects, "
+                 f"in {mined['samples_with_any']} of {len(train_s)} images")
         net.train()
         if cfg.source_balance > 0:
             order = rng.choice(len(train_s), size=len(train_s) * cfg.crops_per_image, p=draw_weights)
@@ -219,7 +241,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         val: dict[str, Any] = {}
         if val_s and due:
             val_post, val = validate(model_fn, val_s, post, cfg.postprocess_grid)
-        ap = val.get("all", {}).get("ap50", 0.0) if val_s else float(epoch)  # no validation split: keep the last
+        # no validation split, or keep: last: keep the last epoch (validation figures are then for information)
+        ap = val.get("all", {}).get("ap50", 0.0) if (val_s and cfg.keep == "best") else float(epoch)
         if val.get("all", {}).get("class_accuracy") is not None:  # a multi-class model must also name its objects
             ap *= val["all"]["class_accuracy"]
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "val": val, "epoch_s": round(dt, 1),
@@ -233,8 +256,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             per_mod += f", class accuracy {val['all']['class_accuracy']:.3f}"
         if val and cfg.postprocess_grid:
             per_mod += " with " + ", ".join(f"{k} {v}" for k, v in rec["postprocess"].items())
-        _log(f"epoch {epoch}/{cfg.epochs} loss {rec['loss']:.4f} val AP50 {per_mod or '-'} ({dt:.0f}s, {rec['images_per_s']} img/s)")
-        if (val or not val_s) and ap > best:
+        spent = f", {(time.perf_counter() - t_start) / 60:.1f} of {cfg.max_minutes:g} min" if cfg.max_minutes else ""
+        _log(f"epoch {epoch}/{cfg.epochs} loss {rec['loss']:.4f} val AP50 {per_mod or '-'} ({dt:.0f}s, {rec['images_per_s']} img/s{spent})")
+        if (val or not val_s or cfg.keep == "last") and ap > best:
             best, best_epoch = ap, epoch
             meta = {
                 **arch,
@@ -262,6 +286,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "schedule": cfg.schedule,
                     "minutes": round((time.perf_counter() - t_start) / 60, 1),
                     "contact_weight": cfg.contact_weight,
+                    **({"hard_negatives": hn.model_dump()} if hn.share else {}),
                     "augment": cfg.augment.model_dump(),
                     "device": device,
                     "init_from": cfg.init_from,
@@ -272,7 +297,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if val and cfg.postprocess_grid:
                 meta["postprocess_tuned_on"] = "validation split (figures slightly optimistic)"
             save_checkpoint(cfg.out, net.state_dict(), meta)
-            _log(f"  saved best checkpoint ({'AP50 x class accuracy' if n_classes > 1 else 'AP50'} {ap:.3f}) to {cfg.out}")
+            _log(f"  saved best checkpoint ({'AP50 x class accuracy' if n_classes > 1 else 'AP50'} {ap:.3f}) to {cfg.out}" if val_s
+                 else f"  saved the checkpoint of epoch {epoch} to {cfg.out}")
+        if cfg.resume:
+            save_state(cfg.out, net, opt, sched, {
+                "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                "history": history, "images_seen": images_seen, "train_time": train_time,
+                "minutes": (time.perf_counter() - t_start) / 60, "rng": rng.bit_generator.state,
+                "aug_rng": aug.rng.bit_generator.state})
         if out_of_time:
             _log(f"stopping: time budget of {cfg.max_minutes} min reached after epoch {epoch}")
             break
