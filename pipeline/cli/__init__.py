@@ -7,6 +7,7 @@ import os
 import sys
 
 from pipeline import __version__
+from pipeline.cli.adapt import add_adapt_commands
 from pipeline.cli.diff import add_diff_command
 from pipeline.cli.evaluate import add_evaluate_command
 from pipeline.cli.segment import add_segment_commands
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_watch_command(sub)
     add_diff_command(sub)
+    add_adapt_commands(sub)
 
     c = sub.add_parser("cluster-script", help="print the SLURM job script a config's cluster: {kind: slurm} submits (nothing is submitted)")
     c.add_argument("--config", required=True, metavar="FILE", help="YAML config with a cluster: {kind: slurm, ...} section")
