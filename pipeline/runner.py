@@ -203,7 +203,7 @@ def run_ingest(client, plan: ScenePlan) -> dict:
     skip_tissue: set[int] = set()
     tissue: dict[str, Any] | None = None
     inp = plan.input
-    if plan.cfg.tissue.enabled and inp is not None and inp.overview is not None:
+    if inp is not None and inp.tissue["run"] and inp.overview is not None:
         tc = plan.cfg.tissue
         ov_um = info.pixel_size_um[0] / info.scale * inp.overview_downsample if info.pixel_size_um else None
         mask, tissue = tissue_mask(inp.overview, None, tc.method, ov_um, tc.min_size_um, tc.dilate_um)
@@ -232,7 +232,7 @@ def run_ingest(client, plan: ScenePlan) -> dict:
     stats["stride"] = stride
     stats["skip"] = {"tissue": sorted(skip_tissue), "nodata": sorted(skip_nodata)}
     if tissue is not None:
-        stats["tissue"] = tissue
+        stats["tissue"] = {"ran": True, "why": inp.tissue["why"], **tissue, "tiles_skipped": len(skip_tissue)}
     storage.write_text(stats_file, json.dumps(stats))
     return stats
 
@@ -352,7 +352,8 @@ def skipping_summary(plan: ScenePlan, stats: dict) -> dict[str, Any]:
     return {"stats": {k: v for k, v in stats.items() if k not in ("skip", "tissue")},
             "tiles_skipped": {"tissue": n_t, "nodata": n_n, "total": n_t + n_n,
                               "fraction": round((n_t + n_n) / len(plan.grid), 4)},
-            "tissue": stats.get("tissue"),
+            # tissue detection: whether it ran and why (tissue.enabled auto: on for slides), what it skipped
+            "tissue": stats.get("tissue") or {"ran": False, "why": plan.input.tissue["why"] if plan.input else "off"},
             # tissue area in working pixels (pixel_stats.scene_density: objects per mm² of tissue)
             **({"tissue_px": int(stats["tissue"]["working_px"])} if stats.get("tissue") else {})}
 

@@ -102,6 +102,12 @@ def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[s
     return best, scores
 
 
+def run_checkpoint(out: str | Path) -> Path:
+    """The checkpoint stem of a training run folder: ``OUT/<folder name>`` (``.safetensors``, ``.json``)."""
+    out = Path(out)
+    return out / out.name
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     import torch
 
@@ -111,6 +117,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else ("cpu" if cfg.device == "auto" else cfg.device)
     arch = cfg.model.model_dump()
+    ckpt = run_checkpoint(cfg.out)
     init_from = None
     if cfg.init_from:
         init_from = resolve_model_spec(cfg.init_from, "init_from")  # 'default' → the shipped model; checks both files exist
@@ -271,13 +278,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             }
             if val and cfg.postprocess_grid:
                 meta["postprocess_tuned_on"] = "validation split (figures slightly optimistic)"
-            save_checkpoint(cfg.out, net.state_dict(), meta)
-            _log(f"  saved best checkpoint ({'AP50 x class accuracy' if n_classes > 1 else 'AP50'} {ap:.3f}) to {cfg.out}")
+            save_checkpoint(ckpt, net.state_dict(), meta)
+            _log(f"  saved best checkpoint ({'AP50 x class accuracy' if n_classes > 1 else 'AP50'} {ap:.3f}) to {ckpt}")
         if out_of_time:
             _log(f"stopping: time budget of {cfg.max_minutes} min reached after epoch {epoch}")
             break
     summary = {"best_epoch": best_epoch, "best_ap50": best, "history": history,
                "train_images_per_s": round(images_seen / max(train_time, 1e-9), 2), "device": device,
-               "checkpoint": str(cfg.out)}
-    Path(str(cfg.out) + ".history.json").write_text(json.dumps(summary, indent=1))
+               "checkpoint": str(ckpt)}
+    Path(str(ckpt) + ".history.json").write_text(json.dumps(summary, indent=1))
     return summary
