@@ -358,6 +358,6 @@ def test_watch_diffs_a_new_version_against_the_last_done_one(dates, tmp_path):
     led = read_ledger(str(dest)).sort_values("started_at")
     last = led.iloc[-1]
     assert json.loads(last.changes)["grown"] == s["counts"]["grown"] and last.changed == s["changed"]
-    assert last.diff_against.endswith(led.iloc[0].version) and led.iloc[0].changes is None
+    assert last.diff_against.endswith(led.iloc[0].version) and led.iloc[0].isna()["changes"]
     r3 = seamline(*args)  # nothing new: nothing processed, nothing diffed again
     assert "0 processed" in r3.stdout and "1 already done" in r3.stdout, r3.stdout
