@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import InputError
 from pipeline.io.scene import SceneInfo
 from pipeline.io.sources import ImageSource, open_source, resolve_channels
 from pipeline.io.units import to_um
@@ -142,7 +143,14 @@ def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: flo
     ov_down = 1.0
     stain = None
     if need_overview:
-        ov, ov_mask, ov_down = overview(src)
+        try:
+            ov, ov_mask, ov_down = overview(src)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - codecs (zlib, JPEG, LZW) raise their own types for broken blocks
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"input {url}: reading its low-resolution overview failed ({first}); the file looks "
+                             "truncated or corrupt — re-copy or re-export it") from None
         ov = ov[channels]
         if chosen is None and len(channels) == 3 and cfg.single_stain != "off":
             c = single_stain_channel(ov, ov_mask)
