@@ -63,8 +63,9 @@ def _read_tiles(path: str, tile: int, max_tiles: int) -> list[np.ndarray]:
         return [ds.read(window=RWindow(c * tile, r * tile, min(tile, ds.width), min(tile, ds.height))) for r, c in idx]
 
 
-def _forward_tiles(model, tiles: list[np.ndarray], stats: dict, batch_size: int, barrier=None) -> tuple[float, float, int]:
+def _forward_tiles(model, tiles: list[np.ndarray], stats: dict, batch_size: int | None, barrier=None) -> tuple[float, float, int]:
     """Normalise, warm up, (wait for the other processes,) then time the forward passes: (start, end, pixels)."""
+    batch_size = batch_size or getattr(model, "default_batch", 1)
     batch = [model.prepare(apply_normalization(t, stats["percentiles"])) for t in tiles]
     model.predict_heads(np.stack(batch[:1]))  # warm-up: allocator, kernels, threads
     if barrier is not None:
@@ -116,7 +117,7 @@ def bare_forward_mpx_s(model_spec: str, scene: str, tile: int, batch_size: int, 
 
 
 def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int | None, workers: int, device: str = "auto",
-              batch_size: int = 4, keep: bool = False, tta: bool = False) -> dict:
+              batch_size: int | None = None, keep: bool = False, tta: bool = False) -> dict:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -138,7 +138,10 @@ class SegmentConfig(_Strict):
     cluster: LocalClusterParams | SlurmClusterParams = _setting(
         LocalClusterParams, discriminator="kind", results=False,
         doc="where the workers come from: {kind: local} (default) or {kind: slurm, ...} (dask-jobqueue); not with scheduler")
-    batch_size: int = _setting(4, ge=1, results=False, doc="tiles per model call")
+    batch_size: int | None = _setting(
+        None, ge=1, results=False,
+        doc="windows per forward pass; unset: 1 on a CPU (batching gains nothing there and each window of the batch "
+            "adds about 1 GB per worker at 1536 px), 4 on a GPU")
     tiles_per_task: int = _setting(4, ge=1, results=False, doc="tiles per Dask task (fewer, larger tasks)")
     device: str = _setting("auto", results=False, doc="auto (CUDA when present), cpu or cuda")
     inference: Literal["eager", "bf16", "compile", "onnx"] = _setting(

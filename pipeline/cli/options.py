@@ -52,7 +52,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                                                           "of a LocalCluster")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"where the model runs (default {_default('device')})")
     p.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
-                   help=f"tiles per model call (default {_default('batch_size')})")
+                   help="windows per forward pass (default: 1 on a CPU, 4 on a GPU)")
     p.add_argument("--inference", choices=["eager", "bf16", "compile", "onnx"],
                    help=f"CPU forward pass of a learned model (default {_default('inference')}; docs/BENCHMARKS.md)")
     p.add_argument("--tta", action="store_true", default=None,

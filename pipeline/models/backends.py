@@ -65,12 +65,13 @@ def onnx_path(net, weights_file: str | os.PathLike[str]) -> Path:
     return dest
 
 
-def onnx_session(onnx_file: str | os.PathLike[str], threads: int | None, arena: bool = False):
+def onnx_session(onnx_file: str | os.PathLike[str], threads: int | None, arena: bool = True):
     """``forward(x)``: (N, C, H, W) float32 numpy → logits numpy, through ONNX Runtime on the CPU.
 
-    Its memory arena is off: with the arena, ORT keeps the largest activations it ever needed (a 1536-px
-    window: 1.8 GB per worker at batch 1, 5.2 GB at batch 4, measured by bench/ort_memory.py) for the life of
-    the process; without it the activations go back to the allocator after each call."""
+    ORT's memory arena keeps the largest activations the session ever needed for the life of the process:
+    about 1 GB for a 1536-px window at batch 1, several GB at batch 4 (bench/ort_memory.py; docs/BENCHMARKS.md,
+    "Memory"), which is why a CPU run calls the network one window at a time. Without the arena the forward
+    pass was 2x slower here (every call faults its activations in again), so it stays on."""
     try:
         import onnxruntime as ort
     except ImportError:

@@ -77,6 +77,9 @@ class LearnedModel:
         self._forward_lock = threading.Lock()
         #: CPU back-end of the forward pass (:mod:`pipeline.models.backends`); CUDA always runs PyTorch.
         self.inference = "eager" if self.device.startswith("cuda") else inference
+        #: Windows per forward pass when the config leaves batch_size unset: a GPU wants batches; a CPU gains
+        #: nothing from them and its memory grows with the batch (bench/ort_memory.py).
+        self.default_batch = 4 if self.device.startswith("cuda") else 1
         weights = checkpoint_paths(path)[0]
         self.net = None
         self._onnx = None

@@ -69,7 +69,7 @@ class TileJob:
     nodata: float | None
     device: str = "auto"
     threads: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None  # windows per forward pass; None: the model's default for its device
     tta: bool = False
     inference: str = "eager"
     skip: frozenset[int] = frozenset()  # tiles the model never runs on (no tissue, all nodata): empty parts
@@ -258,7 +258,7 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
         return {"tiles": 0, "skipped": len(indices) - len(empty), "pieces": 0, "timings": timings, "pixels": 0,
                 "empty": len(empty)}
     model = get_model(job.model, job.classical, job.device, job.threads, job.tta, job.inference)
-    step = 1 if model.kind == "classical" else job.batch_size
+    step = 1 if model.kind == "classical" else (job.batch_size or model.default_batch)
     batches = [todo[s : s + step] for s in range(0, len(todo), step)]
     win_arr = zarr.open_array(storage.zarr_store(storage.join(job.workdir, "windows.zarr")), mode="r+")
     pieces = 0
