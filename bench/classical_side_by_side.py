@@ -3,13 +3,20 @@
     git worktree add /tmp/before 53db3f9
     python bench/classical_side_by_side.py --before /tmp/before --size 8192 --cells 24 96 --rounds 2 \\
         --json docs/bench/classical_side_by_side_8192.json
+    python bench/classical_side_by_side.py --before /tmp/before --size 8192 --cells 24 96 --mode tile_cpu \\
+        --json docs/bench/classical_tile_cpu_8192.json
 
-Each run is ``segment_scene`` with ``seamline bench``'s settings (classical, 1024-px tiles, 2 workers) in a fresh
-process whose ``PYTHONPATH`` is the checkout. Scenes come from ``pipeline.synthetic.write_periodic_scene`` (the
-benchmark's objects; ``cell`` 24 = dense, 96 = sparse), written once. Recorded per run: wall seconds per stage,
-the workers' seconds per step, CPU seconds of the whole process tree (user + system: far less sensitive than
-wall time to other work on a shared machine), peak RSS of the process tree per stage, objects, and the load
-average before and after. Runs alternate before/after so that a change in load hits both.
+``--mode end_to_end`` (default): each run is ``segment_scene`` with ``seamline bench``'s settings (classical,
+1024-px tiles, 2 workers) in a fresh process whose ``PYTHONPATH`` is the checkout. ``--mode tile_cpu``: the
+scene is ingested, then every tile goes through the tile task (``process_tiles``) one after the other in that
+one process, its clock replaced by CPU time: CPU seconds per step (read, instances, vectorize, measure) of the
+same tiles, the figure least disturbed by other work on the machine.
+
+Scenes come from ``pipeline.synthetic.write_periodic_scene`` (the benchmark's objects; ``cell`` 24 = dense,
+96 = sparse), written once. Recorded per end-to-end run: wall seconds per stage, the workers' seconds per step,
+CPU seconds of the whole process tree (user + system: far less sensitive than wall time to other work on a
+shared machine), peak RSS of the process tree per stage, objects, and the load average before and after. Runs
+alternate before/after so that a change in load hits both.
 """
 
 from __future__ import annotations
@@ -76,18 +83,56 @@ def _child(scene: str, out: str) -> None:
     shutil.rmtree(out, ignore_errors=True)
 
 
+def _child_tile_cpu(scene: str, out: str) -> None:
+    """Every tile of the scene through ``process_tiles`` in this process, timed in CPU seconds: one JSON line."""
+    import shutil
+    import types
+
+    import zarr
+    from distributed import Client
+    from zarr.codecs import ZstdCodec
+
+    import pipeline.stages.tiles as tiles
+    from pipeline import runner
+    from pipeline.config import SegmentConfig
+
+    plan = runner.plan_scene(scene, out, SegmentConfig(model="classical", tile=1024, workers=1))
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as cl:
+        stats = runner.run_ingest(cl, plan)
+    job = runner.make_job(plan, stats)
+    w = job.window_size
+    zarr.create_array(store=str(Path(str(plan.workdir)) / "windows.zarr"), shape=(len(job.grid), w, w), chunks=(1, 256, 256),
+                      dtype="uint32", compressors=[ZstdCodec(level=1)], fill_value=0, overwrite=True)
+    tiles.time = types.SimpleNamespace(perf_counter=time.process_time, process_time=time.process_time)
+    t0 = time.process_time()
+    total: dict = {}
+    pieces = 0
+    n = len(job.grid)
+    for s in range(0, n, 4):
+        r = tiles.process_tiles(job, list(range(s, min(n, s + 4))))
+        pieces += r["pieces"]
+        for k, v in r["timings"].items():
+            if not k.endswith("_cpu"):
+                total[k] = total.get(k, 0.0) + v
+    cpu = time.process_time() - t0
+    print(json.dumps({"tiles": n, "pieces": pieces, "cpu_s_tile_stage": round(cpu, 2),
+                      "cpu_s_per_step": {k: round(v, 2) for k, v in total.items()},
+                      "cpu_s_per_tile": round(cpu / n, 3)}))
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def _commit(checkout: Path) -> str:
     r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
     d = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout, capture_output=True, text=True)
     return r.stdout.strip() + ("+changes" if d.stdout.strip() else "")
 
 
-def _run(checkout: Path, scene: Path, work: Path) -> dict:
+def _run(checkout: Path, scene: Path, work: Path, mode: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
     load0 = os.getloadavg()[0]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
-    p = subprocess.run([sys.executable, __file__, "--child", str(scene), str(work / "out")], env=env, cwd=checkout,
+    p = subprocess.run([sys.executable, __file__, f"--{mode}", str(scene), str(work / "out")], env=env, cwd=checkout,
                        capture_output=True, text=True)
     wall = time.time() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -106,6 +151,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--cells", type=int, nargs="+", default=[24, 96], help="object grid spacing: 24 dense, 96 sparse")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--mode", choices=["end_to_end", "tile_cpu"], default="end_to_end")
     ap.add_argument("--scenes", type=Path, default=Path(tempfile.gettempdir()) / "seamline_side_by_side")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -116,7 +162,8 @@ def main() -> None:
     a.scenes.mkdir(parents=True, exist_ok=True)
     codes = {"before": a.before.resolve(), "after": a.after.resolve()}
     out = {"machine": machine_info(), "commits": {k: _commit(v) for k, v in codes.items()},
-           "settings": {"model": "classical", "tile": 1024, "workers": 2, "size": a.size, "rounds": a.rounds},
+           "settings": {"model": "classical", "tile": 1024, "workers": 2 if a.mode == "end_to_end" else 1, "size": a.size,
+                        "rounds": a.rounds, "mode": a.mode},
            "runs": []}
     for cell in a.cells:
         scene = a.scenes / f"periodic_{a.size}_cell{cell}.tif"
@@ -126,7 +173,7 @@ def main() -> None:
             order = ["before", "after"] if rnd % 2 == 0 else ["after", "before"]
             for which in order:
                 with tempfile.TemporaryDirectory(dir=a.scenes) as td:
-                    r = _run(codes[which], scene, Path(td))
+                    r = _run(codes[which], scene, Path(td), a.mode)
                 r.update({"code": which, "commit": out["commits"][which], "cell": cell, "round": rnd})
                 out["runs"].append(r)
                 print(json.dumps(r), flush=True)
@@ -135,7 +182,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+    if len(sys.argv) == 4 and sys.argv[1] == "--end_to_end":
         _child(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 4 and sys.argv[1] == "--tile_cpu":
+        _child_tile_cpu(sys.argv[2], sys.argv[3])
     else:
         main()
