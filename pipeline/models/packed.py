@@ -70,7 +70,7 @@ def distance_and_hmaxima(fg: np.ndarray, hq: int) -> tuple[np.ndarray, np.ndarra
     computed over the whole window, at the cost of the foreground's components."""
     from skimage.morphology import h_maxima
 
-    if fg.all():
+    if fg.all() or not fg.any():
         return _whole(fg, hq)
     lab, n = ndi.label(fg, structure=_EIGHT)
     boxes = np.array([[s[0].start, s[0].stop, s[1].start, s[1].stop] for s in ndi.find_objects(lab)], np.int64)
