@@ -92,7 +92,11 @@ def read_working(info: SceneInfo, row: int, col: int, h: int, w: int) -> tuple[n
     """A window of the working image: the source's level window, area-averaged, the chosen channels; and
     where it is valid (None when the source cannot hold invalid pixels)."""
 
-    src = open_source(info.path, info.reader, info.series, cache=True)
+    # One open source per worker (a slide is not re-opened for every block) — except GDAL's: a dataset kept open
+    # keeps every block it has read in GDAL's block cache (up to GDAL_CACHEMAX, 5 % of RAM, per process), so a
+    # worker that ingested half of a 24,000² scene carried ~0.6 GB of it through the tile stage (#29). Opening a
+    # GeoTIFF per block costs milliseconds, and closing it frees its blocks.
+    src = open_source(info.path, info.reader, info.series, cache=info.reader != "gdal")
     try:
         lv: Level = src.levels[info.level]
         r, c, hh, ww = source_window(lv, info.resample, row, col, h, w)
