@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.errors import ParameterError
 from pipeline.stages.grid import validate_tiling
 
-__all__ = ["SegmentConfig", "ClassicalParams", "SlurmClusterParams", "result_fields"]
+__all__ = ["SegmentConfig", "ClassicalParams", "QualityParams", "SlurmClusterParams", "result_fields"]
 
 
 class _Strict(BaseModel):
@@ -58,6 +58,14 @@ class TissueParams(_Strict):
     method: Literal["auto", "saturation", "intensity"] = "auto"  # auto: saturation for brightfield, else intensity
     min_size_um: float = Field(default=4.0, ge=0)  # specks smaller than this (equivalent diameter, µm) are not tissue
     dilate_um: float = Field(default=20.0, ge=0)  # grow the mask (µm) so tissue rims and sparse nuclei are kept
+
+
+class QualityParams(_Strict):
+    """The quality verdict of every run (pipeline/stages/quality.py; docs/MODEL.md, "Quality verdict")."""
+
+    # unreliable: a run whose verdict is unreliable exits with code 3 and publishes nothing; doubtful: also a
+    # doubtful one; null: always publish (the verdict is in the summary, the report and the batch table)
+    fail_on: Literal["unreliable", "doubtful"] | None = None
 
 
 class SlurmClusterParams(_Strict):
@@ -159,6 +167,8 @@ class SegmentConfig(_Strict):
     qupath_geojson: bool = _setting(True, results=True, doc="write <stem>.qupath.geojson (QuPath detections with measurements)")
     label_image: bool = _setting(True, results=True, doc="write <stem>.ome.zarr (OME-NGFF multiscale label image)")
     report: bool = _setting(True, results=True, doc="write <stem>.quicklook.png (+ .tif when georeferenced) and <stem>.html")
+    quality: QualityParams = _setting(QualityParams, results=True,
+                                      doc="{fail_on: unreliable|doubtful}: refuse to publish (exit code 3) a run with that verdict")
     workdir: str | None = _setting(None, results=False,
                                    doc="parent of each scene's work folder (path or URL); default OUT/.seamline-work")
 
