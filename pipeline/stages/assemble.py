@@ -17,6 +17,7 @@ from pipeline.io.scene import SceneInfo
 from pipeline.io.schema import ROW_GROUP, ObjectBatch, channel_names, measurement_names
 from pipeline.stages.map_geometry import measure
 from pipeline.stages.pixel_stats import combine_pieces, object_columns
+from pipeline.stages.quality import doubtful_objects
 from pipeline.stages.regularize import regularize_many
 from pipeline.stages.tile_task import part_path
 
@@ -163,12 +164,13 @@ def output_measurements(info: SceneInfo, regularize: dict[str, Any] | None) -> l
 
 def object_batches(workdir: str, n_tiles: int, groups: dict[int, int], info: SceneInfo, class_name: str,
                    class_names: list[str] | None = None, regularize: dict[str, Any] | None = None,
-                   batch_rows: int = ROW_GROUP) -> Iterator[ObjectBatch]:
+                   batch_rows: int = ROW_GROUP, limits: dict[str, float] | None = None) -> Iterator[ObjectBatch]:
     """Whole objects in tile order, numbered ``1..N`` (``object_id``, unique in the scene), in batches.
 
     ``class_names``: a multi-class model's classes; each object gets the one with the largest probability
     summed over its pixels (else every object is ``class_name``). ``regularize``: squared building outlines
-    (:mod:`pipeline.stages.regularize`) for the objects of its classes, with ``area_raw`` kept."""
+    (:mod:`pipeline.stages.regularize`) for the objects of its classes, with ``area_raw`` kept. ``limits``: the
+    model's per-object thresholds (:func:`pipeline.stages.quality.object_limits`) for the ``doubtful`` flag."""
     channels = channel_names(info)
     next_id = 1
     for batch in assemble_objects(workdir, n_tiles, groups, batch_rows):
@@ -188,10 +190,12 @@ def object_batches(workdir: str, n_tiles: int, groups: dict[int, int], info: Sce
                 geoms_px[sel] = regularized(geoms_px[sel], info, regularize)
         m = measure(geoms_px, info)
         area_px = np.asarray(batch["area_px"], np.int64)
+        score = np.clip(np.asarray(batch["score_sum"]) / np.maximum(area_px, 1), 0, 1)
         rows = {
             "object_id": np.arange(next_id, next_id + n, dtype=np.int64),
             "class": cls,
-            "score": np.clip(np.asarray(batch["score_sum"]) / np.maximum(area_px, 1), 0, 1),
+            "score": score,
+            "doubtful": doubtful_objects(area_px, score, limits),
             "area_px": area_px,
             "tile": np.asarray(batch["tile"], np.int32),
             **{k: v for k, v in m.items() if k != "geometry"},
