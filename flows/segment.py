@@ -13,7 +13,6 @@ Run offline (Prefect's ephemeral mode, no server) or against ``PREFECT_API_URL``
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from flows.logs import flow_logging, prefect_environment
@@ -23,7 +22,7 @@ prefect_environment()
 from prefect import flow, get_run_logger, task  # noqa: E402  (after the environment defaults above)
 from prefect.cache_policies import NONE  # noqa: E402
 
-from pipeline.cli.options import add_run_options, overrides_from_args  # noqa: E402
+from pipeline.cli.options import UsageParser, add_run_options, overrides_from_args  # noqa: E402
 from pipeline.config_file import segment_config  # noqa: E402
 from pipeline.errors import SeamlineError  # noqa: E402
 from pipeline.runner import segment_batch, segment_scene  # noqa: E402
@@ -72,7 +71,7 @@ def segment_batch_flow(inputs: list[str], out_dir: str, config: str | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.segment",
+    ap = UsageParser(prog="python -m flows.segment",
                                  description="seamline segment as a Prefect flow (each stage a task); the same "
                                              "outputs as the CLI")
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="scenes or slides: local paths or URLs")

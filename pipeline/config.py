@@ -9,55 +9,79 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.errors import ParameterError
 from pipeline.stages.grid import validate_tiling
 
-__all__ = ["SegmentConfig", "ClassicalParams", "SlurmClusterParams", "result_fields"]
+__all__ = ["SegmentConfig", "ClassicalParams", "QualityParams", "SlurmClusterParams", "result_fields"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _doc(default=..., doc: str = "", unit: str | None = None, **kw):
+    """A field of a config section, with its documentation (docs/CONFIG.md is generated from it)."""
+    extra = {"unit": unit} if unit else None
+    if callable(default) and not isinstance(default, (int, float, str, bool)):
+        return Field(default_factory=default, description=doc, json_schema_extra=extra, **kw)
+    return Field(default=default, description=doc, json_schema_extra=extra, **kw)
+
+
 class ClassicalParams(_Strict):
-    sigma: float = Field(default=1.0, ge=0)
-    h: float = Field(default=1.5, gt=0)
-    min_area: int = Field(default=8, ge=1)
-    merge_ratio: float = Field(default=0.75, gt=0, le=1)
-    threshold: float | None = None  # None: Otsu on the scene sample (normalised intensity, 0..1)
-    # Hysteresis for dim objects: regions above the low threshold that never reach `threshold` are kept as
-    # objects. low_threshold None: low_ratio of the way from the scene's background level up to `threshold`;
-    # low_ratio null (or 1): off.
-    low_ratio: float | None = Field(default=0.5, gt=0, le=1)
-    low_threshold: float | None = None
+    """The classical model: a scene-global threshold, a distance-transform watershed, hysteresis for dim objects."""
+
+    sigma: float = _doc(1.0, "Gaussian smoothing before the threshold", "px", ge=0)
+    h: float = _doc(1.5, "minimum depth of a distance-transform peak to seed an object", "px", gt=0)
+    min_area: int = _doc(8, "objects smaller than this are dropped", "px", ge=1)
+    merge_ratio: float = _doc(0.75, "basins whose saddle reaches this share of the lower peak are one object", gt=0, le=1)
+    threshold: float | None = _doc(None, "foreground threshold on the normalised intensity (0..1); unset: Otsu on the scene sample")
+    low_ratio: float | None = _doc(
+        0.5, "hysteresis for dim objects: regions above a low threshold this far from the background level up to "
+             "`threshold` are objects too; null or 1: off", gt=0, le=1)
+    low_threshold: float | None = _doc(None, "the hysteresis low threshold itself (normalised 0..1), instead of low_ratio")
 
 
 class StatsParams(_Strict):
-    low: float = Field(default=1.0, ge=0, lt=100)
-    high: float = Field(default=99.8, gt=0, le=100)
+    """The scene normalisation: percentiles of a scene-wide sample (one per scene, never per tile)."""
+
+    low: float = _doc(1.0, "lower percentile (maps to 0)", "%", ge=0, lt=100)
+    high: float = _doc(99.8, "upper percentile (maps to 1; robust to empty background)", "%", gt=0, le=100)
 
 
 class RegularizeParams(_Strict):
     """Building outline regularisation (pipeline/stages/regularize.py); off unless set."""
 
-    classes: list[str] = Field(default_factory=lambda: ["building"])  # only objects of these classes
-    tolerance: float = Field(default=0.5, gt=0)  # Douglas-Peucker tolerance: m on the ground (any CRS); um or px without one
-    angle_tolerance: float = Field(default=15.0, ge=0, lt=45)  # edges this close to the dominant axes are squared
-    min_iou: float = Field(default=0.8, ge=0, le=1)  # squared outline must fit the original this well, else simplified only
+    classes: list[str] = _doc(lambda: ["building"], "only objects of these classes are regularised")
+    tolerance: float = _doc(0.5, "Douglas-Peucker tolerance: metres on the ground in any CRS (µm, or px, without one)",
+                            "m", gt=0)
+    angle_tolerance: float = _doc(15.0, "edges this close to the dominant axes are squared", "deg", ge=0, lt=45)
+    min_iou: float = _doc(0.8, "the squared outline must fit the original this well, else it is only simplified", ge=0, le=1)
 
 
 class ResolutionParams(_Strict):
     """The resolution rule's overrides (pipeline/stages/resolution.py)."""
 
-    pixel_size: tuple[float, Literal["m", "um"]] | None = None  # the model's training pixel size (else checkpoint's)
-    level: int | None = Field(default=None, ge=0)  # read this pyramid level as stored (overrides the rule)
+    pixel_size: tuple[float, Literal["m", "um"]] | None = _doc(
+        None, "the model's training pixel size [value, m|um] (default: the checkpoint's)")
+    level: int | None = _doc(None, "read this pyramid level as stored (overrides the rule)", ge=0)
 
 
 class TissueParams(_Strict):
     """Tile skipping by tissue detection on a low-resolution level (pipeline/stages/skipping.py)."""
 
-    enabled: bool = False  # on in configs/microscopy.yaml; off for satellite scenes
-    min_fraction: float = Field(default=0.02, ge=0, le=1)  # tiles with less tissue than this are skipped
-    method: Literal["auto", "saturation", "intensity"] = "auto"  # auto: saturation for brightfield, else intensity
-    min_size_um: float = Field(default=4.0, ge=0)  # specks smaller than this (equivalent diameter, µm) are not tissue
-    dilate_um: float = Field(default=20.0, ge=0)  # grow the mask (µm) so tissue rims and sparse nuclei are kept
+    enabled: bool | Literal["auto"] = _doc(
+        "auto", "auto: on for slides (whole-slide formats, OME-TIFF/OME-Zarr, any image with a pixel size in µm), "
+                "off for georeferenced scenes and images without a pixel size")
+    min_fraction: float = _doc(0.02, "tiles with less tissue than this share are skipped", ge=0, le=1)
+    method: Literal["auto", "saturation", "intensity"] = _doc(
+        "auto", "auto: saturation for brightfield (colour), else intensity (fluorescence)")
+    min_size_um: float = _doc(4.0, "specks smaller than this (equivalent diameter) are not tissue", "um", ge=0)
+    dilate_um: float = _doc(20.0, "the mask is grown this much so tissue rims and sparse nuclei are kept", "um", ge=0)
+
+
+class QualityParams(_Strict):
+    """The quality verdict of every run (pipeline/stages/quality.py; docs/MODEL.md, "Quality verdict")."""
+
+    # unreliable: a run whose verdict is unreliable exits with code 3 and publishes nothing; doubtful: also a
+    # doubtful one; null: always publish (the verdict is in the summary, the report and the batch table)
+    fail_on: Literal["unreliable", "doubtful"] | None = None
 
 
 class SlurmClusterParams(_Strict):
@@ -67,28 +91,28 @@ class SlurmClusterParams(_Strict):
     Credentials are never written into the job script: sbatch passes the submitting environment on
     (SLURM's default ``--export=ALL``)."""
 
-    kind: Literal["slurm"]
-    jobs: int = Field(default=1, ge=1)  # worker jobs to submit
-    queue: str | None = None  # the partition (#SBATCH -p)
-    account: str | None = None  # #SBATCH -A
-    cores: int = Field(default=8, ge=1)  # CPU cores per job
-    processes: int = Field(default=1, ge=1)  # Dask worker processes per job (one per GPU)
-    memory: str = "32GB"  # per job
-    walltime: str = "04:00:00"
-    gpus: int = Field(default=0, ge=0)  # per job: --gres=gpu:N
-    job_extra_directives: list[str] = Field(default_factory=list)  # more #SBATCH lines, e.g. ["--qos=long"]
-    job_script_prologue: list[str] = Field(default_factory=list)  # e.g. ["module load cuda", "source .venv/bin/activate"]
-    local_directory: str | None = None  # node-local scratch for Dask's spill files, e.g. "$TMPDIR"
-    interface: str | None = None  # network interface of the workers and scheduler, e.g. ib0
-    python: str | None = None  # the workers' Python (default: the driver's sys.executable)
-    log_directory: str | None = None  # where SLURM writes the jobs' stdout/stderr
-    start_timeout_s: float = Field(default=900, gt=0)  # wait this long for the first worker (queueing time)
+    kind: Literal["slurm"] = _doc(..., "slurm")
+    jobs: int = _doc(1, "worker jobs to submit", ge=1)
+    queue: str | None = _doc(None, "the partition (#SBATCH -p)")
+    account: str | None = _doc(None, "the account (#SBATCH -A)")
+    cores: int = _doc(8, "CPU cores per job", ge=1)
+    processes: int = _doc(1, "Dask worker processes per job (one per GPU)", ge=1)
+    memory: str = _doc("32GB", "memory per job")
+    walltime: str = _doc("04:00:00", "wall time per job")
+    gpus: int = _doc(0, "GPUs per job (--gres=gpu:N); each worker then gets resources GPU", ge=0)
+    job_extra_directives: list[str] = _doc(list, 'more #SBATCH lines, e.g. ["--qos=long"]')
+    job_script_prologue: list[str] = _doc(list, 'lines run before the worker, e.g. ["module load cuda", "source .venv/bin/activate"]')
+    local_directory: str | None = _doc(None, 'node-local scratch for Dask\'s spill files, e.g. "$TMPDIR"')
+    interface: str | None = _doc(None, "network interface of the workers and scheduler, e.g. ib0")
+    python: str | None = _doc(None, "the workers' Python (default: the driver's sys.executable)")
+    log_directory: str | None = _doc(None, "where SLURM writes the jobs' stdout/stderr")
+    start_timeout_s: float = _doc(900, "wait this long for the first worker (queueing time)", "s", gt=0)
 
 
 class LocalClusterParams(_Strict):
     """``cluster: {kind: local}``: the default, a LocalCluster of ``workers`` processes on this machine."""
 
-    kind: Literal["local"] = "local"
+    kind: Literal["local"] = _doc("local", "local")
 
 
 def _setting(default=..., *, results: bool, doc: str, unit: str | None = None, **kw):
@@ -122,7 +146,10 @@ class SegmentConfig(_Strict):
     cluster: LocalClusterParams | SlurmClusterParams = _setting(
         LocalClusterParams, discriminator="kind", results=False,
         doc="where the workers come from: {kind: local} (default) or {kind: slurm, ...} (dask-jobqueue); not with scheduler")
-    batch_size: int = _setting(4, ge=1, results=False, doc="tiles per model call")
+    batch_size: int | None = _setting(
+        None, ge=1, results=False,
+        doc="windows per forward pass; unset: 1 on a CPU (batching gains nothing there and each window of the batch "
+            "adds about 1 GB per worker at 1536 px), 4 on a GPU")
     tiles_per_task: int = _setting(4, ge=1, results=False, doc="tiles per Dask task (fewer, larger tasks)")
     device: str = _setting("auto", results=False, doc="auto (CUDA when present), cpu or cuda")
     inference: Literal["eager", "bf16", "compile", "onnx"] = _setting(
@@ -159,6 +186,11 @@ class SegmentConfig(_Strict):
     qupath_geojson: bool = _setting(True, results=True, doc="write <stem>.qupath.geojson (QuPath detections with measurements)")
     label_image: bool = _setting(True, results=True, doc="write <stem>.ome.zarr (OME-NGFF multiscale label image)")
     report: bool = _setting(True, results=True, doc="write <stem>.quicklook.png (+ .tif when georeferenced) and <stem>.html")
+    diff: Literal["off", "previous"] = _setting(
+        "off", results=False,
+        doc="watch: diff each new version of a scene against its last done version (<stem>.changes.*, counts in the ledger)")
+    quality: QualityParams = _setting(QualityParams, results=True,
+                                      doc="{fail_on: unreliable|doubtful}: refuse to publish (exit code 3) a run with that verdict")
     workdir: str | None = _setting(None, results=False,
                                    doc="parent of each scene's work folder (path or URL); default OUT/.seamline-work")
 

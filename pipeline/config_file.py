@@ -30,10 +30,26 @@ def validation_message(source: str, exc: ValidationError) -> str:
     return f"{source}: config key '{loc}': {err['msg']} (found {got_s}); fix the value"
 
 
-def load_yaml_config(path: str | Path, model: type[T], overrides: dict | None = None) -> T:
+SHIPPED = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_config(path: str | Path) -> Path:
+    """``--config``'s file: the path given, else the config of that name shipped with Seamline
+    (``--config buildings`` is ``configs/buildings.yaml``; ``seamline config list`` names them)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p}: not found; pass an existing YAML file (examples in configs/)")
+    if p.is_file():
+        return p
+    name = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
+    shipped = SHIPPED / f"{name}.yaml"
+    if p.parent == Path(".") or str(p.parent).rstrip("/") == "configs":
+        if shipped.is_file():
+            return shipped
+    names = ", ".join(sorted(f.stem for f in SHIPPED.glob("*.yaml")))
+    raise ConfigError(f"config file {p}: not found; pass an existing YAML file or a shipped config by name ({names})")
+
+
+def load_yaml_config(path: str | Path, model: type[T], overrides: dict | None = None) -> T:
+    p = shipped_config(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError:

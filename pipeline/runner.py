@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.config import SegmentConfig
-from pipeline.errors import InputError, ParameterError
+from pipeline.errors import InputError, ParameterError, QualityGateError
 from pipeline.io import storage
 from pipeline.io.batch import batch_row, failed_row, write_batch_summary
 from pipeline.io.outputs import write_outputs
@@ -51,6 +51,7 @@ from pipeline.stages.inputs import plan_input
 from pipeline.stages.label_image import write_label_image
 from pipeline.stages.objectscale import choose_scale, estimate_scene_diameter
 from pipeline.stages.pixel_stats import scene_density
+from pipeline.stages.quality import assess_run, object_limits, quality_line, refuses
 from pipeline.stages.skipping import needed_tiles, nodata_skip, tile_fractions, tissue_mask, tissue_skip
 from pipeline.stages.stitch import components, seam_edges
 from pipeline.stages.tile_task import TileJob, process_tiles
@@ -85,6 +86,7 @@ class ScenePlan:
     class_names: list[str] | None = None  # a multi-class model's classes (each object gets its most probable)
     model_classes: list[str] | None = None  # the checkpoint's class list (its order fixes the colours)
     stem: str = ""  # the outputs' name: <stem>.parquet, <stem>.json, ...
+    metadata: dict | None = None  # the checkpoint's JSON (its domain record: the quality verdict); None: classical
 
     @property
     def zarr_path(self) -> str:
@@ -172,7 +174,7 @@ def plan_scene(input_path: str, out_dir: str | Path, settings: Settings, stem: s
     return ScenePlan(info, out, workdir, cfg, model, class_name, class_names=None if cfg.class_name else class_names,
                      model_classes=list(md.get("classes") or []) or None if md else None,
                      warnings=warnings, input=inp, fingerprint=fp, settings_fingerprint=settings.fingerprint,
-                     model_id=settings.model_id, input_version=version, scale=scale.as_dict(), stem=stem)
+                     model_id=settings.model_id, input_version=version, scale=scale.as_dict(), stem=stem, metadata=md)
 
 
 def object_scale(inp, cfg: SegmentConfig, md: dict | None):
@@ -203,7 +205,7 @@ def run_ingest(client, plan: ScenePlan) -> dict:
     skip_tissue: set[int] = set()
     tissue: dict[str, Any] | None = None
     inp = plan.input
-    if plan.cfg.tissue.enabled and inp is not None and inp.overview is not None:
+    if inp is not None and inp.tissue["run"] and inp.overview is not None:
         tc = plan.cfg.tissue
         ov_um = info.pixel_size_um[0] / info.scale * inp.overview_downsample if info.pixel_size_um else None
         mask, tissue = tissue_mask(inp.overview, None, tc.method, ov_um, tc.min_size_um, tc.dilate_um)
@@ -228,11 +230,11 @@ def run_ingest(client, plan: ScenePlan) -> dict:
     skip_nodata = nodata_skip(grid, [c for r in results for c in r[1]]) - skip_tissue if plan.cfg.skip_nodata else set()
     cl = plan.cfg.classical
     stats = scene_statistics(samples, info.nodata, plan.cfg.stats.low, plan.cfg.stats.high, cl.threshold, cl.low_ratio,
-                             cl.low_threshold)
+                             cl.low_threshold, int((plan.metadata or {}).get("in_channels", info.count)), bool(info.crs_wkt))
     stats["stride"] = stride
     stats["skip"] = {"tissue": sorted(skip_tissue), "nodata": sorted(skip_nodata)}
     if tissue is not None:
-        stats["tissue"] = tissue
+        stats["tissue"] = {"ran": True, "why": inp.tissue["why"], **tissue, "tiles_skipped": len(skip_tissue)}
     storage.write_text(stats_file, json.dumps(stats))
     return stats
 
@@ -335,10 +337,12 @@ def stage_outputs(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]
     }
     staging = Staging(plan.out_dir, plan.stem)
     try:
-        batches = object_batches(plan.workdir, n_tiles, groups, info, plan.class_name, plan.class_names, regularize)
+        batches = object_batches(plan.workdir, n_tiles, groups, info, plan.class_name, plan.class_names, regularize,
+                                 limits=object_limits(plan.metadata))
         summary = write_outputs(batches, info, staging, summary, output_measurements(info, regularize),
                                 geojson=c.qupath_geojson, model_classes=plan.model_classes, class_name=plan.class_name)
-        summary.update(scene_density(summary["objects"], valid_pixels(plan.workdir, n_tiles), info, summary.get("tissue_px")))
+        valid = valid_pixels(plan.workdir, n_tiles)
+        summary.update(scene_density(summary["objects"], valid, info, summary.get("tissue_px")), valid_px=valid)
     except BaseException:
         staging.discard()
         raise
@@ -352,7 +356,8 @@ def skipping_summary(plan: ScenePlan, stats: dict) -> dict[str, Any]:
     return {"stats": {k: v for k, v in stats.items() if k not in ("skip", "tissue")},
             "tiles_skipped": {"tissue": n_t, "nodata": n_n, "total": n_t + n_n,
                               "fraction": round((n_t + n_n) / len(plan.grid), 4)},
-            "tissue": stats.get("tissue"),
+            # tissue detection: whether it ran and why (tissue.enabled auto: on for slides), what it skipped
+            "tissue": stats.get("tissue") or {"ran": False, "why": plan.input.tissue["why"] if plan.input else "off"},
             # tissue area in working pixels (pixel_stats.scene_density: objects per mm² of tissue)
             **({"tissue_px": int(stats["tissue"]["working_px"])} if stats.get("tissue") else {})}
 
@@ -467,7 +472,14 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
             staging.add_url("ome_zarr", f"{plan.stem}.ome.zarr", label_image["path"])
             summary["label_image"] = {**label_image, "path": storage.join(plan.out_dir, f"{plan.stem}.ome.zarr")}
         timings["write"] = time.perf_counter() - t
-    with staging:
+    with staging:  # the verdict before the report (its banner) and the publishing (the gate); a refusal discards all
+        summary["quality"] = q = step(assess_run, "quality")(summary, os.path.join(staging.dir, f"{plan.stem}.parquet"),
+                                                             plan.metadata)
+        if refuses(q, cfg.quality.fail_on):
+            if not cfg.keep_intermediate:
+                remove_workdir(plan)
+            raise QualityGateError(f"{quality_line(plan.stem, q)} — not published (quality.fail_on: {cfg.quality.fail_on})",
+                                   q["verdict"])
         if cfg.report:
             t = time.perf_counter()
             with progress.stage("quicklook + report"):
@@ -485,6 +497,7 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
         summary = step(staging.publish, "publish")(summary)  # every output copied, then <stem>.json last
     if not cfg.keep_intermediate:
         remove_workdir(plan)
+    (progress.note if q["verdict"] == "ok" else log.warning)(quality_line(plan.stem, q))
     return summary
 
 
@@ -536,7 +549,8 @@ def segment_batch(inputs: list[str], out_dir: str, cfg: SegmentConfig, *, force:
                 s = segment_scene(p, out_dir, cfg, client=client, force=force, stem=stem, task=task)
             except Exception as exc:  # noqa: BLE001 - one failed slide does not stop the batch; it is reported, then raised
                 result.errors.append((p, exc))
-                result.rows.append(failed_row(p, stem, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+                result.rows.append(failed_row(p, stem, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                                              getattr(exc, "verdict", None)))
                 continue
             result.rows.append(batch_row(s))
             result.summaries.append(s)

@@ -18,7 +18,9 @@ A scene is done when its published outputs verify (the JSON commit marker and th
 :func:`pipeline.io.publish.verify_outputs`) and were made from this version with these settings; a done
 record whose outputs do not verify is processed again, and verified outputs without a done record are
 recorded (adopted), never made twice. A failed scene is retried on later runs up to ``max_attempts`` and
-never blocks the others.
+never blocks the others. A scene the quality gate refused (``quality.fail_on``, :class:`~pipeline.errors.QualityGateError`)
+is recorded as failed with its verdict (``quality``) and ``retry: false``: the same version with the same
+settings would be refused again, so it is not retried until the scene or the settings change (a new record).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from pipeline.config import SegmentConfig
-from pipeline.errors import InputError
+from pipeline.diff import diff_runs
+from pipeline.errors import InputError, QualityGateError
 from pipeline.io import storage
 from pipeline.io.publish import verify_outputs
 from pipeline.io.storage import stem_of
@@ -42,14 +45,15 @@ from pipeline.lease import Lease
 from pipeline.runner import StageWrapper, check_writable, segment_scene
 from pipeline.settings import resolve_settings
 from pipeline.stages.dispatch import cluster_client
+from pipeline.stages.previous import find_previous
 
 __all__ = ["RASTER_SUFFIXES", "list_scenes", "watch_once", "read_ledger", "LEDGER_COLUMNS", "totals_line"]
 
 log = logging.getLogger("seamline")
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".svs", ".ndpi", ".scn", ".mrxs", ".bif")
-LEDGER_COLUMNS = ["scene", "version", "fingerprint", "status", "error", "attempts", "objects", "started_at",
-                  "finished_at", "seconds", "summary", "holder"]
+LEDGER_COLUMNS = ["scene", "version", "fingerprint", "status", "error", "quality", "attempts", "objects", "started_at",
+                  "finished_at", "seconds", "summary", "holder", "changes", "changed", "diff_against"]
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ def _adopt(summary: dict, scene: Scene, sid: str, fp: str, dest: str, rec: dict 
                 scene.url)
     new = _new_record(scene, fp, rec, lease)
     new.update(status="done", finished_at=new["started_at"], seconds=0.0, objects=summary.get("objects"),
-               summary=summary["outputs"]["json"])
+               summary=summary["outputs"]["json"], quality=(summary.get("quality") or {}).get("verdict"))
     if lease.still_held():
         storage.write_text(_state(dest, "records", f"{sid}.json"), json.dumps(new))
         write_ledger(dest)
@@ -181,7 +185,8 @@ def watch_once(source: str, dest: str, cfg: SegmentConfig, client=None, max_atte
     check_writable(dest, "--out")
     fp = settings.fingerprint
     result: dict[str, Any] = {"source": source, "dest": dest, "scenes": len(scenes), "processed": 0, "failed": 0,
-                              "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "lost_lease": 0, "unreadable": 0,
+                              "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "refused": 0, "lost_lease": 0,
+                              "unreadable": 0,
                               "results": []}
     with contextlib.ExitStack() as stack:
         clients = [client] if client is not None else []
@@ -193,7 +198,7 @@ def watch_once(source: str, dest: str, cfg: SegmentConfig, client=None, max_atte
 
         for scene in scenes:
             try:
-                _watch_scene(scene, fp, dest, run, max_attempts, lease_s, result)
+                _watch_scene(scene, fp, dest, run, max_attempts, lease_s, result, cfg.diff == "previous")
             except StateUnreadable as exc:
                 result["unreadable"] += 1
                 log.warning("%s", exc)
@@ -201,12 +206,15 @@ def watch_once(source: str, dest: str, cfg: SegmentConfig, client=None, max_atte
 
 
 def _watch_scene(scene: Scene, fp: str, dest: str, run: Callable[[str], dict], max_attempts: int,
-                 lease_s: float, result: dict[str, Any]) -> None:
+                 lease_s: float, result: dict[str, Any], diff: bool = False) -> None:
     """One scene of :func:`watch_once`: skip it, adopt its outputs, or process it under its lease."""
     sid = _scene_id(scene, fp)
     rec = _read_record(dest, sid)
     if _recorded_done(rec) and _current_outputs(rec, dest, scene, fp):
         result["skipped_done"] += 1
+        return
+    if rec and rec.get("status") == "failed" and rec.get("retry") is False:
+        result["refused"] += 1  # the quality gate's refusal is final for this version and these settings
         return
     if rec and rec.get("status") == "failed" and int(rec.get("attempts", 0)) >= max_attempts:
         result["gave_up"] += 1
@@ -223,20 +231,27 @@ def _watch_scene(scene: Scene, fp: str, dest: str, run: Callable[[str], dict], m
             if not _recorded_done(rec):
                 _adopt(summary, scene, sid, fp, dest, rec, lease)
             return
-        _run_one(scene, sid, fp, dest, run, rec, lease, result)
+        _run_one(scene, sid, fp, dest, run, rec, lease, result, diff)
     write_ledger(dest)
 
 
-def _run_one(scene: Scene, sid: str, fp: str, dest: str, run: Callable[[str], dict], rec, lease, result) -> None:
+def _run_one(scene: Scene, sid: str, fp: str, dest: str, run: Callable[[str], dict], rec, lease, result,
+             diff: bool = False) -> None:
     t0 = time.perf_counter()
     new = _new_record(scene, fp, rec, lease)
     try:
         summary = run(scene.url)
-        new.update(status="done", objects=int(summary.get("objects", 0)), summary=summary["outputs"]["json"])
+        new.update(status="done", objects=int(summary.get("objects", 0)), summary=summary["outputs"]["json"],
+                   quality=(summary.get("quality") or {}).get("verdict"))
+    except QualityGateError as exc:  # refused to publish: final for this version and these settings
+        new.update(status="failed", error=one_line(exc), quality=exc.verdict, retry=False)
+        log.warning("%s: refused: %s", scene.url, new["error"])
     except Exception as exc:  # noqa: BLE001 - a bad scene is recorded and never blocks the others
         new.update(status="failed", error=one_line(exc))
         log.warning("%s: failed: %s", scene.url, new["error"])
     new.update(finished_at=_now(), seconds=round(time.perf_counter() - t0, 3))
+    if diff and new["status"] == "done" and lease.still_held():
+        new.update(_diff_previous(dest, sid, summary, new["finished_at"]))
     if lease.still_held():
         storage.write_text(_state(dest, "records", f"{sid}.json"), json.dumps(new))
         result["processed" if new["status"] == "done" else "failed"] += 1
@@ -247,10 +262,43 @@ def _run_one(scene: Scene, sid: str, fp: str, dest: str, run: Callable[[str], di
     result["results"].append(new)
 
 
+def _diff_previous(dest: str, sid: str, summary: dict, finished_at: str) -> dict[str, Any]:
+    """``diff: previous``: diff a new version against the last done version of its scene (the same stem, else a
+    footprint it overlaps: :func:`pipeline.stages.previous.find_previous`), publishing ``<stem>.changes.*`` in
+    DEST, then keep this version's objects and summary under ``DEST/_seamline/history/<id>/`` for the next one
+    (a new version overwrites ``<stem>.parquet``). Returns the ledger's ``changes`` (counts per change, JSON),
+    ``changed`` and ``diff_against``; a diff that fails is a warning, never a failed scene."""
+    hist = _state(dest, "history")
+    out: dict[str, Any] = {}
+    try:
+        done = []
+        for name in storage.listdir(hist):
+            if name == sid:
+                continue
+            prev = storage.read_json(storage.join(hist, name, "summary.json"))
+            if prev:
+                done.append({**prev, "_objects": storage.join(hist, name, "objects.parquet")})
+        prev = find_previous(summary, done)
+        if prev is not None:
+            d = diff_runs(prev["_objects"], summary["outputs"]["parquet"], dest)
+            out = {"changes": json.dumps(d["counts"]), "changed": int(d["changed"]),
+                   "diff_against": f"{prev.get('input')}@{prev.get('input_version')}"}
+            log.info("%s: %d changed since %s", summary.get("input"), d["changed"], out["diff_against"])
+        storage.copy(summary["outputs"]["parquet"], storage.join(hist, sid, "objects.parquet"))
+        storage.write_text(storage.join(hist, sid, "summary.json"),
+                           json.dumps({**summary, "finished_at": finished_at}, default=str))
+    except Exception as exc:  # noqa: BLE001 - the scene is done; a diff that fails is reported, not fatal
+        log.warning("%s: diff against the previous version failed: %s", summary.get("input"), one_line(exc))
+        out.setdefault("diff_against", f"failed: {one_line(exc)}")
+    return out
+
+
 def totals_line(r: dict) -> str:
     """One line of a round's totals (``watch_once``'s result), for the CLI and the Prefect flow alike."""
     line = (f"{r['scenes']} scenes: {r['processed']} processed, {r['failed']} failed, {r['skipped_done']} already done, "
             f"{r['skipped_leased']} held by another watch, {r['gave_up']} failed too often")
+    if r.get("refused"):
+        line += f", {r['refused']} refused by the quality gate (not retried until the scene or the settings change)"
     if r["lost_lease"]:
         line += f", {r['lost_lease']} lost their lease while running"
     if r["unreadable"]:
@@ -275,7 +323,7 @@ def write_ledger(dest: str) -> str:
     import pyarrow as pa
 
     recs = sorted(read_records(dest), key=lambda r: (r.get("scene", ""), r.get("started_at", "")))
-    types = {"attempts": pa.int32(), "objects": pa.int64(), "seconds": pa.float64()}
+    types = {"attempts": pa.int32(), "objects": pa.int64(), "seconds": pa.float64(), "changed": pa.int64()}
     table = pa.table({c: pa.array([r.get(c) for r in recs], types.get(c, pa.string())) for c in LEDGER_COLUMNS})
     url = _state(dest, "ledger.parquet")
     storage.write_parquet(url, table)

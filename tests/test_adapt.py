@@ -41,7 +41,7 @@ def test_chips_in_degrees_become_places_in_ground_metres():
     labels = [str(banepa_labels()), str(shared("aerial", "kampala_buildings", "labels.gpkg"))]
     samples = load_places_dataset(banepa_chips(ys=(220245,)) + [kampala], labels, 0.15, Z19)
     by_name = {s.name: s for s in samples}
-    assert set(by_name) == {"p124546_41898@0.132m", "p124547_41898@0.132m", "p47462_507@0.2976m"}
+    assert set(by_name) == {"p124546_41898@0.132m", "p124547_41898@0.132m", "p47462_507@0.2986m"}
     b = by_name["p124546_41898@0.132m"]
     assert b.image.shape == (3, 449, 452)  # 512 px of 0.1318 x 0.1323 m -> 0.15 m
     assert str(b.crs) == "EPSG:4326" and b.transform.a == pytest.approx(1.341e-6 * 512 / 452, rel=1e-3)
@@ -108,7 +108,7 @@ def test_bad_labels_get_one_line(case, tmp_path, capsys):
     expected = {"elsewhere": "do not overlap", "wrong_crs": "do not overlap", "no_polygons": "no building polygon",
                 "no_crs": "no CRS", "missing": "not found", "holdout": "--holdout 1.5", "nuclei_model": "no ground pixel size"}
     assert expected[case] in err, err
-    assert not (out / "model.safetensors").exists()
+    assert not (out / "out.safetensors").exists()
 
 
 def test_adapt_cli_exit_code(tmp_path):
@@ -133,7 +133,7 @@ def test_adapt_end_to_end_and_resume(tmp_path, capsys):
     code, err = _run([*args, "--epochs", "2"], capsys)
     assert code == 0, err
     assert "resuming after epoch 1" in err and "epoch 2/2" in err and "epoch 1/2" not in err
-    md = json.loads((out / "model.json").read_text())
+    md = json.loads((out / "local.json").read_text())
     card = md["adapt"]
     assert card["epochs"] == 2 and len(card["held_out_images"]) == 1 and len(card["train_images"]) == 3
     assert {place_of(n) for n in card["held_out_images"]}.isdisjoint({place_of(n) for n in card["train_images"]})

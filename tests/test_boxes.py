@@ -167,7 +167,7 @@ def test_box_supervised_training_learns_bright_crowns(tmp_path):
     summary = train(cfg)
     import json
 
-    md = json.loads((tmp_path / "m.json").read_text())
+    md = json.loads((tmp_path / "m" / "m.json").read_text())
     assert md["pixel_size"] == [0.1, "m"] and md["training"]["kind"] == "boxes"
     assert md["validation"]["all"]["f1"] > 0.5, summary["history"][-1]
 

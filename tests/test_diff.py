@@ -332,3 +332,32 @@ def test_qgis_opens_the_changes_styled_by_change(goal, tmp_path):
     assert rec["count"] == sum(goal.summary["counts"].values())
     assert rec["renderer"] == "categorizedSymbol" and rec["attr"] == "change"
     assert rec["categories"] == {k: hex_colour(v) for k, v in CHANGE_COLOURS.items()}
+
+
+def test_watch_diffs_a_new_version_against_the_last_done_one(dates, tmp_path):
+    """`seamline watch SRC --out DEST --once --diff-previous`: a scene done once, then a new version of it (the
+    second date under the same name): the second round publishes <stem>.changes.* and puts the counts in the
+    ledger; the first version's objects were kept for it although the new run overwrote <stem>.parquet."""
+    import shutil
+
+    from pipeline.watch import read_ledger
+
+    src, dest = tmp_path / "incoming", tmp_path / "results"
+    src.mkdir()
+    shutil.copy(dates.root / "date1.tif", src / "place.tif")
+    args = ("watch", src, "--out", dest, "--once", "--model", "classical", "--diff-previous")
+    r1 = seamline(*args)
+    assert r1.returncode == 0 and "1 processed" in r1.stdout, r1.stderr[-3000:]
+    assert not (dest / "place.changes.json").exists()  # nothing to compare with yet
+    shutil.copy(dates.root / "date2.tif", src / "place.tif")  # a new version of the scene
+    r2 = seamline(*args)
+    assert r2.returncode == 0 and "1 processed" in r2.stdout, r2.stderr[-3000:]
+    s = json.loads((dest / "place.changes.json").read_text())
+    t = dates.truth
+    assert abs(s["counts"]["new"] - len(t.added)) <= 1 and abs(s["counts"]["gone"] - len(t.gone)) <= 1
+    led = read_ledger(str(dest)).sort_values("started_at")
+    last = led.iloc[-1]
+    assert json.loads(last.changes)["grown"] == s["counts"]["grown"] and last.changed == s["changed"]
+    assert last.diff_against.endswith(led.iloc[0].version) and led.iloc[0].isna()["changes"]
+    r3 = seamline(*args)  # nothing new: nothing processed, nothing diffed again
+    assert "0 processed" in r3.stdout and "1 already done" in r3.stdout, r3.stdout

@@ -70,7 +70,7 @@ def model(tmp_path_factory):
 
 def test_a_multi_class_model_names_what_it_finds(model, dask_client_session, tmp_path):
     d, summary = model
-    md = json.loads((d / "m.json").read_text())
+    md = json.loads((d / "m" / "m.json").read_text())
     assert md["classes"] == CLASSES and md["heads"] == ["foreground", "boundary", "distance", "class:red_thing", "class:blue_thing"]
     assert summary["history"][-1]["val"]["all"]["class_accuracy"] >= 0.9  # validation objects named right
 
@@ -157,7 +157,7 @@ def test_box_labels_with_classes_train_the_class_heads(tmp_path):
     summary = train(cfg)
     accs = [h["val"]["all"]["class_accuracy"] for h in summary["history"] if h["val"]]
     assert accs[-1] >= 0.9, accs
-    md = json.loads((tmp_path / "m.json").read_text())
+    md = json.loads((tmp_path / "m" / "m.json").read_text())
     assert md["heads"][3:] == ["class:red_thing", "class:blue_thing"]
 
 

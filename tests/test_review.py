@@ -112,7 +112,7 @@ def test_review_package_edit_and_adapt_from_review(tmp_path, dask_client_session
     assert a["trained"]["f1"] > b["trained"]["f1"] + 0.05, (b, a)  # the corrected windows are learnt
     # held-out windows do not get worse (one building's worth of slack: ~40 buildings there)
     assert a["held_out"]["f1"] >= b["held_out"]["f1"] - 0.025, (b, a)
-    md = json.loads((tmp_path / "local" / "model.json").read_text())
+    md = json.loads((tmp_path / "local" / "local.json").read_text())
     assert md["adapt"]["request"]["truth_sha256"] and md["adapt"]["after"] == a
 
 

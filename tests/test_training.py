@@ -104,7 +104,7 @@ def test_time_schedule_anneals_when_the_epochs_run_out_first(tmp_path):
     from pipeline.training.train import train
 
     train(cfg)
-    lrs = [h["lr"] for h in json.loads((tmp_path / "m.history.json").read_text())["history"]]
+    lrs = [h["lr"] for h in json.loads((tmp_path / "m" / "m.history.json").read_text())["history"]]
     assert len(lrs) == 3 and lrs[0] > 0.5e-3 and lrs[-1] <= 0.03e-3
 
 

@@ -14,6 +14,7 @@ import pytest
 from servers import ROOT, make_bucket, s3_client, s3_environment
 
 from pipeline.config import SegmentConfig
+from pipeline.io import storage
 from pipeline.lease import Lease
 from pipeline.synthetic import write_scene
 from pipeline.watch import read_ledger, watch_once
@@ -88,12 +89,17 @@ def test_watch_once_per_version_with_ledger_retries_and_changes(s3, client, tmp_
 
 
 def test_lease_blocks_while_alive_and_expires_when_its_holder_dies(s3, tmp_path):
+    """Expiry is judged by a clock the test advances (a synchronisation point, not a sleep): a machine slow
+    enough to take longer than a short time-to-live between two calls can no longer flip the outcome."""
     bucket = make_bucket(s3)
+    now = [time.time()]
     for url in (f"s3://{bucket}/leases/x.json", str(tmp_path / "leases" / "x.json")):
-        a, b = Lease(url, ttl_s=6, settle_s=0.2), Lease(url, ttl_s=6, settle_s=0.2)
+        a, b = (Lease(url, ttl_s=600, settle_s=0.2, clock=lambda: now[0]) for _ in range(2))
         assert a.acquire() and not b.acquire()
+        now[0] += 599  # alive: renewed or not, a lease within its time to live blocks the other watcher
+        assert not b.acquire()
         a._stop.set()  # the holder "dies": no more renewals
-        time.sleep(6.5)
+        now[0] += 2  # ... past its expiry
         assert b.acquire() and not a.still_held()
         b.release()
         assert Lease(url).acquire()
@@ -136,8 +142,6 @@ def test_a_briefly_unreadable_lease_is_still_held(tmp_path):
     otherwise the holder that just finished a scene skips its done-record and another watcher redoes it."""
     import threading
 
-    from pipeline.lease import Lease
-
     lease = Lease(str(tmp_path / "leases" / "x.json"), ttl_s=60)
     assert lease.acquire()
     try:
@@ -177,19 +181,31 @@ def test_two_creates_that_both_succeed_still_give_one_holder(s3, monkeypatch):
     import threading
 
     url = f"s3://{make_bucket(s3)}/leases/s.json"
-    a, b = Lease(url, settle_s=1.0), Lease(url, settle_s=1.0)
+    a, b = Lease(url, settle_s=0.0), Lease(url, settle_s=0.0)
+    a_wrote, b_wrote = threading.Event(), threading.Event()
 
-    def non_atomic_create(lease, delay):
-        def create():
-            time.sleep(delay)
-            from pipeline.io import storage
+    # Explicit synchronisation points, not delays: a's create "succeeds" first, then b's does too (the
+    # non-atomic store), and a reads back only after b wrote — the race the read-back must settle, forced.
+    def create_a():
+        storage.write_bytes(a.url, a._body())
+        a_wrote.set()
+        return True
 
-            storage.write_bytes(lease.url, lease._body())  # "succeeded", though the other's create did too
-            return True
-        return create
+    def create_b():
+        assert a_wrote.wait(60)
+        storage.write_bytes(b.url, b._body())
+        b_wrote.set()
+        return True
 
-    monkeypatch.setattr(a, "_create_if_absent", non_atomic_create(a, 0.0))
-    monkeypatch.setattr(b, "_create_if_absent", non_atomic_create(b, 0.4))
+    read_a = a._read
+
+    def read_after_b(tries=4):
+        assert b_wrote.wait(60)
+        return read_a(tries)
+
+    monkeypatch.setattr(a, "_create_if_absent", create_a)
+    monkeypatch.setattr(b, "_create_if_absent", create_b)
+    monkeypatch.setattr(a, "_read", read_after_b)
     got = {}
     threads = [threading.Thread(target=lambda lease=lease, k=k: got.__setitem__(k, lease.acquire())) for k, lease in (("a", a), ("b", b))]
     [t.start() for t in threads]

@@ -8,13 +8,16 @@ import sys
 
 from pipeline import __version__
 from pipeline.cli.adapt import add_adapt_commands
+from pipeline.cli.config import add_config_command
 from pipeline.cli.diff import add_diff_command
 from pipeline.cli.evaluate import add_evaluate_command
+from pipeline.cli.model_card import add_model_card_command
+from pipeline.cli.options import UsageParser
 from pipeline.cli.segment import add_segment_commands
 from pipeline.cli.watch import add_watch_command
 from pipeline.config import SegmentConfig
 from pipeline.config_file import load_yaml_config, validation_message
-from pipeline.errors import ConfigError, ParameterError, SeamlineError
+from pipeline.errors import EXIT, ConfigError, ParameterError, SeamlineError
 from pipeline.stages.dispatch import slurm_cluster
 from pipeline.training.config import TrainConfig
 
@@ -77,14 +80,17 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seamline", description="Very large images in, one polygon per object out.")
+    p = UsageParser(prog="seamline", description="Very large images in, one polygon per object out.",
+                epilog="exit codes: 0 ok, 1 a run failed, 2 bad input or config (one line), 3 the quality gate "
+                       "refused to publish, 64 wrong command line, 130 interrupted (docs/OPERATIONS.md)")
     p.add_argument("--version", action="version", version=f"seamline {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an instance-segmentation model (safetensors + JSON checkpoint)")
     t.add_argument("--config", help="training YAML (see configs/train_nuclei.yaml)")
     t.add_argument("--data", help="folder with images/ and labels/ (instead of a config)")
-    t.add_argument("--out", help="checkpoint path (stem); writes OUT.safetensors and OUT.json")
+    t.add_argument("--out", metavar="DIR", help="run folder: DIR/<DIR name>.safetensors + .json (the checkpoint; "
+                                                "--model DIR reads it) and .history.json")
     t.add_argument("--epochs", type=int)
     t.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start from these weights instead of random ones ('default': the shipped nuclei model) — "
@@ -101,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_segment_commands(sub)
     add_evaluate_command(sub)
+    add_config_command(sub)
 
     v = sub.add_parser("view", help="open a run's image and objects in napari (optional extra: seamline[view])")
     v.add_argument("target", metavar="OUT/STEM", help="the output folder and scene stem of a finished run")
@@ -110,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_watch_command(sub)
     add_diff_command(sub)
+    add_model_card_command(sub)
     add_adapt_commands(sub)
 
     c = sub.add_parser("cluster-script", help="print the SLURM job script a config's cluster: {kind: slurm} submits (nothing is submitted)")
@@ -165,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("seamline: interrupted", file=sys.stderr)
-        return 130
+        return EXIT["interrupted"]
     except BrokenPipeError:
         # stdout went to a reader that stopped reading (`seamline segment … | head -1`): what remains to print
         # goes nowhere, without a traceback (Python's documented recipe: point stdout at devnull, so that the
         # interpreter's own flush at exit does not raise again). Outputs were published before anything printed.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # what a shell reports for a process ended by SIGPIPE
+        return EXIT["broken_pipe"]  # what a shell reports for a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

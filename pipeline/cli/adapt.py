@@ -53,7 +53,7 @@ def add_adapt_commands(sub) -> None:
         "adapt", help="fine-tune a shipped model on local labels (OSM extract or corrected outlines), with held-out F1",
         description="The fAIr workflow in one command: cut the scenes into places, hold out whole places, score the "
                     "base model on them, fine-tune it on the rest (CPU, resumable: run again to continue), score it "
-                    "again, write OUT/model (safetensors + JSON card) and OUT/CARD.md.")
+                    "again, write OUT/<OUT name>.safetensors + .json (the card in the JSON) and OUT/CARD.md.")
     a.add_argument("scenes", nargs="*", metavar="SCENE", help="imagery: web-map chips (GeoTIFF, JPEG + .aux.xml) or whole scenes")
     a.add_argument("--labels", nargs="+", metavar="FILE", help="building outlines: GeoPackage, GeoJSON, .osm.pbf or .osm")
     a.add_argument("--from-review", metavar="REVIEW", help="instead: the package of seamline review, after editing")

@@ -9,12 +9,14 @@ A flag given on the command line overrides the config file (``--config``), which
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from pipeline.config import SegmentConfig
 from pipeline.config_file import segment_config
+from pipeline.errors import EXIT
 
-__all__ = ["add_config_options", "add_run_options", "overrides_from_args", "config_from_args", "MODEL_HELP"]
+__all__ = ["UsageParser", "add_config_options", "add_run_options", "overrides_from_args", "config_from_args", "MODEL_HELP"]
 
 MODEL_HELP = ("'default' (shipped nuclei model), 'classical' (threshold + watershed, no weights), 'buildings' "
               "(shipped building model, aerial 0.15 m), 'trees' (shipped tree-crown model, aerial 0.1 m) or a "
@@ -22,6 +24,15 @@ MODEL_HELP = ("'default' (shipped nuclei model), 'classical' (threshold + waters
 
 #: flag destination -> config key, for the flags that take a value
 _VALUED = ("model", "tile", "halo", "workers", "scheduler", "device", "batch_size", "inference")
+
+
+class UsageParser(argparse.ArgumentParser):
+    """argparse with its own exit code for a wrong command line (64, EX_USAGE), so that a script can tell it
+    from a bad input (2, one line naming the input): both used to exit 2. Sub-parsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT["usage"], f"{self.prog}: error: {message}\n")
 
 
 def _default(key: str) -> Any:
@@ -41,7 +52,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                                                           "of a LocalCluster")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"where the model runs (default {_default('device')})")
     p.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
-                   help=f"tiles per model call (default {_default('batch_size')})")
+                   help="windows per forward pass (default: 1 on a CPU, 4 on a GPU)")
     p.add_argument("--inference", choices=["eager", "bf16", "compile", "onnx"],
                    help=f"CPU forward pass of a learned model (default {_default('inference')}; docs/BENCHMARKS.md)")
     p.add_argument("--tta", action="store_true", default=None,
@@ -50,6 +61,9 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                    help="keep the work folder (zarr store, tile parts) after the run")
     p.add_argument("--no-report", dest="report", action="store_false", default=None,
                    help="skip <stem>.quicklook.png/.tif and <stem>.html (and the batch index.html)")
+    p.add_argument("--fail-on", dest="fail_on", choices=["unreliable", "doubtful"],
+                   help="publish nothing and exit with code 3 when the run's quality verdict is this (or worse); "
+                        "config quality: {fail_on: ...}")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -61,9 +75,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys given on the command line (flags left out are not overrides)."""
     out = {k: getattr(args, k) for k in _VALUED if getattr(args, k, None) is not None}
-    for k in ("tta", "keep_intermediate", "report"):
+    for k in ("tta", "keep_intermediate", "report", "diff"):
         if getattr(args, k, None) is not None:
             out[k] = getattr(args, k)
+    if getattr(args, "fail_on", None) is not None:
+        out["quality"] = {"fail_on": args.fail_on}
     return out
 
 

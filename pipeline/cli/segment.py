@@ -88,28 +88,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run_bench  # late: the benchmark loads torch
 
     res = run_bench(args.out, args.size, args.model, args.tile, args.halo, args.workers, args.device, args.batch_size,
-                    tta=args.tta)
+                    tta=args.tta, cell=args.cell)
     print(json.dumps(res, indent=2))
     return 0
 
 
 def add_demo_bench_commands(sub) -> None:
-    d = sub.add_parser("demo", help="segment the bundled demo slide (generated) with the shipped model and score it")
-    d.add_argument("--out", default="demo_out", metavar="DIR")
-    d.add_argument("--size", type=int, default=2048)
+    d = sub.add_parser("demo", help="segment the bundled demo slide (generated) with the shipped model and score it",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--out", default="demo_out", metavar="DIR", help="output folder")
+    d.add_argument("--size", type=int, default=2048, help="side of the generated slide in pixels (0.5 um pixels)")
     d.add_argument("--model", default="default", help="'default' (shipped nuclei model) or 'classical'")
-    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
     d.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     d.set_defaults(func=_cmd_demo)
 
-    b = sub.add_parser("bench", help="throughput per stage, end to end vs bare forward pass, peak memory")
-    b.add_argument("--out", default="bench_out", metavar="DIR")
+    b = sub.add_parser("bench", help="throughput per stage, end to end vs bare forward pass, peak memory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--out", default="bench_out", metavar="DIR", help="where the scene, outputs and the JSON go")
     b.add_argument("--size", type=int, default=8192, help="scene side in pixels (24000 for the out-of-core check)")
-    b.add_argument("--model", default="classical")
-    b.add_argument("--tile", type=int, default=1024)
-    b.add_argument("--halo", type=int, help="default: the model's receptive field (64 for classical)")
-    b.add_argument("--workers", type=int, default=2)
-    b.add_argument("--device", default="auto")
-    b.add_argument("--batch-size", dest="batch_size", type=int, default=4)
+    b.add_argument("--model", default="classical", help="a --model value")
+    b.add_argument("--tile", type=int, default=1024, help="tile size in pixels")
+    b.add_argument("--halo", type=int, help="context in pixels (default: the model's receptive field; 64 for classical)")
+    b.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    b.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    b.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                   help="windows per forward pass (default: 1 on a CPU, 4 on a GPU)")
     b.add_argument("--tta", action="store_true", help="learned models: test-time augmentation (4 mirror images)")
+    b.add_argument("--cell", type=int, default=24, help="objects' grid spacing in px: 24 dense (default), 96 sparse")
     b.set_defaults(func=_cmd_bench)

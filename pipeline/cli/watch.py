@@ -67,6 +67,9 @@ def add_watch_command(sub) -> None:
     w.add_argument("--interval", type=float, metavar="SECONDS", help="serve a Prefect deployment every SECONDS")
     w.add_argument("--max-attempts", dest="max_attempts", type=int, default=3,
                    help="a failing scene is retried on later runs up to this many attempts (default 3)")
+    w.add_argument("--diff-previous", dest="diff", action="store_const", const="previous", default=None,
+                   help="diff each new version of a scene against its last done version: <stem>.changes.* in DEST, "
+                        "counts in the ledger (config diff: previous)")
     w.add_argument("--lease-seconds", dest="lease_seconds", type=float, default=3600.0,
                    help="a scene's lease expires this long after its holder's last renewal (default 3600)")
     w.set_defaults(func=_cmd_watch)

@@ -135,8 +135,21 @@ def ground_pixel_size(crs_wkt: str, transform: tuple[float, ...], width: int, he
         gx = geod.inv(x0, y0, x1, y1)[2]
         gy = geod.inv(x0, y0, x2, y2)[2]
         if math.isfinite(gx) and math.isfinite(gy) and gx > 0 and gy > 0:
+            mx, my = _map_metres(crs, a, b, d, e)
+            # A projected CRS in metres whose scale is ~1 here (UTM, national grids): keep the header's figure, the
+            # one the analyst's GIS shows (UTM's 0.9996 scale factor is not a different resolution)
+            if mx and abs(gx / mx - 1) < 0.01 and abs(gy / my - 1) < 0.01:
+                return mx, my
             return float(gx), float(gy)
     except (pyproj.exceptions.CRSError, pyproj.exceptions.ProjError):
         pass
     factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
     return float(math.hypot(a, d) * (factor or 1.0)), float(math.hypot(b, e) * (factor or 1.0))
+
+
+def _map_metres(crs: pyproj.CRS, a: float, b: float, d: float, e: float) -> tuple[float, float]:
+    """A pixel's size in map units converted to metres, or (0, 0) when the CRS's units are not lengths."""
+    if not crs.is_projected or not crs.axis_info or crs.axis_info[0].unit_name in ("degree", "radian"):
+        return 0.0, 0.0
+    factor = crs.axis_info[0].unit_conversion_factor or 1.0
+    return float(math.hypot(a, d) * factor), float(math.hypot(b, e) * factor)

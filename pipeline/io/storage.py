@@ -34,7 +34,7 @@ from pipeline.io.storage_errors import configure_fast_failures, storage_error
 configure_fast_failures()  # every S3 client this process (and each worker, which imports this) makes
 
 __all__ = ["is_local", "is_url", "local_path", "open_binary", "stem_of", "unique_stems", "join", "fs_path", "exists", "read_bytes", "read_text", "write_bytes",
-           "write_text", "write_parquet", "read_parquet", "read_parquet_schema", "remove", "listdir", "info", "probe", "local_copy", "version_of", "zarr_store", "ensure_dir", "storage_error",
+           "write_text", "write_parquet", "read_parquet", "read_parquet_schema", "remove", "listdir", "info", "probe", "local_copy", "copy", "version_of", "zarr_store", "ensure_dir", "storage_error",
            "name_of"]
 
 
@@ -124,6 +124,30 @@ def local_copy(url: str | Path, what: str, siblings: tuple[str, ...] = ()) -> It
         except Exception as exc:  # noqa: BLE001 - every backend's own types become one line
             raise storage_error(str(url), exc, "reading", what) from None
         yield dest
+
+
+def copy(src: str | Path, dst: str | Path) -> None:
+    """Copy one file: locally through a temporary name (atomic), within one object store server-side, else
+    through this machine."""
+    if is_local(src) and is_local(dst):
+        write_bytes(dst, read_bytes(src)) if os.path.getsize(local_path(src)) < 2**20 else _copy_local(src, dst)
+        return
+    fs_s, ps = fs_path(src)
+    fs_d, pd = fs_path(dst)
+    if fs_s is fs_d:
+        fs_s.copy(ps, pd)
+    else:
+        write_bytes(dst, read_bytes(src))
+
+
+def _copy_local(src: str | Path, dst: str | Path) -> None:
+    import shutil
+
+    d = local_path(dst)
+    os.makedirs(os.path.dirname(d) or ".", exist_ok=True)
+    tmp = f"{d}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    shutil.copyfile(local_path(src), tmp)
+    os.replace(tmp, d)
 
 
 def exists(url: str | Path) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import InputError
 from pipeline.io.scene import SceneInfo
 from pipeline.io.sources import ImageSource, open_source, resolve_channels
 from pipeline.io.units import to_um
@@ -34,6 +35,7 @@ class InputPlan:
     overview_downsample: float = 1.0  # level-0 pixels per overview pixel
     warnings: list[str] = field(default_factory=list)
     stain: dict[str, Any] | None = None
+    tissue: dict[str, Any] = field(default_factory=lambda: {"run": False, "why": "off"})  # tissue detection: run? why
 
 
 def overview(src: ImageSource, max_px: int = OVERVIEW_PX) -> tuple[np.ndarray, np.ndarray | None, float]:
@@ -102,6 +104,23 @@ def nuclear_channel(names: list[str]) -> int | None:
     return next((i for i, n in enumerate(names) if any(s in str(n).lower() for s in NUCLEAR_STAINS)), None)
 
 
+def tissue_decision(enabled: bool | str, src: ImageSource) -> dict[str, Any]:
+    """Whether tissue detection runs, and why (the summary says both). ``auto`` runs it on slides — a
+    whole-slide format (OpenSlide), OME-TIFF or OME-Zarr, or any image whose pixel size is in µm — where the
+    glass half of a slide would otherwise go through the model; never on a georeferenced scene."""
+    if enabled is True:
+        return {"run": True, "why": "tissue.enabled: true"}
+    if enabled is False:
+        return {"run": False, "why": "tissue.enabled: false"}
+    if src.crs_wkt is not None:
+        return {"run": False, "why": "auto: a georeferenced scene"}
+    if src.reader in ("openslide", "tifffile", "zarr"):
+        return {"run": True, "why": f"auto: a slide ({src.format})"}
+    if src.pixel_size_um is not None:
+        return {"run": True, "why": "auto: a microscopy image (pixel size in µm)"}
+    return {"run": False, "why": "auto: no pixel size, not a slide format"}
+
+
 def _nuclei_model(md: dict | None) -> bool:
     return bool(md) and "nucleus" in (md.get("classes") or [])
 
@@ -118,12 +137,20 @@ def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: flo
         channels = [nuclear]
         warnings.append(f"channel {nuclear + 1} ({src.channel_names[nuclear]}) taken as the nuclear stain for "
                         f"{model_name}; set channels: to choose another")
-    need_overview = cfg.tissue.enabled or (chosen is None and cfg.single_stain != "off" and len(channels) == 3)
+    tissue = tissue_decision(cfg.tissue.enabled, src)
+    need_overview = tissue["run"] or (chosen is None and cfg.single_stain != "off" and len(channels) == 3)
     ov = ov_mask = None
     ov_down = 1.0
     stain = None
     if need_overview:
-        ov, ov_mask, ov_down = overview(src)
+        try:
+            ov, ov_mask, ov_down = overview(src)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - codecs (zlib, JPEG, LZW) raise their own types for broken blocks
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"input {url}: reading its low-resolution overview failed ({first}); the file looks "
+                             "truncated or corrupt — re-copy or re-export it") from None
         ov = ov[channels]
         if chosen is None and len(channels) == 3 and cfg.single_stain != "off":
             c = single_stain_channel(ov, ov_mask)
@@ -166,4 +193,4 @@ def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: flo
         tuple((lv_.height, lv_.width, lv_.downsample) for lv_ in src.levels), tuple(channels),
         tuple(src.channel_names[i] for i in channels), src.may_have_invalid,
         (ps[0] * s, ps[1] * s) if src.crs_wkt is not None and ps is not None and unit == "m" else None)
-    return InputPlan(info, res, src.describe(), ov, ov_down, warnings, stain)
+    return InputPlan(info, res, src.describe(), ov, ov_down, warnings, stain, tissue)

@@ -14,7 +14,7 @@ corrected ones) as labels, a few epochs, and a score on held-out chips of the sa
 4. the base model is scored on the hold-out (F1 at IoU 0.5, its own post-processing), fine-tuned on CPU for
    ``minutes`` with the whole state saved after every epoch (a re-run continues: :mod:`.resume`), and scored
    again. The hold-out never chooses the checkpoint (the last epoch is kept), so "after" is an honest figure;
-5. the checkpoint (``OUT/model``) carries both figures in its JSON card, and ``OUT/CARD.md`` says the same
+5. the checkpoint (``OUT/<OUT name>``) carries both figures in its JSON card, and ``OUT/CARD.md`` says the same
    in words, with the credits of the data.
 
 :func:`adapt_samples` is the shared second half: ``seamline adapt --from-review`` (:mod:`.review`) gives it
@@ -41,7 +41,7 @@ from pipeline.training.labels import read_labels
 from pipeline.training.places import load_places_dataset, place_of, split_by_place
 from pipeline.training.review import review_samples, truth_digest
 from pipeline.training.samples import Sample
-from pipeline.training.train import train
+from pipeline.training.train import run_checkpoint, train
 from pipeline.training.tune import Scorer
 
 __all__ = ["adapt", "adapt_from_review", "adapt_samples", "score_samples", "WEB_MERCATOR_Z19", "labelled_places"]
@@ -123,7 +123,7 @@ def _train_config(base: str, md: dict, out: Path, minutes: float, epochs: int | 
     aug = md.get("training", {}).get("augment")
     return TrainConfig(
         data=DataConfig(kind="geotiff"), model={k: md[k] for k in ("architecture", "encoder", "in_channels")},
-        out=str(out / "model"), init_from=base, classes=md.get("classes", ["object"]), epochs=epochs or 100_000,
+        out=str(out), init_from=base, classes=md.get("classes", ["object"]), epochs=epochs or 100_000,
         schedule="time", max_minutes=minutes, batch_size=8, crop=192, crops_per_image=max(4, math.ceil(64 / max(1, n_train))),
         scale=(0.7, 1.4), lr=5e-4, contact_weight=md.get("training", {}).get("contact_weight", 3.0), val_fraction=0.0,
         seed=seed, threads=threads, pixel_size=tuple(md["pixel_size"]) if md.get("pixel_size") else None,
@@ -157,7 +157,7 @@ def adapt_samples(train_s: list[Sample], hold_s: list[Sample], base: str, out: s
                   minutes: float = 10.0, seed: int = 0, threads: int | None = None, hard_negatives: float = 0.0,
                   data_note: str = "", epochs: int | None = None) -> dict[str, Any]:
     """Score ``base`` on the hold-out (and the training samples), fine-tune it on ``train_s`` for ``minutes``
-    (resumable), score the result, write ``OUT/model`` with its card. Returns the record of ``OUT/adapt.json``."""
+    (resumable), score the result, write ``OUT/<OUT name>`` with its card. Returns the record of ``OUT/adapt.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rec = _check_request(out, request)
@@ -180,7 +180,7 @@ def adapt_samples(train_s: list[Sample], hold_s: list[Sample], base: str, out: s
     _log(f"fine-tuning {Path(base).name} on {len(train_s)} images for {minutes:g} min (state saved every epoch: "
          "run the same command again to continue)")
     summary = train(cfg, samples=(train_s, []))
-    ckpt = str(out / "model")
+    ckpt = str(run_checkpoint(out))
     after = {"held_out": score_samples(ckpt, hold_s, post, threads), "trained": score_samples(ckpt, train_s, post, threads)}
     a = after["held_out"]
     _log(f"after:  held-out F1 {a['f1']:.3f} (precision {a['precision']:.3f}, recall {a['recall']:.3f}; "

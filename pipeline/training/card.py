@@ -53,7 +53,7 @@ def write_card(checkpoint: str, rec: dict[str, Any], data_note: str = "") -> Pat
         _row("before (trained on)", before["trained"]),
         _row("after (trained on)", after["trained"]),
         "",
-        f"Use it: `seamline segment SCENE --config configs/buildings.yaml --model {checkpoint}`.",
+        f"Use it: `seamline segment SCENE --config buildings --model {Path(checkpoint).parent}`.",
         "",
         f"Base model `{Path(rec['base']).name}` was trained on: {base_credit} (docs/MODEL.md).",
         "",

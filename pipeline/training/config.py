@@ -76,6 +76,8 @@ class HardNegativeConfig(_Strict):
 class TrainConfig(_Strict):
     data: DataConfig
     model: ArchConfig = Field(default_factory=ArchConfig)
+    # The run folder (like every other --out): OUT/<folder name>.safetensors + .json (the checkpoint; --model OUT
+    # reads it) and OUT/<folder name>.history.json (per-epoch figures)
     out: str = "runs/model"
     init_from: str | None = None  # continue from a checkpoint (safetensors + JSON) instead of random weights
     classes: list[str] = Field(default_factory=lambda: ["object"])

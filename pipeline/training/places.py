@@ -26,7 +26,7 @@ import pyproj
 
 from pipeline.errors import InputError
 from pipeline.io.scene import ground_pixel_size
-from pipeline.training.samples import Sample, expand_paths, instance_class_map, normalised, read_vectors, vector_classes
+from pipeline.training.samples import Sample, detect, expand_paths, instance_class_map, normalised, read_vectors, vector_classes
 
 __all__ = ["expand_paths", "load_places_dataset", "split_by_place", "place_of", "place_cell", "place_sample", "mosaic"]
 
@@ -98,7 +98,8 @@ def place_sample(name: str, data: np.ndarray, tf, crs, nodata, gsd: tuple[float,
                   dst_crs=crs, resampling=Resampling.bilinear)
     shapes = [(g, i + 1) for i, g in enumerate(geoms) if g is not None and not g.is_empty]
     lab = rasterize(shapes, out_shape=(oh, ow), transform=otf, fill=0, dtype="int32") if shapes else np.zeros((oh, ow), np.int32)
-    return Sample(name, normalised(out, in_channels, nodata), lab, "place", instance_classes=inst_cls, transform=otf, crs=crs)
+    return Sample(name, normalised(out, in_channels, nodata), lab, "place", instance_classes=inst_cls, transform=otf, crs=crs,
+                  detected=detect(out))
 
 
 def _windows(h: int, w: int, gsd: tuple[float, float], place_size: float):

@@ -138,7 +138,7 @@ def write_package_readme(path: Path, rec: dict[str, Any]) -> None:
         "```",
         "",
         "It holds out a share of the windows (`--holdout`, default 0.2), reports F1 at IoU 0.5 before and after "
-        "on the windows it trained on and on the held-out ones, and writes `MY_MODEL/model` with its card "
+        "on the windows it trained on and on the held-out ones, and writes the checkpoint `MY_MODEL/MY_MODEL.safetensors` + `.json` (use `--model MY_MODEL`) with its card "
         "(`MY_MODEL/CARD.md`). Run the same command again to continue an interrupted run.",
         "",
     ])

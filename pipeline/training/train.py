@@ -27,6 +27,7 @@ from pipeline.models.registry import resolve_model_spec
 from pipeline.training.boxloss import BoxAugmenter, box_losses, ellipse_labels
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Augmenter, class_head_loss, load_samples, source_weights, split_samples
+from pipeline.training.domain import domain_record, store_record
 from pipeline.training.hardneg import mine_hard_negatives
 from pipeline.training.resume import load_state, save_state
 from pipeline.training.samples import Sample
@@ -104,6 +105,12 @@ def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[s
     return best, scores
 
 
+def run_checkpoint(out: str | Path) -> Path:
+    """The checkpoint stem of a training run folder: ``OUT/<folder name>`` (``.safetensors``, ``.json``)."""
+    out = Path(out)
+    return out / out.name
+
+
 def train(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None = None) -> dict[str, Any]:
     """Train ``cfg``; ``samples``: (training, validation) samples made by the caller (``seamline adapt``)
     instead of those of ``cfg.data``. With ``cfg.resume`` the whole state is saved after every epoch and a
@@ -116,6 +123,7 @@ def train(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None = 
         torch.set_num_threads(cfg.threads)
     device = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else ("cpu" if cfg.device == "auto" else cfg.device)
     arch = cfg.model.model_dump()
+    ckpt = run_checkpoint(cfg.out)
     init_from = None
     if cfg.init_from:
         init_from = resolve_model_spec(cfg.init_from, "init_from")  # 'default' → the shipped model; checks both files exist
@@ -196,7 +204,7 @@ def train(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None = 
     train_time = 0.0
     hn = cfg.hard_negatives
     start_epoch, finished = 1, False
-    if cfg.resume and (info := load_state(cfg.out, net, opt, sched)) is not None:
+    if cfg.resume and (info := load_state(ckpt, net, opt, sched)) is not None:
         start_epoch = info["epoch"] + 1
         finished = info["epoch"] >= cfg.epochs or bool(cfg.max_minutes and info["minutes"] > cfg.max_minutes)
         best, best_epoch, history = info["best"], info["best_epoch"], info["history"]
@@ -296,11 +304,11 @@ def train(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None = 
             }
             if val and cfg.postprocess_grid:
                 meta["postprocess_tuned_on"] = "validation split (figures slightly optimistic)"
-            save_checkpoint(cfg.out, net.state_dict(), meta)
-            _log(f"  saved best checkpoint ({'AP50 x class accuracy' if n_classes > 1 else 'AP50'} {ap:.3f}) to {cfg.out}" if val_s
-                 else f"  saved the checkpoint of epoch {epoch} to {cfg.out}")
+            save_checkpoint(ckpt, net.state_dict(), meta)
+            _log(f"  saved best checkpoint ({'AP50 x class accuracy' if n_classes > 1 else 'AP50'} {ap:.3f}) to {ckpt}" if val_s
+                 else f"  saved the checkpoint of epoch {epoch} to {ckpt}")
         if cfg.resume:
-            save_state(cfg.out, net, opt, sched, {
+            save_state(ckpt, net, opt, sched, {
                 "epoch": epoch, "best": best, "best_epoch": best_epoch,
                 "history": history, "images_seen": images_seen, "train_time": train_time,
                 "minutes": (time.perf_counter() - t_start) / 60, "rng": rng.bit_generator.state,
@@ -308,8 +316,11 @@ def train(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None = 
         if out_of_time:
             _log(f"stopping: time budget of {cfg.max_minutes} min reached after epoch {epoch}")
             break
+    if best_epoch > 0:  # the training domain of the kept checkpoint, the reference of every run's quality verdict
+        _log("recording the training domain (pipeline/training/domain.py) ...")
+        store_record(str(cfg.out), domain_record(str(cfg.out), train_s + val_s, val_s))
     summary = {"best_epoch": best_epoch, "best_ap50": best, "history": history,
                "train_images_per_s": round(images_seen / max(train_time, 1e-9), 2), "device": device,
-               "checkpoint": str(cfg.out)}
-    Path(str(cfg.out) + ".history.json").write_text(json.dumps(summary, indent=1))
+               "checkpoint": str(ckpt)}
+    Path(str(ckpt) + ".history.json").write_text(json.dumps(summary, indent=1))
     return summary
