@@ -45,7 +45,7 @@ def _banepa_scene(tmp_path):
 def _edit_like_qgis(gpkg, truth) -> dict[str, int]:
     """Correct every window of the package towards the OSM outlines through pyogrio, as a QGIS user would:
     delete objects that match no building (IoU < 0.3), replace poor outlines (IoU < 0.75) by the building's,
-    draw buildings nobody found. Writes the objects layer back; the windows layer stays as it is."""
+    draw every building of the window nobody found (a complete check of the window, as the README asks). Writes the objects layer back; the windows layer stays as it is."""
     objs = pyogrio.read_dataframe(gpkg, layer="objects")
     wins = pyogrio.read_dataframe(gpkg, layer="windows")
     truth = truth.to_crs(objs.crs)
@@ -67,7 +67,7 @@ def _edit_like_qgis(gpkg, truth) -> dict[str, int]:
             rows.append(row)
             used.add(j)
         for j, g in zip(t.index, t.geometry):
-            if j not in used and g.intersection(w.geometry).area > 0.5 * g.area:
+            if j not in used and g.intersection(w.geometry).area > 0:
                 rows.append({"class": "building", "score": 1.0, "window": int(w.window), "flag": "drawn", "geometry": g})
                 n["added"] += 1
     pyogrio.write_dataframe(gpd.GeoDataFrame(pd.DataFrame(rows), geometry="geometry", crs=objs.crs), gpkg,
@@ -80,9 +80,9 @@ def test_review_package_edit_and_adapt_from_review(tmp_path, dask_client_session
 
     run = _run(tmp_path, _banepa_scene(tmp_path), "buildings", dask_client_session)
     pkg = tmp_path / "review"
-    rec = review(run, pkg, windows=6, window_m=32)
+    rec = review(run, pkg, windows=12, window_m=24)
     # the package: an editable objects layer and the windows, styled, with full-resolution COG windows
-    assert [w["name"] for w in rec["windows"]] == [f"w{i:03d}" for i in range(6)]
+    assert [w["name"] for w in rec["windows"]] == [f"w{i:03d}" for i in range(12)]
     unc = [w["uncertainty"] for w in rec["windows"]]
     assert unc == sorted(unc, reverse=True) and rec["kind"] == "map"
     layers = dict(pyogrio.list_layers(pkg / "review.gpkg"))
@@ -90,12 +90,13 @@ def test_review_package_edit_and_adapt_from_review(tmp_path, dask_client_session
     with sqlite3.connect(pkg / "review.gpkg") as con:
         assert con.execute("SELECT count(*) FROM layer_styles WHERE f_table_name = 'objects' AND useAsDefault").fetchone()[0] == 1
     objs = gpd.read_file(pkg / "review.gpkg", layer="objects")
-    assert objs.crs.to_epsg() == 4326 and len(objs) == rec["objects"] and set(objs.window) == set(range(6))
+    assert objs.crs.to_epsg() == 4326 and len(objs) == rec["objects"] and set(objs.window) == set(range(12))
     for w in rec["windows"]:
         with rasterio.open(pkg / w["image"]) as ds:
             assert ds.crs.to_epsg() == 4326 and ds.count == 3
             assert np.allclose(ds.bounds, w["bounds"], atol=1e-9)
-            assert abs(ds.width - 242) <= 1  # 32 m at 0.132 m
+            assert (ds.width, ds.height) == (w["width"], w["height"]) and w["width"] <= 182  # 24 m at 0.132 m
+    assert any(w["width"] == w["height"] == 182 for w in rec["windows"])  # windows at the scene's edge are cut
     assert "adapt --from-review" in (pkg / "README.md").read_text()
 
     truth = gpd.read_file(shared("aerial", "banepa_buildings", "labels.gpkg"))
@@ -104,13 +105,13 @@ def test_review_package_edit_and_adapt_from_review(tmp_path, dask_client_session
     # what adapt trains on: the edited outlines, everything else background
     samples, _ = review_samples(pkg, 0.15)
     edited = gpd.read_file(pkg / "review.gpkg", layer="objects")
-    assert len(samples) == 6 and sum(len(np.unique(s.labels)) - 1 for s in samples) >= len(edited) - 3
+    assert len(samples) == 12 and sum(len(np.unique(s.labels)) - 1 for s in samples) >= len(edited) - 3
 
-    res = adapt_from_review(pkg, tmp_path / "local", minutes=60, epochs=6, holdout=0.34, threads=2)
+    res = adapt_from_review(pkg, tmp_path / "local", minutes=60, epochs=2, holdout=0.5, threads=2)
     b, a = res["before"], res["after"]
-    assert len(res["held_out_images"]) == 2 and len(res["train_images"]) == 4
+    assert len(res["held_out_images"]) == 6 and len(res["train_images"]) == 6
     assert a["trained"]["f1"] > b["trained"]["f1"] + 0.05, (b, a)  # the corrected windows are learnt
-    # held-out windows do not get worse (one building's worth of slack: ~40 buildings there)
+    # held-out windows do not get worse (one building's worth of slack: ~40 buildings there; measured 0.344 -> 0.349)
     assert a["held_out"]["f1"] >= b["held_out"]["f1"] - 0.025, (b, a)
     md = json.loads((tmp_path / "local" / "local.json").read_text())
     assert md["adapt"]["request"]["truth_sha256"] and md["adapt"]["after"] == a
@@ -147,10 +148,11 @@ def test_review_windows_left_out_by_the_user(tmp_path):
 
 def test_object_uncertainty_flags():
     gdf = gpd.GeoDataFrame({"score": [0.95, 0.93, 0.94, 0.55, 0.93, 0.96], "area": [40, 50, 45, 48, 2000, 42],
-                            "solidity": [0.95, 0.4, 0.9, 0.9, 0.9, 0.9]}, geometry=[None] * 6)
+                            "solidity": [0.95, 0.4, 0.9, 0.9, 0.9, 0.9],
+                            "doubtful": [False, False, False, False, True, False]}, geometry=[None] * 6)
     unc, flags = object_uncertainty(gdf)
-    assert list(flags) == ["", "shape", "", "low score", "size", ""]
-    assert unc.argmax() in (1, 4) and unc[0] < unc[3]
+    assert list(flags) == ["", "shape", "", "low score", "size+doubtful", ""]
+    assert unc.argmax() == 4 and unc[0] < unc[3]
 
 
 def test_slide_review_as_qupath_annotations(tmp_path, dask_client_session):
@@ -170,9 +172,17 @@ def test_slide_review_as_qupath_annotations(tmp_path, dask_client_session):
     # the QuPath edit: delete the first object of window 0, draw a square nucleus in it
     w0 = rec["windows"][0]
     feats = [f for f in doc["features"]]
-    first = next(i for i, f in enumerate(feats) if f["properties"].get("measurements", {}).get("Window") == 0)
-    deleted = feats.pop(first)
+    from shapely.geometry import box, shape
+
     x, y = w0["col"] + 5, w0["row"] + 5
+    drawn = box(x, y, x + 12, y + 12)
+    geoms = [shape(f["geometry"]) for f in feats]
+    # an object of window 0 that touches no other outline and not the square drawn below
+    first = next(i for i, f in enumerate(feats) if f["properties"].get("measurements", {}).get("Window") == 0
+                 and not geoms[i].intersects(drawn)
+                 and not any(j != i and g.intersects(geoms[i]) for j, g in enumerate(geoms)
+                             if feats[j]["properties"]["classification"]["name"] != "Review window"))
+    deleted = feats.pop(first)
     feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + 12, y], [x + 12, y + 12],
                   [x, y + 12], [x, y]]]}, "properties": {"objectType": "annotation", "classification": {"name": "nucleus"}}})
     (pkg / "objects.qupath.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
@@ -180,7 +190,5 @@ def test_slide_review_as_qupath_annotations(tmp_path, dask_client_session):
     s0 = samples[0]
     assert s0.labels.shape == (w0["height"], w0["width"])
     assert (s0.labels[6:16, 6:16] > 0).all()  # the drawn nucleus
-    from shapely.geometry import shape
-
     c = shape(deleted["geometry"]).representative_point()
     assert s0.labels[int(c.y) - w0["row"], int(c.x) - w0["col"]] == 0  # the deleted one is background now

@@ -115,16 +115,19 @@ def _subset_places(samples: list[Sample], fraction: float, seed: int) -> list[Sa
 
 
 def _train_config(base: str, md: dict, out: Path, minutes: float, epochs: int | None, n_train: int, seed: int,
-                  threads: int | None, hard_share: float) -> TrainConfig:
+                  threads: int | None, hard_share: float, min_side: int = 192) -> TrainConfig:
     """The fine-tuning recipe: the base's own network, GSD and post-processing; a short, low learning-rate
     cycle over ``minutes``; the colour jitter the shipped building model was trained with (another camera,
     another season); at least ~64 crops per epoch so that tiny label sets still checkpoint every minute or so.
-    The learning-rate cycle spans whichever budget ends first, ``minutes`` or ``epochs``."""
+    The learning-rate cycle spans whichever budget ends first, ``minutes`` or ``epochs``. Crops are 192 px, or
+    the median image's shorter side (a multiple of 32, at least 64) when the images are smaller (review windows):
+    a crop larger than its image is mostly padding, and costs the same."""
+    crop = max(64, min(192, 32 * (min_side // 32)))
     aug = md.get("training", {}).get("augment")
     return TrainConfig(
         data=DataConfig(kind="geotiff"), model={k: md[k] for k in ("architecture", "encoder", "in_channels")},
         out=str(out), init_from=base, classes=md.get("classes", ["object"]), epochs=epochs or 100_000,
-        schedule="time", max_minutes=minutes, batch_size=8, crop=192, crops_per_image=max(4, math.ceil(64 / max(1, n_train))),
+        schedule="time", max_minutes=minutes, batch_size=8, crop=crop, crops_per_image=max(4, math.ceil(64 / max(1, n_train))),
         scale=(0.7, 1.4), lr=5e-4, contact_weight=md.get("training", {}).get("contact_weight", 3.0), val_fraction=0.0,
         seed=seed, threads=threads, pixel_size=tuple(md["pixel_size"]) if md.get("pixel_size") else None,
         receptive_field_px=md.get("receptive_field_px", 256), postprocess=dict(md["postprocess"]), postprocess_grid={},
@@ -176,7 +179,8 @@ def adapt_samples(train_s: list[Sample], hold_s: list[Sample], base: str, out: s
     b = rec["before"]["held_out"]
     _log(f"before: held-out F1 {b['f1']:.3f} (precision {b['precision']:.3f}, recall {b['recall']:.3f}; "
          f"TP {b['tp']}, FP {b['fp']}, FN {b['fn']})")
-    cfg = _train_config(base, md, out, minutes, epochs, len(train_s), seed, threads, hard_negatives)
+    cfg = _train_config(base, md, out, minutes, epochs, len(train_s), seed, threads, hard_negatives,
+                        int(np.median([min(s.labels.shape) for s in train_s])))
     _log(f"fine-tuning {Path(base).name} on {len(train_s)} images for {minutes:g} min (state saved every epoch: "
          "run the same command again to continue)")
     summary = train(cfg, samples=(train_s, []))

@@ -8,7 +8,9 @@ the scene, those whose objects look least trustworthy:
   0.5–0.7 where a clear roof gets 0.9), counted as ``1 − score`` (flagged when in the run's lowest quarter);
 * an **implausible size** (the area's log more than 2.5 robust standard deviations — median absolute
   deviation × 1.4826 — from the run's median: fragments of a roof, blobs over a block);
-* an **implausible shape** (solidity under 0.6: a blob that follows a road or joins roofs).
+* an **implausible shape** (solidity under 0.6: a blob that follows a road or joins roofs);
+* the run's own per-object ``doubtful`` flag (:func:`pipeline.stages.quality.doubtful_objects`: larger than
+  the training domain's objects, or a score below the validation 1st percentile), when the run has it.
 
 Each object contributes ``1 − score``, plus 1 per implausibility; a window's uncertainty is the sum over the objects whose
 centre it holds, so a window with many doubtful objects (the most to gain per minute of editing) comes first.
@@ -56,7 +58,7 @@ MIN_SOLIDITY = 0.6
 
 def object_uncertainty(gdf) -> tuple[np.ndarray, np.ndarray]:
     """Per object: its uncertainty (``1 − score`` plus 1 per flag) and its flags (``low score``, ``size``,
-    ``shape``, joined by ``+``; empty when none)."""
+    ``shape``, ``doubtful``, joined by ``+``; empty when none)."""
     score = gdf["score"].to_numpy(np.float64) if "score" in gdf else np.ones(len(gdf))
     area = gdf["area"].to_numpy(np.float64) if "area" in gdf else gdf.geometry.area.to_numpy()
     la = np.log(np.maximum(area, 1e-12))
@@ -65,9 +67,10 @@ def object_uncertainty(gdf) -> tuple[np.ndarray, np.ndarray]:
     size = np.abs(la - med) > ROBUST_Z * max(mad, 0.1)
     shape = gdf["solidity"].to_numpy(np.float64) < MIN_SOLIDITY if "solidity" in gdf else np.zeros(len(gdf), bool)
     low = score < np.quantile(score, 0.25) if len(score) else np.zeros(0, bool)
-    flags = np.array(["+".join(n for n, f in (("low score", lo), ("size", si), ("shape", sh)) if f)
-                      for lo, si, sh in zip(low, size, shape)], dtype=object)
-    return (1.0 - score) + size + shape, flags
+    doubt = gdf["doubtful"].to_numpy(bool) if "doubtful" in gdf else np.zeros(len(gdf), bool)
+    flags = np.array(["+".join(n for n, f in (("low score", lo), ("size", si), ("shape", sh), ("doubtful", dq)) if f)
+                      for lo, si, sh, dq in zip(low, size, shape, doubt)], dtype=object)
+    return (1.0 - score) + size + shape + doubt, flags
 
 
 def _run_files(run: str) -> tuple[dict[str, Any], Path]:
@@ -126,7 +129,7 @@ def review(run: str, out: str | Path, windows: int = 30, window_m: float = 64.0,
             x_b, y_b = wtf * (w, h)
             sel = (gdf.cell_r == r) & (gdf.cell_c == c)
             n_low = int(gdf.loc[sel, "flag"].str.contains("low score").sum())
-            n_odd = int(gdf.loc[sel, "flag"].str.contains("size|shape").sum())
+            n_odd = int(gdf.loc[sel, "flag"].str.contains("size|shape|doubtful").sum())
             wins.append({"window": i, "name": name, "row": y0, "col": x0, "height": h, "width": w,
                          "image": f"windows/{name}.tif", "uncertainty": round(float(rowv["sum"]), 3),
                          "objects": int(rowv["count"]), "low_score": n_low, "implausible": n_odd,
@@ -136,7 +139,7 @@ def review(run: str, out: str | Path, windows: int = 30, window_m: float = 64.0,
         src.close()
     crs = gdf.crs if georef else None
     objs = gpd.GeoDataFrame(pd.concat(keep, ignore_index=True), geometry="geometry", crs=crs)
-    cols = [c for c in ("object_id", "class", "score", "area", "area_unit", "flag", "window") if c in objs.columns]
+    cols = [c for c in ("object_id", "class", "score", "area", "area_unit", "doubtful", "flag", "window") if c in objs.columns]
     objs = objs[cols + ["geometry"]]
     win_gdf = gpd.GeoDataFrame([{k: v for k, v in w.items() if k != "bounds"} for w in wins],
                                geometry=[box(*w["bounds"]) for w in wins], crs=crs)

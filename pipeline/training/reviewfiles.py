@@ -56,11 +56,13 @@ def write_qupath_annotations(path: Path, objs, windows: list[dict[str, Any]]) ->
     classes = sorted({str(c) for c in objs["class"]}) if "class" in objs else ["object"]
     colours = class_colours(classes)
     feats = []
-    for r in objs.itertuples():
-        cls = str(getattr(r, "class", "object")) if "class" in objs else "object"
-        feats.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": mapping(r.geometry),
+    # by column, not itertuples: "class" is a Python keyword, which itertuples renames to a positional field
+    names = objs["class"].astype(str) if "class" in objs else ["object"] * len(objs)
+    scores = objs["score"].astype(float) if "score" in objs else [1.0] * len(objs)
+    for geom, cls, score, win in zip(objs.geometry, names, scores, objs["window"]):
+        feats.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": mapping(geom),
                       "properties": {"objectType": "annotation", "classification": {"name": cls, "color": list(colours[cls])},
-                                     "measurements": {"Score": float(getattr(r, "score", 1.0)), "Window": int(r.window)}}})
+                                     "measurements": {"Score": float(score), "Window": int(win)}}})
     for w in windows:
         feats.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": mapping(box(*w["bounds"])),
                       "properties": {"objectType": "annotation", "name": w["name"], "isLocked": True,
@@ -127,7 +129,8 @@ def write_package_readme(path: Path, rec: dict[str, Any]) -> None:
         "",
         f"Made by `seamline review` from the run `{rec['run']}` (model `{rec['model']}`). The windows are where "
         "the run is least sure: objects with low scores (the run's lowest quarter), implausible sizes (far from "
-        "the run's typical object) or shapes (solidity under 0.6). Each object's `flag` says which.",
+        "the run's typical object) or shapes (solidity under 0.6), and objects the run's quality check marked "
+        "`doubtful` (beyond the model's training domain). Each object's `flag` says which.",
         "",
         *steps,
         "",
