@@ -20,7 +20,7 @@ from helpers import shared
 
 from pipeline.cli import build_parser, main
 from pipeline.cli.options import config_from_args
-from pipeline.config import SegmentConfig
+from pipeline.config import QualityParams, SegmentConfig
 from pipeline.errors import ConfigError, QualityGateError
 from pipeline.io.batch import batch_row, failed_row
 from pipeline.models.checkpoint import load_metadata
@@ -253,7 +253,7 @@ def test_watch_records_a_refusal_and_does_not_retry_it(tmp_path, dask_client_ses
     assert (led.status, led.quality) == ("failed", "unreliable") and "fluorescence input" in led.error
     r2 = watch_once(str(src), str(tmp_path / "dest"), cfg, client=dask_client_session, max_attempts=5)
     assert (r2["processed"], r2["failed"], r2["refused"]) == (0, 0, 1)  # not retried: same scene, same settings
-    r3 = watch_once(str(src), str(tmp_path / "dest"), cfg.model_copy(update={"quality": {"fail_on": None}}),
+    r3 = watch_once(str(src), str(tmp_path / "dest"), cfg.model_copy(update={"quality": QualityParams()}),
                     client=dask_client_session)
     assert r3["processed"] == 1 and r3["results"][0]["quality"] == "unreliable"  # other settings: run, published
 

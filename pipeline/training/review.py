@@ -152,8 +152,11 @@ def review(run: str, out: str | Path, windows: int = 30, window_m: float = 64.0,
            "model": summary.get("model", {}).get("path"), "kind": "map" if georef else "pixels",
            "crs_wkt": src.crs_wkt, "window_size_px": size, "windows": wins, "objects": len(objs),
            "truth": "review.gpkg:objects" if georef else "objects.qupath.geojson"}
-    if not georef:
-        write_qupath_annotations(out / "objects.qupath.geojson", objs, wins)
+    if not georef:  # QuPath's pixels are (column, row); the run's pixel grid is placed as GDAL does (y = -row)
+        inv = ~tf
+        to_px = [inv.a, inv.b, inv.d, inv.e, inv.xoff, inv.yoff]
+        write_qupath_annotations(out / "objects.qupath.geojson",
+                                 objs.set_geometry(objs.geometry.affine_transform(to_px)), wins)
     (out / "review.json").write_text(json.dumps(rec, indent=2) + "\n")
     write_package_readme(out / "README.md", rec)
     return rec
@@ -211,7 +214,8 @@ def review_samples(folder: str | Path, pixel_size: float | None, in_channels: in
         with rasterio.open(folder / w["image"]) as ds:
             data, tf, nodata = ds.read(), ds.transform, ds.nodata
             crs = ds.crs
-        win = box(*w["bounds"])
+        # map windows: their extent on the scene's CRS; pixel windows: (column, row) like the QuPath file
+        win = box(*w["bounds"]) if rec["kind"] == "map" else box(w["col"], w["row"], w["col"] + w["width"], w["row"] + w["height"])
         inside = [g.intersection(win) for g in geoms if g.intersects(win)]
         if rec["kind"] == "map" and pixel_size:
             gsd = ground_pixel_size(crs.to_wkt(), tuple(tf)[:6], data.shape[2], data.shape[1])

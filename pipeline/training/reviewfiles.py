@@ -50,7 +50,8 @@ def write_cog(path: Path, data: np.ndarray, transform, crs_wkt: str | None) -> N
 
 
 def write_qupath_annotations(path: Path, objs, windows: list[dict[str, Any]]) -> None:
-    """The objects of the windows as editable QuPath annotations, and the windows as locked ones (pixels)."""
+    """The objects of the windows (``objs``: geometries in QuPath's pixels, x = column, y = row) as editable
+    QuPath annotations, and the windows as locked ones."""
     from shapely.geometry import box, mapping
 
     classes = sorted({str(c) for c in objs["class"]}) if "class" in objs else ["object"]
@@ -64,7 +65,8 @@ def write_qupath_annotations(path: Path, objs, windows: list[dict[str, Any]]) ->
                       "properties": {"objectType": "annotation", "classification": {"name": cls, "color": list(colours[cls])},
                                      "measurements": {"Score": float(score), "Window": int(win)}}})
     for w in windows:
-        feats.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": mapping(box(*w["bounds"])),
+        px_box = box(w["col"], w["row"], w["col"] + w["width"], w["row"] + w["height"])
+        feats.append({"type": "Feature", "id": str(uuid.uuid4()), "geometry": mapping(px_box),
                       "properties": {"objectType": "annotation", "name": w["name"], "isLocked": True,
                                      "classification": {"name": WINDOW_CLASS, "color": [0, 200, 255]}}})
     path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}) + "\n")
