@@ -226,7 +226,9 @@ def adapt(scenes: list[str], labels: list[str], out: str | Path, model: str = "b
     n_places = len({place_of(s.name) for s in train_s})
     _log(f"hold-out: {len({place_of(s.name) for s in hold_s})} places; training: {n_places} of "
          f"{len({place_of(s.name) for s in train_all})} places ({train_fraction:.0%})")
-    note = f"scenes: {', '.join(Path(s).name for s in scenes)}; labels: {', '.join(Path(p).name for p in labels)}"
+    names = [Path(s).name for s in scenes]
+    shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]}, … {names[-1]}"
+    note = f"{len(names)} scene(s) ({shown}); labels: {', '.join(Path(p).name for p in labels)}"
     return adapt_samples(train_s, hold_s, base, out, request, minutes, seed, threads, hard_negatives, note, epochs)
 
 

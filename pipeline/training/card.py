@@ -38,6 +38,8 @@ def write_card(checkpoint: str, rec: dict[str, Any], data_note: str = "") -> Pat
     meta_path.write_text(json.dumps(md, indent=2, sort_keys=True) + "\n")
     before, after = rec["before"], rec["after"]
     base_credit = base_md.get("training", {}).get("data", "")
+    if isinstance(base_credit, list):  # a training config's rasters: paths or patterns
+        base_credit = ", ".join(map(str, base_credit))
     lines = [
         f"# {Path(checkpoint).parent.name}/{Path(checkpoint).name}: fine-tuned from `{Path(rec['base']).name}` by `seamline adapt`",
         "",
