@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.models.instances import heads_to_instances
 from pipeline.stages.normalize import to_model_channels
+from pipeline.stages.stain import input_kind, model_input
 from pipeline.models.checkpoint import load_metadata, load_state_dict
 from pipeline.models.network import build_network
 
@@ -73,6 +74,9 @@ class LearnedModel:
         # (bench/layout_cpu.py), and on CUDA it is the layout that fp16 tensor-core kernels want.
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.in_channels = int(self.meta["in_channels"])
+        #: What the network gets from the normalised window (pipeline/stages/stain.py): the bands as they are,
+        #: or, for an H&E model, the RGB transmission or the haematoxylin concentration.
+        self.input = input_kind(self.meta)
         self.post = dict(self.meta.get("postprocess", {}))
         self.classes = list(self.meta.get("classes", ["object"]))
         self.halo_hint = int(self.meta.get("receptive_field_px", 64))
@@ -137,7 +141,10 @@ class LearnedModel:
         return PendingHeads(host, done)
 
     def prepare(self, norm: np.ndarray) -> np.ndarray:
-        return to_model_channels(norm, self.in_channels)
+        """The network input of one normalised (bands, H, W) window: the checkpoint's ``input`` transform
+        (:func:`pipeline.stages.stain.model_input`; training makes its crops with the same function), then
+        its channel count."""
+        return to_model_channels(model_input(norm, self.input), self.in_channels)
 
     def instances(self, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Labels and the per-pixel score map (foreground probability) of one tile."""

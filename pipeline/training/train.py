@@ -102,6 +102,14 @@ def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[s
     return best, scores
 
 
+def _input_meta(kind: str) -> dict[str, Any]:
+    """The checkpoint's ``normalization`` and, for brightfield inputs, ``input`` (pipeline/stages/stain.py)."""
+    if kind == "bands":
+        return {"normalization": {"method": "percentile", "low": 1.0, "high": 99.8, "per": "scene, per band"}}
+    return {"input": kind, "normalization": {"method": "fixed", "white": 255.0,
+                                             "per": "brightfield transmission: 0 -> 0, white -> 1, every scene alike"}}
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     import torch
 
@@ -127,7 +135,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
         arch["heads"] = [*HEADS, *(f"class:{c}" for c in cfg.classes)]
     in_ch = arch["in_channels"]
-    samples = load_samples(cfg.data, in_ch, cfg.pixel_size[0] if cfg.pixel_size else None, cfg.classes)
+    samples = load_samples(cfg.data, in_ch, cfg.pixel_size[0] if cfg.pixel_size else None, cfg.classes, cfg.input)
     train_s, val_s = split_samples(samples, cfg.data, cfg.val_fraction, cfg.seed)
     boxes = cfg.data.kind == "boxes"
     _log(f"data: {len(train_s)} training, {len(val_s)} validation images ({cfg.data.kind})")
@@ -178,7 +186,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                           augment=cfg.augment)
     else:
         aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight, augment=cfg.augment,
-                        n_classes=n_classes)
+                        n_classes=n_classes, input_kind=cfg.input, in_channels=in_ch)
     rng = np.random.default_rng(cfg.seed)
     post = dict(cfg.postprocess)
 
@@ -250,12 +258,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "classes": cfg.classes,
                 **({"pixel_size": list(cfg.pixel_size)} if cfg.pixel_size else {}),
                 "postprocess": val_post if val else post,
-                "normalization": {"method": "percentile", "low": 1.0, "high": 99.8, "per": "scene, per band"},
+                **_input_meta(cfg.input),
                 "receptive_field_px": cfg.receptive_field_px,
                 **({"object_diameter_px": cfg.object_diameter_px} if cfg.object_diameter_px else {}),
                 **({"object_diameter_um": cfg.object_diameter_um} if cfg.object_diameter_um else {}),
                 "training": {
-                    "data": str(cfg.data.root or cfg.data.rasters),
+                    "data": str(cfg.data.root or cfg.data.rasters) + (f" ({cfg.data.subset})" if cfg.data.kind == "consep" else ""),
                     "kind": cfg.data.kind,
                     **({"box_supervision": cfg.box_supervision, "boxes": [str(b) for b in cfg.data.boxes]} if boxes else {}),
                     **({"source_balance": cfg.source_balance} if cfg.source_balance else {}),

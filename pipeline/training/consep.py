@@ -1,0 +1,105 @@
+"""CoNSeP (Graham et al. 2019, HoVer-Net; Apache-2.0): H&E colorectal patches with nuclei and their cell types.
+
+Layout (``shared/data/he_consep``): ``images/<subset>/<subset>_<tile>_<n>.jpg`` (256² RGB, 40x),
+``labels/<subset>/….tif`` (uint16 instance labels, ids unique over the original 1000² tile) and
+``types/<subset>/….mat`` (``inst_type``: the CoNSeP type of each label, in increasing label order).
+
+Patches of one tile can overlap and share nuclei, so a validation split must hold out **whole tiles**
+(:func:`split_by_tile`), never patches. Cell types are merged into the four groups HoVer-Net reports on
+CoNSeP (:data:`TYPE_GROUPS`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.stages.normalize import apply_normalization, percentiles, to_model_channels
+from pipeline.stages.stain import model_input
+from pipeline.training.data import Sample
+
+__all__ = ["TYPE_GROUPS", "GROUP_NAMES", "load_consep", "split_by_tile", "tile_of", "brightfield_input"]
+
+#: CoNSeP's types (1 other, 2 inflammatory, 3 healthy epithelial, 4 dysplastic/malignant epithelial,
+#: 5 fibroblast, 6 muscle, 7 endothelial) in HoVer-Net's four groups.
+TYPE_GROUPS = {1: "other", 2: "inflammatory", 3: "epithelial", 4: "epithelial", 5: "spindle-shaped",
+               6: "spindle-shaped", 7: "spindle-shaped"}
+GROUP_NAMES = ["inflammatory", "epithelial", "spindle-shaped", "other"]
+
+
+def tile_of(name: str) -> str:
+    """The original tile of a patch: ``train_10_003`` → ``train_10``."""
+    return name.rsplit("_", 1)[0]
+
+
+def brightfield_input(raw: np.ndarray, kind: str, in_channels: int) -> np.ndarray:
+    """The network input of one brightfield RGB image ``raw`` (3, H, W) as transmission in 0..1, as the
+    pipeline makes it for a scene: ``bands`` percentile-normalised over the image (the pipeline: over the
+    scene), the other kinds with the fixed normalisation they name; then :func:`~pipeline.stages.stain.model_input`."""
+    if kind == "bands":
+        v = raw * np.float32(255.0)
+        norm = apply_normalization(v, percentiles(v))
+    else:
+        norm = raw
+    return to_model_channels(model_input(norm, kind), in_channels)
+
+
+def _types(path: Path, labels: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Label value → class index (``-1`` on background and on types outside ``classes``)."""
+    from scipy.io import loadmat
+
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    types = np.asarray(loadmat(path)["inst_type"]).ravel().astype(int)
+    if types.size != ids.size:
+        raise InputError(f"CoNSeP types {path}: {types.size} types for {ids.size} labels; expected one per label")
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.full(int(labels.max()) + 1, -1, np.int64)
+    for i, t in zip(ids, types):
+        out[i] = index.get(TYPE_GROUPS.get(int(t), ""), -1)
+    return out
+
+
+def load_consep(root: str | Path, subset: str = "train", in_channels: int = 3, classes: list[str] | None = None,
+                kind: str = "bands", limit: int | None = None) -> list[Sample]:
+    """CoNSeP patches of ``subset`` as samples: ``raw`` the RGB transmission (for stain jitter), ``image`` the
+    network input of ``kind``; with several ``classes`` (the names of :data:`GROUP_NAMES`), each label's
+    class from the types."""
+    import tifffile
+    from PIL import Image
+
+    root = Path(root)
+    img_dir, lab_dir, typ_dir = root / "images" / subset, root / "labels" / subset, root / "types" / subset
+    if not img_dir.is_dir() or not lab_dir.is_dir():
+        raise InputError(f"CoNSeP data {root}: {img_dir} or {lab_dir} not found; expected images/{subset}/ and labels/{subset}/")
+    multi = classes is not None and len(classes) > 1
+    if multi:
+        unknown = sorted(set(classes) - set(GROUP_NAMES))
+        if unknown:
+            raise InputError(f"training config classes {unknown}: CoNSeP's cell-type groups are {GROUP_NAMES}")
+    paths = sorted(img_dir.glob("*.jpg")) + sorted(img_dir.glob("*.png"))
+    if limit:
+        paths = paths[:limit]
+    out = []
+    for p in paths:
+        lab_path = lab_dir / f"{p.stem}.tif"
+        if not lab_path.is_file():
+            raise InputError(f"CoNSeP data: {lab_path} not found for image {p.name}")
+        raw = np.moveaxis(np.asarray(Image.open(p).convert("RGB")), -1, 0).astype(np.float32) / np.float32(255.0)
+        lab = np.asarray(tifffile.imread(lab_path)).astype(np.int32)
+        cls = _types(typ_dir / f"{p.stem}.mat", lab, classes) if multi else None
+        out.append(Sample(p.stem, brightfield_input(raw, kind, in_channels), lab, "he", instance_classes=cls, raw=raw))
+    if not out:
+        raise InputError(f"CoNSeP data {img_dir}: no .jpg or .png images")
+    return out
+
+
+def split_by_tile(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out ``val_fraction`` of the tiles (at least one), whole: patches of a tile overlap."""
+    tiles = sorted({tile_of(s.name) for s in samples})
+    rng = np.random.default_rng(seed)
+    n_val = max(1, int(round(len(tiles) * val_fraction))) if val_fraction > 0 and len(tiles) > 1 else 0
+    held = {tiles[i] for i in rng.permutation(len(tiles))[:n_val]}
+    return [s for s in samples if tile_of(s.name) not in held], [s for s in samples if tile_of(s.name) in held]
