@@ -20,7 +20,7 @@ from pipeline.stages.normalize import apply_normalization, percentiles, to_model
 from pipeline.stages.stain import model_input
 from pipeline.training.data import Sample
 
-__all__ = ["TYPE_GROUPS", "GROUP_NAMES", "load_consep", "split_by_tile", "tile_of", "brightfield_input"]
+__all__ = ["TYPE_GROUPS", "GROUP_NAMES", "load_consep", "split_by_tile", "tile_of", "brightfield_input", "mosaic"]
 
 #: CoNSeP's types (1 other, 2 inflammatory, 3 healthy epithelial, 4 dysplastic/malignant epithelial,
 #: 5 fibroblast, 6 muscle, 7 endothelial) in HoVer-Net's four groups.
@@ -103,3 +103,29 @@ def split_by_tile(samples: list[Sample], val_fraction: float, seed: int) -> tupl
     n_val = max(1, int(round(len(tiles) * val_fraction))) if val_fraction > 0 and len(tiles) > 1 else 0
     held = {tiles[i] for i in rng.permutation(len(tiles))[:n_val]}
     return [s for s in samples if tile_of(s.name) not in held], [s for s in samples if tile_of(s.name) in held]
+
+
+def mosaic(samples: list[Sample], cols: int = 16, gap: int = 32, glass: int = 244
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patches laid out as one slide, ``gap`` px of glass (``glass``: CoNSeP's is about 243) between them, so
+    that no object touches two patches: ``(rgb uint8 (3, H, W), labels (H, W) int32 numbered 1..N over all
+    patches, classes (N + 1,) int64: each label's class index, -1 at 0 and where unknown)``. Scoring the
+    slide counts what scoring the patches one by one counts, and it runs as a whole tiled scene."""
+    size = max(s.labels.shape[0] for s in samples) + gap
+    rows = -(-len(samples) // cols)
+    rgb = np.full((3, rows * size + gap, cols * size + gap), glass, np.uint8)
+    labels = np.zeros(rgb.shape[1:], np.int32)
+    classes = [np.array([-1], np.int64)]
+    n = 0
+    for i, s in enumerate(samples):
+        r, c = divmod(i, cols)
+        y, x = gap + r * size, gap + c * size
+        h, w = s.labels.shape
+        rgb[:, y: y + h, x: x + w] = np.round(s.raw * 255).astype(np.uint8)
+        ids = np.unique(s.labels)[1:]
+        relabel = np.zeros(int(s.labels.max()) + 1, np.int32)
+        relabel[ids] = np.arange(n + 1, n + 1 + ids.size)
+        labels[y: y + h, x: x + w] = relabel[s.labels]
+        classes.append(s.instance_classes[ids] if s.instance_classes is not None else np.full(ids.size, -1, np.int64))
+        n += ids.size
+    return rgb, labels, np.concatenate(classes)
