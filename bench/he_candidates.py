@@ -7,7 +7,12 @@ Held-out sets:
 * ``dsb_he``: all 75 DSB2018 ``he_color`` images (CC0) — other organs, labs and scanners, no pixel size. The
   H&E models never saw DSB2018; the shipped fluorescence model trained on 64 of them (its row is
   optimistic there);
-* with ``--dsb-all``, every DSB2018 modality (fluorescence, brightfield grey, other colour) as well.
+* ``dsb_he_at_model_scale``: the same 75 images, each first resized so that its median nucleus (equivalent
+  diameter of the truth) is the model's ``object_diameter_px`` — what ``seamline segment`` does with a known
+  pixel size (the goal's slides have one), here with the scale taken from the truth; shrinking only, as the
+  pipeline (bilinear with anti-aliasing; the labels come back to the image's grid by nearest neighbour). It
+  separates stain from scale: DSB2018's H&E nuclei are 12–60 px across, CoNSeP's 16;
+* with ``--dsb-all``, every DSB2018 modality (fluorescence, brightfield grey, other colour) as well, native.
 
 Each image is treated as a scene, as ``seamline segment`` treats it: the checkpoint's own input
 (:func:`pipeline.training.consep.brightfield_input`: percentile normalisation over the image for ``bands``
@@ -18,6 +23,7 @@ class heads also gets per-class F1 on ``consep_test`` (matching within each clas
 does), over CoNSeP's four groups.
 
 Run: python bench/he_candidates.py NAME=CHECKPOINT [NAME=CHECKPOINT ...] [--out docs/bench/he_candidates.json]
+     (``--only-dsb-he``: only the DSB2018 H&E sets, e.g. to add them to an earlier table)
 """
 
 from __future__ import annotations
@@ -85,16 +91,38 @@ def _classes_of(pred: np.ndarray, heads: np.ndarray) -> dict[int, int]:
     return dict(zip(ids.tolist(), sums.argmax(1).tolist()))
 
 
-def evaluate(model: LearnedModel, images, classes: list[str] | None = None) -> dict:
+def median_diameter(labels: np.ndarray) -> float:
+    """Median equivalent diameter (px) of the objects of a label image."""
+    _, counts = np.unique(labels[labels > 0], return_counts=True)
+    return float(np.median(np.sqrt(4 * counts / np.pi))) if counts.size else float("nan")
+
+
+def _predict(model: LearnedModel, rgb: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and heads on the image's own grid; ``scale`` < 1: run on the image shrunk by it."""
+    from skimage.transform import resize
+
+    if scale < 1.0:
+        h, w = rgb.shape[1:]
+        small = resize(rgb, (3, max(32, round(h * scale)), max(32, round(w * scale))), order=1, anti_aliasing=True)
+        heads = model.predict_heads(brightfield_input(small.astype(np.float32), model.input, model.in_channels)[None])[0]
+        pred, _ = model.instances(heads)
+        return (resize(pred, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(np.int32),
+                resize(heads, (heads.shape[0], h, w), order=1))
+    heads = model.predict_heads(brightfield_input(rgb, model.input, model.in_channels)[None])[0]
+    return model.instances(heads)[0], heads
+
+
+def evaluate(model: LearnedModel, images, classes: list[str] | None = None, at_model_scale: bool = False) -> dict:
     """Scores of ``model`` over ``images`` ((name, group, transmission, labels, label classes or None)), per
-    group and overall; per class when the model and the data both have them."""
+    group and overall; per class when the model and the data both have them. ``at_model_scale``: each image
+    shrunk so that its median nucleus is the model's nominal size first (never enlarged)."""
     tallies: dict[str, Tally] = {}
     per_class = {c: Tally() for c in (classes or [])}
     px, t0 = 0, time.perf_counter()
+    nominal = float(model.meta.get("object_diameter_px") or 0)
     for name, group, rgb, lab, lab_cls in images:
-        x = brightfield_input(rgb, model.input, model.in_channels)
-        heads = model.predict_heads(x[None])[0]
-        pred, _ = model.instances(heads)
+        f = min(1.0, nominal / median_diameter(lab)) if at_model_scale and nominal else 1.0
+        pred, heads = _predict(model, rgb, f if f < 0.85 else 1.0)
         px += lab.size
         for key in ("all", group):
             tallies.setdefault(key, Tally()).add(lab, pred)
@@ -110,7 +138,7 @@ def evaluate(model: LearnedModel, images, classes: list[str] | None = None) -> d
     out = {k: v.as_dict() for k, v in sorted(tallies.items())}
     if per_class and any(t.images for t in per_class.values()):
         out["per_class"] = {c: {k: v for k, v in t.as_dict().items() if k in ("f1", "tp", "fp", "fn")} for c, t in per_class.items()}
-    out["mpx_s"] = round(px / 1e6 / (time.perf_counter() - t0), 3)
+    out["mpx_s"] = round(px / 1e6 / max(1e-9, time.perf_counter() - t0), 3)
     return out
 
 
@@ -120,8 +148,9 @@ def main() -> dict:
     ap.add_argument("--out", default="docs/bench/he_candidates.json")
     ap.add_argument("--dsb-all", action="store_true", help="every DSB2018 modality, not only he_color")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only-dsb-he", action="store_true", help="skip CoNSeP test (DSB2018 he_color only)")
     a = ap.parse_args()
-    consep = load_consep(DATA / "he_consep", "test", classes=GROUP_NAMES)
+    consep = [] if a.only_dsb_he else load_consep(DATA / "he_consep", "test", classes=GROUP_NAMES)
     consep_images = [(s.name, "consep_test", s.raw, s.labels, s.instance_classes) for s in consep]
     dsb = [(i, m, rgb, lab, None) for i, m, rgb, lab in _dsb({"he_color", "fluor", "bright_gray", "color_other"}
                                                                   if a.dsb_all else {"he_color"})]
@@ -135,11 +164,13 @@ def main() -> dict:
         model = LearnedModel(path, device="auto", threads=a.threads)
         classes = [c for c in model.classes if c in GROUP_NAMES] if len(model.classes) > 1 else None
         r = {"checkpoint": path, "input": model.input, "classes": model.classes,
-             "consep_test": evaluate(model, consep_images, classes), "dsb": evaluate(model, dsb)}
+             "consep_test": evaluate(model, consep_images, classes), "dsb": evaluate(model, dsb),
+             "dsb_he_at_model_scale": evaluate(model, [d for d in dsb if d[1] == "he_color"], at_model_scale=True)}
         res["models"][name] = r
-        ct, dh = r["consep_test"]["all"], r["dsb"].get("he_color", {})
-        print(f"{name}: CoNSeP test AP50 {ct['ap50']:.3f} F1 {ct['f1']:.3f} PQ {ct['pq']:.3f} | DSB he_color "
-              f"AP50 {dh.get('ap50', 0):.3f} F1 {dh.get('f1', 0):.3f} PQ {dh.get('pq', 0):.3f}", flush=True)
+        ct, dh, ds = r["consep_test"].get("all", {}), r["dsb"].get("he_color", {}), r["dsb_he_at_model_scale"]["all"]
+        print(f"{name}: CoNSeP test AP50 {ct.get('ap50', 0):.3f} F1 {ct.get('f1', 0):.3f} PQ {ct.get('pq', 0):.3f} | DSB he_color "
+              f"AP50 {dh.get('ap50', 0):.3f} F1 {dh.get('f1', 0):.3f} PQ {dh.get('pq', 0):.3f} | at model scale "
+              f"F1 {ds['f1']:.3f} PQ {ds['pq']:.3f}", flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     return res

@@ -251,6 +251,13 @@ def run_ingest(client, plan: ScenePlan) -> dict:
     cl = plan.cfg.classical
     stats = scene_statistics(samples, info.nodata, plan.cfg.stats.low, plan.cfg.stats.high, cl.threshold, cl.low_ratio,
                              cl.low_threshold)
+    if plan.model != "classical":  # an H&E model's fixed brightfield normalisation replaces the percentiles (#20)
+        from pipeline.models.checkpoint import load_metadata
+        from pipeline.stages.stain import fixed_percentiles
+
+        fixed = fixed_percentiles(load_metadata(plan.model), info.dtype, info.count)
+        if fixed is not None:
+            stats["percentiles"] = [list(p) for p in fixed]
     stats["stride"] = stride
     stats["skip"] = {"tissue": sorted(skip_tissue), "nodata": sorted(skip_nodata)}
     if tissue is not None:

