@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test bench bench-24k clean
+.PHONY: install demo test test-fast lint bench bench-24k clean
 
 install: $(STAMP)
 
@@ -23,9 +23,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/seamline demo --out demo_out
 
-test: $(STAMP)
+test: $(STAMP) lint
 	bash .ci/install-clients.sh
 	$(VENV)/bin/pytest -q
+
+# The fast tier (under two minutes): no servers, browsers, napari, QGIS, training or shipped-model runs.
+test-fast: $(STAMP) lint
+	$(VENV)/bin/pytest -q -m "not slow"
+
+# Lint rules (ruff) and the import layers (import-linter: no cycles, cli -> runner -> stages -> models -> io).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline flows tests bench
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(VENV)/bin/seamline bench --size 8192 --model classical --out bench_out

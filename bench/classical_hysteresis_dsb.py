@@ -3,13 +3,15 @@
 As bench/compare_models_dsb.py: every image is a scene (its own Otsu threshold); AP@0.5 = TP / (TP + FP + FN).
 Inverted (non-fluorescence) images run without hysteresis. Run: python bench/classical_hysteresis_dsb.py [DSB_DIR]
 """
-import json, sys
-import numpy as np
-from pipeline.stages.ingest import scene_statistics
-from pipeline.models.instances import classical_instances
+import json
+import sys
+
 from pipeline.evaluation.metrics import counts_at
+from pipeline.models.instances import classical_instances
 from pipeline.models.learned import SHIPPED_MODEL
+from pipeline.stages.ingest import scene_statistics
 from pipeline.training.tune import validation_samples
+
 samples = validation_samples(SHIPPED_MODEL, sys.argv[1] if len(sys.argv) > 1 else "../shared/data/dsb2018")
 res = {}
 for name, ratio in (("otsu_only", None), ("hysteresis_0.5", 0.5)):

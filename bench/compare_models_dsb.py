@@ -16,11 +16,11 @@ import time
 import numpy as np
 
 from pipeline.bench import machine_info
-from pipeline.stages.ingest import scene_statistics
-from pipeline.models.instances import classical_instances
 from pipeline.evaluation.metrics import counts_at
-from pipeline.models.registry import resolve_model_spec
+from pipeline.models.instances import classical_instances
 from pipeline.models.learned import LearnedModel
+from pipeline.models.registry import resolve_model_spec
+from pipeline.stages.ingest import scene_statistics
 from pipeline.training.tune import validation_samples
 
 

@@ -36,7 +36,7 @@ def slide(path: Path, size: int) -> None:
 def window(path: Path, size: int) -> np.ndarray:
     import rasterio
 
-    from pipeline.stages.normalize import apply_normalization, percentiles
+    from pipeline.models.normalize import apply_normalization, percentiles
 
     with rasterio.open(path) as ds:
         a = ds.read(window=((0, size), (0, size)))

@@ -58,7 +58,7 @@ def main() -> None:
     res = {"size": a.size, "machine": f"{platform.machine()} {platform.processor()}".strip(), "runs": {}}
     for name, ratio in (("otsu_only", None), ("hysteresis_0.5", 0.5)):
         st = scene_statistics([sample[:, ::stride, ::stride].reshape(1, -1)], low_ratio=ratio)
-        from pipeline.stages.normalize import apply_normalization
+        from pipeline.models.normalize import apply_normalization
 
         norm = apply_normalization(sample, st["percentiles"])[0]
         t0 = time.perf_counter()

@@ -16,11 +16,11 @@ import numpy as np
 
 def main() -> dict:
     from pipeline.evaluation.metrics import counts_at
+    from pipeline.io.readers.base import Level
     from pipeline.models.checkpoint import load_metadata
     from pipeline.models.learned import LearnedModel
     from pipeline.models.registry import resolve_model_spec
     from pipeline.stages.objectscale import choose_scale, estimate_diameter
-    from pipeline.io.sources import Level
     from pipeline.stages.resolution import area_resample, working_shape
     from pipeline.training.tune import validation_samples
 

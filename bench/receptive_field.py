@@ -25,9 +25,9 @@ SIZE, BOX = 768, 64
 def main() -> dict:
     import rasterio
 
+    from pipeline.models.normalize import apply_normalization, percentiles
     from pipeline.models.registry import load_model
-    from pipeline.stages.normalize import apply_normalization, percentiles
-    from pipeline.stages.stain import fixed_percentiles
+    from pipeline.models.stain import fixed_percentiles
     from pipeline.synthetic import write_periodic_scene
 
     ap = argparse.ArgumentParser()

@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/bench/slide_throughput.json")
     a = ap.parse_args()
     from pipeline.config import SegmentConfig
-    from pipeline.configio import load_yaml_config
+    from pipeline.config_file import load_yaml_config
     from pipeline.runner import segment_scene
     from pipeline.stages.dispatch import dask_client
 

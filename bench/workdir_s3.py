@@ -13,12 +13,11 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.servers import S3_ENV, fresh_s3fs, make_bucket, moto_s3
-
     from pipeline.config import SegmentConfig
     from pipeline.runner import segment_scene
     from pipeline.stages.dispatch import dask_client
     from pipeline.synthetic import write_scene
+    from tests.servers import S3_ENV, fresh_s3fs, make_bucket, moto_s3
 
     size = int(os.environ.get("SIZE", "8192"))
     tmp = Path(tempfile.mkdtemp(prefix="seamline-bench-s3-"))

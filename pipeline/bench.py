@@ -20,6 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import SegmentConfig
+from pipeline.models.learned import pick_device
+from pipeline.models.normalize import apply_normalization
+from pipeline.models.registry import load_model
+from pipeline.runner import segment_scene
+from pipeline.stages.ingest import scene_statistics
+from pipeline.synthetic import write_periodic_scene
+
 __all__ = ["machine_info", "bare_forward_mpx_s", "run_bench"]
 
 
@@ -55,10 +63,9 @@ def _read_tiles(path: str, tile: int, max_tiles: int) -> list[np.ndarray]:
         return [ds.read(window=RWindow(c * tile, r * tile, min(tile, ds.width), min(tile, ds.height))) for r, c in idx]
 
 
-def _forward_tiles(model, tiles: list[np.ndarray], stats: dict, batch_size: int, barrier=None) -> tuple[float, float, int]:
+def _forward_tiles(model, tiles: list[np.ndarray], stats: dict, batch_size: int | None, barrier=None) -> tuple[float, float, int]:
     """Normalise, warm up, (wait for the other processes,) then time the forward passes: (start, end, pixels)."""
-    from pipeline.stages.normalize import apply_normalization
-
+    batch_size = batch_size or getattr(model, "default_batch", 1)
     batch = [model.prepare(apply_normalization(t, stats["percentiles"])) for t in tiles]
     model.predict_heads(np.stack(batch[:1]))  # warm-up: allocator, kernels, threads
     if barrier is not None:
@@ -73,8 +80,6 @@ def _forward_tiles(model, tiles: list[np.ndarray], stats: dict, batch_size: int,
 
 
 def _bare_process(model_spec, path, tile, max_tiles, share, procs, stats, batch_size, device, tta, barrier, queue):
-    from pipeline.models.registry import load_model
-
     model = load_model(model_spec, device=device, threads=1, tta=tta)
     tiles = _read_tiles(path, tile, max_tiles)[share::procs]
     queue.put(_forward_tiles(model, tiles, stats, batch_size, barrier))
@@ -88,13 +93,9 @@ def bare_forward_mpx_s(model_spec: str, scene: str, tile: int, batch_size: int, 
     processes of one thread each, sharing the tiles and started together — on a CPU usually the faster use of
     the same cores, and so the stricter ceiling for the pipeline (whose workers are such processes).
     """
-    from pipeline.stages.ingest import scene_statistics
-
     tiles = _read_tiles(scene, tile, max_tiles)
     stats = scene_statistics([t.reshape(t.shape[0], -1)[:, ::97] for t in tiles])
     if procs == 1:
-        from pipeline.models.registry import load_model
-
         model = load_model(model_spec, device=device, threads=threads, tta=tta)
         t0, t1, px = _forward_tiles(model, tiles, stats, batch_size)
     else:
@@ -116,10 +117,7 @@ def bare_forward_mpx_s(model_spec: str, scene: str, tile: int, batch_size: int, 
 
 
 def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int | None, workers: int, device: str = "auto",
-              batch_size: int = 4, keep: bool = False, tta: bool = False) -> dict:
-    from pipeline.config import SegmentConfig
-    from pipeline.runner import segment_scene
-    from pipeline.synthetic import write_periodic_scene
+              batch_size: int | None = None, keep: bool = False, tta: bool = False) -> dict:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,8 +142,6 @@ def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int | Non
         "worker_seconds": s["worker_seconds"],
     }
     if model != "classical":
-        from pipeline.models.learned import pick_device
-
         dev = pick_device(device)
         cores = os.cpu_count() or 1
         # The ceiling: the model alone on the same tiles and device. On a CPU, both ways of using the cores

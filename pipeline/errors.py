@@ -8,6 +8,7 @@ expected, what was found, and the fix. The CLI prints ``str(err)`` and exits non
 from __future__ import annotations
 
 __all__ = [
+    "EXIT",
     "SeamlineError",
     "InputError",
     "ConfigError",
@@ -16,10 +17,22 @@ __all__ = [
 ]
 
 
+#: The exit codes of the ``seamline`` command (and ``python -m flows.segment``), documented in docs/OPERATIONS.md.
+EXIT = {
+    "ok": 0,
+    "failed": 1,  # a run failed for a reason that is not the input (a scene of a batch, a watch round with failures)
+    "input": 2,  # bad input, config, parameter or checkpoint: one line naming it and the fix, nothing written
+    "quality": 3,  # the quality gate (quality.fail_on) refused to publish the objects
+    "usage": 64,  # the command line itself is wrong (unknown flag, missing argument): sysexits' EX_USAGE
+    "interrupted": 130,  # Ctrl-C
+    "broken_pipe": 141,  # stdout's reader went away (`seamline ... | head -1`)
+}
+
+
 class SeamlineError(Exception):
     """Root of all errors that Seamline reports to the user as one line."""
 
-    exit_code = 2
+    exit_code = EXIT["input"]
 
 
 class InputError(SeamlineError, ValueError):

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.io import storage
 
@@ -30,8 +30,10 @@ __all__ = ["Lease"]
 
 
 class Lease:
-    def __init__(self, url: str, ttl_s: float = 3600.0, settle_s: float = 0.5):
-        self.url, self.ttl_s, self.settle_s = url, float(ttl_s), float(settle_s)
+    def __init__(self, url: str, ttl_s: float = 3600.0, settle_s: float = 0.5, clock: Callable[[], float] = time.time):
+        """``clock`` (seconds since the epoch) is what expiry is judged by: ``time.time`` but in tests, which pass
+        a clock they advance, so that an expiry does not depend on how fast the machine is."""
+        self.url, self.ttl_s, self.settle_s, self.clock = url, float(ttl_s), float(settle_s), clock
         self.token = uuid.uuid4().hex
         self.held = False
         self._stop = threading.Event()
@@ -39,7 +41,7 @@ class Lease:
 
     def _body(self) -> bytes:
         return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                           "expires": time.time() + self.ttl_s}).encode()
+                           "expires": self.clock() + self.ttl_s}).encode()
 
     def _read(self, tries: int = 4) -> dict[str, Any] | None:
         """The lease as stored; None when there is none; ``{}`` when it stays unreadable.
@@ -89,7 +91,7 @@ class Lease:
                 created = self._create_if_absent()
                 if created is False:  # someone else created it first: theirs (never overwrite a live lease)
                     return False
-            elif cur == {} or float(cur.get("expires", 0)) > time.time():
+            elif cur == {} or float(cur.get("expires", 0)) > self.clock():
                 return False
         if created is not True:  # expired, or no conditional writes here: write, wait, read back
             storage.write_bytes(self.url, self._body())

@@ -10,16 +10,21 @@ __all__ = ["TreeMemoryWatch"]
 
 
 class TreeMemoryWatch:
-    """``with TreeMemoryWatch() as w: ...; w.peak_bytes`` — sums RSS of this process and all descendants."""
+    """``with TreeMemoryWatch() as w: ...; w.peak_bytes`` — sums RSS of this process and all descendants
+    (of process ``pid`` and its descendants when given: a command a benchmark started)."""
 
-    def __init__(self, interval: float = 0.1):
+    def __init__(self, interval: float = 0.1, pid: int | None = None):
         self.interval = interval
+        self.pid = pid
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> int:
-        me = psutil.Process()
+        try:
+            me = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return 0
         total = 0
         for p in [me, *me.children(recursive=True)]:
             try:

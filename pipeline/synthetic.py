@@ -80,12 +80,17 @@ def _blobs_by_row(blobs: list[Blob]):
 def write_scene(path: str | Path, height: int, width: int, *, dtype: str = "uint16", crs: str | None = "EPSG:32633",
                 transform=None, seed: int = 0, cell: int = 24, radius=(4, 9), fill: float = 0.8, big: int = 0,
                 noise: float = 0.02, strip: int = 512, labels_path: str | Path | None = None,
-                pixel_size_um: float | None = None, bands: int = 1) -> list[Blob]:
-    """Write a tiled, compressed GeoTIFF (or a plain/OME TIFF when ``crs`` is None) strip by strip."""
+                pixel_size_um: float | None = None, bands: int = 1, blobs: list[Blob] | None = None,
+                gain: float = 1.0) -> list[Blob]:
+    """Write a tiled, compressed GeoTIFF (or a plain/OME TIFF when ``crs`` is None) strip by strip.
+
+    ``blobs``: draw these instead of the scene's own (then ``seed`` only seeds the noise); ``gain`` multiplies
+    the whole image, background and noise included (a brighter acquisition of the same place)."""
     import rasterio
     from rasterio.transform import Affine
 
-    blobs = scene_blobs(height, width, cell, radius, fill, seed, big)
+    if blobs is None:
+        blobs = scene_blobs(height, width, cell, radius, fill, seed, big)
     sorted_blobs, cys, _ = _blobs_by_row(blobs)
     rmax = max([max(b.ry, b.rx) for b in blobs], default=0) + 2
     scale = {"uint8": 250, "uint16": 4000, "float32": 1.0}[dtype]
@@ -118,7 +123,7 @@ def write_scene(path: str | Path, height: int, width: int, *, dtype: str = "uint
                         lab_ds.write(ids[lab], 1, window=rasterio.windows.Window(0, row0, width, h))
                     rng = np.random.default_rng([seed, 7, row0])
                     img = img + 0.05 + rng.normal(0, noise, img.shape).astype(np.float32)
-                    out = np.clip(img * scale, 0, np.iinfo(dtype).max if dtype != "float32" else None).astype(dtype)
+                    out = np.clip(img * (scale * gain), 0, np.iinfo(dtype).max if dtype != "float32" else None).astype(dtype)
                     for b in range(bands):
                         ds.write(out, b + 1, window=rasterio.windows.Window(0, row0, width, h))
             finally:

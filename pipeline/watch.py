@@ -2,7 +2,8 @@
 version, as plain functions (``flows/watch.py`` only wires :func:`watch_once` into a scheduled Prefect flow).
 
 A scene's *version* is its key + size + ETag (mtime where the store has no ETag) + the fingerprint of the
-settings that change results: a changed file or other settings make a new version, processed again.
+settings that change results (:mod:`pipeline.settings`, the same value the run publishes in its summary): a
+changed file or other settings make a new version, processed again.
 
 State lives under ``DEST/_seamline/`` and nowhere else, so any number of watch processes on any machines
 share it through the store itself:
@@ -22,28 +23,35 @@ never blocks the others.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from pipeline import __version__
 from pipeline.config import SegmentConfig
+from pipeline.diff import diff_runs
+from pipeline.errors import InputError
 from pipeline.io import storage
 from pipeline.io.publish import verify_outputs
+from pipeline.io.storage import stem_of
 from pipeline.lease import Lease
+from pipeline.runner import StageWrapper, check_writable, segment_scene
+from pipeline.settings import resolve_settings
+from pipeline.stages.dispatch import cluster_client
+from pipeline.stages.previous import find_previous
 
-__all__ = ["RASTER_SUFFIXES", "list_scenes", "settings_fingerprint", "watch_once", "read_ledger", "LEDGER_COLUMNS",
-           "totals_line"]
+__all__ = ["RASTER_SUFFIXES", "list_scenes", "watch_once", "read_ledger", "LEDGER_COLUMNS", "totals_line"]
 
 log = logging.getLogger("seamline")
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".svs", ".ndpi", ".scn", ".mrxs", ".bif")
 LEDGER_COLUMNS = ["scene", "version", "fingerprint", "status", "error", "attempts", "objects", "started_at",
-                  "finished_at", "seconds", "summary", "holder"]
+                  "finished_at", "seconds", "summary", "holder", "changes", "changed", "diff_against"]
 
 
 @dataclass(frozen=True)
@@ -53,23 +61,29 @@ class Scene:
 
     @property
     def stem(self) -> str:
-        from pipeline.io.raster import SceneInfo
-
-        return SceneInfo(self.url, 1, 1, 1, "uint8", None, (1, 0, 0, 0, 1, 0), None).stem
+        return stem_of(self.url)
 
 
 def list_scenes(source: str) -> list[Scene]:
-    """Rasters under a folder or prefix (recursively), with their versions from one listing (no HEAD each)."""
+    """Rasters under a folder or prefix (recursively), with their versions from one listing (no HEAD each).
+
+    A source that does not exist (a mistyped folder, a prefix with nothing under it, a bucket this identity
+    cannot list) is one line, never "0 scenes": a scheduled watch on a wrong path would otherwise report
+    success on every run and process nothing. An existing, empty folder is 0 scenes."""
     fs, root = storage.fs_path(source)
     fs.invalidate_cache(root)
     try:
+        if storage.is_local(source):
+            if not os.path.isdir(root):
+                why = "is a file, expected a folder" if os.path.exists(root) else "no such folder"
+                raise InputError(f"watch source {source}: {why}; check the path (a folder of scenes)")
+        elif not fs.exists(root):
+            raise FileNotFoundError(f"no such folder or prefix: {source}")
         found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        found = {}
-    except Exception as exc:
-        raise storage.storage_error(source, exc, "listing") from None
-    if not found and not storage.is_local(source) and not fs.exists(root):
-        raise storage.storage_error(source, FileNotFoundError(f"no such folder or prefix: {source}"), "listing")
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - storage backends raise their own types; storage_error makes one line
+        raise storage.storage_error(source, exc, "listing", "watch source") from None
     scenes = []
     for path, meta in sorted(found.items()):
         if meta.get("type") == "directory" or not path.lower().endswith(RASTER_SUFFIXES):
@@ -80,13 +94,6 @@ def list_scenes(source: str) -> list[Scene]:
         tag = meta.get("ETag") or meta.get("etag") or meta.get("md5Hash") or meta.get("mtime") or meta.get("LastModified")
         scenes.append(Scene(fs.unstrip_protocol(path), f"{meta.get('size')}:{str(tag).strip(chr(34))}"))
     return scenes
-
-
-def settings_fingerprint(cfg: SegmentConfig) -> str:
-    """The settings that change results (not workers, scheduler or paths), and the Seamline version."""
-    keep = cfg.model_dump(exclude={"workers", "threads_per_worker", "scheduler", "memory_limit", "device",
-                                   "keep_intermediate", "workdir", "batch_size", "tiles_per_task"})
-    return hashlib.sha256(json.dumps([keep, __version__], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _scene_id(scene: Scene, fp: str) -> str:
@@ -160,32 +167,43 @@ def one_line(exc: BaseException) -> str:
 
 
 def watch_once(source: str, dest: str, cfg: SegmentConfig, client=None, max_attempts: int = 3,
-               lease_s: float = 3600.0, process: Callable[..., dict] | None = None) -> dict[str, Any]:
+               lease_s: float = 3600.0, task: StageWrapper | None = None,
+               process: Callable[..., dict] | None = None) -> dict[str, Any]:
     """Process what is new or changed under ``source`` once; returns counts and the per-scene results.
 
-    ``process(url, dest, cfg, client)`` runs one scene and returns its published summary (default
-    :func:`pipeline.runner.segment_scene`; the Prefect flow passes one that runs each stage as a task).
+    Each scene runs through :func:`pipeline.runner.segment_scene` (the one runner; ``task`` wraps its stages,
+    as the Prefect flow does). ``process(url, dest, cfg, client)`` replaces it in tests. Without a ``client``,
+    a cluster is started from ``cfg`` when the first scene needs processing (a round with nothing new starts
+    none).
     """
-    from pipeline.runner import check_writable, segment_scene
-
-    process = process or (lambda url, out, c, cl: segment_scene(url, out, c, client=cl))
+    settings = resolve_settings(cfg)  # the fingerprint the runs publish: the same function, the same value
+    cfg = settings.cfg
+    process = process or (lambda url, out, c, cl: segment_scene(url, out, c, client=cl, force=True, task=task))
+    scenes = list_scenes(source)  # a missing or unlistable source stops here: nothing written, no ledger
     check_writable(dest, "--out")
-    fp = settings_fingerprint(cfg)
-    scenes = list_scenes(source)
+    fp = settings.fingerprint
     result: dict[str, Any] = {"source": source, "dest": dest, "scenes": len(scenes), "processed": 0, "failed": 0,
                               "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "lost_lease": 0, "unreadable": 0,
                               "results": []}
-    for scene in scenes:
-        try:
-            _watch_scene(scene, fp, dest, cfg, client, process, max_attempts, lease_s, result)
-        except StateUnreadable as exc:
-            result["unreadable"] += 1
-            log.warning("%s", exc)
+    with contextlib.ExitStack() as stack:
+        clients = [client] if client is not None else []
+
+        def run(url: str) -> dict:
+            if not clients:
+                clients.append(stack.enter_context(cluster_client(cfg)))
+            return process(url, dest, cfg, clients[0])
+
+        for scene in scenes:
+            try:
+                _watch_scene(scene, fp, dest, run, max_attempts, lease_s, result, cfg.diff == "previous")
+            except StateUnreadable as exc:
+                result["unreadable"] += 1
+                log.warning("%s", exc)
     return result
 
 
-def _watch_scene(scene: Scene, fp: str, dest: str, cfg: SegmentConfig, client, process, max_attempts: int,
-                 lease_s: float, result: dict[str, Any]) -> None:
+def _watch_scene(scene: Scene, fp: str, dest: str, run: Callable[[str], dict], max_attempts: int,
+                 lease_s: float, result: dict[str, Any], diff: bool = False) -> None:
     """One scene of :func:`watch_once`: skip it, adopt its outputs, or process it under its lease."""
     sid = _scene_id(scene, fp)
     rec = _read_record(dest, sid)
@@ -207,20 +225,23 @@ def _watch_scene(scene: Scene, fp: str, dest: str, cfg: SegmentConfig, client, p
             if not _recorded_done(rec):
                 _adopt(summary, scene, sid, fp, dest, rec, lease)
             return
-        _run_one(scene, sid, fp, dest, cfg, client, process, rec, lease, result)
+        _run_one(scene, sid, fp, dest, run, rec, lease, result, diff)
     write_ledger(dest)
 
 
-def _run_one(scene: Scene, sid: str, fp: str, dest: str, cfg: SegmentConfig, client, process, rec, lease, result) -> None:
+def _run_one(scene: Scene, sid: str, fp: str, dest: str, run: Callable[[str], dict], rec, lease, result,
+             diff: bool = False) -> None:
     t0 = time.perf_counter()
     new = _new_record(scene, fp, rec, lease)
     try:
-        summary = process(scene.url, dest, cfg, client)
+        summary = run(scene.url)
         new.update(status="done", objects=int(summary.get("objects", 0)), summary=summary["outputs"]["json"])
     except Exception as exc:  # noqa: BLE001 - a bad scene is recorded and never blocks the others
         new.update(status="failed", error=one_line(exc))
         log.warning("%s: failed: %s", scene.url, new["error"])
     new.update(finished_at=_now(), seconds=round(time.perf_counter() - t0, 3))
+    if diff and new["status"] == "done" and lease.still_held():
+        new.update(_diff_previous(dest, sid, summary, new["finished_at"]))
     if lease.still_held():
         storage.write_text(_state(dest, "records", f"{sid}.json"), json.dumps(new))
         result["processed" if new["status"] == "done" else "failed"] += 1
@@ -229,6 +250,37 @@ def _run_one(scene: Scene, sid: str, fp: str, dest: str, cfg: SegmentConfig, cli
         result["lost_lease"] += 1
         log.warning("%s: %s", scene.url, new["error"])
     result["results"].append(new)
+
+
+def _diff_previous(dest: str, sid: str, summary: dict, finished_at: str) -> dict[str, Any]:
+    """``diff: previous``: diff a new version against the last done version of its scene (the same stem, else a
+    footprint it overlaps: :func:`pipeline.stages.previous.find_previous`), publishing ``<stem>.changes.*`` in
+    DEST, then keep this version's objects and summary under ``DEST/_seamline/history/<id>/`` for the next one
+    (a new version overwrites ``<stem>.parquet``). Returns the ledger's ``changes`` (counts per change, JSON),
+    ``changed`` and ``diff_against``; a diff that fails is a warning, never a failed scene."""
+    hist = _state(dest, "history")
+    out: dict[str, Any] = {}
+    try:
+        done = []
+        for name in storage.listdir(hist):
+            if name == sid:
+                continue
+            prev = storage.read_json(storage.join(hist, name, "summary.json"))
+            if prev:
+                done.append({**prev, "_objects": storage.join(hist, name, "objects.parquet")})
+        prev = find_previous(summary, done)
+        if prev is not None:
+            d = diff_runs(prev["_objects"], summary["outputs"]["parquet"], dest)
+            out = {"changes": json.dumps(d["counts"]), "changed": int(d["changed"]),
+                   "diff_against": f"{prev.get('input')}@{prev.get('input_version')}"}
+            log.info("%s: %d changed since %s", summary.get("input"), d["changed"], out["diff_against"])
+        storage.copy(summary["outputs"]["parquet"], storage.join(hist, sid, "objects.parquet"))
+        storage.write_text(storage.join(hist, sid, "summary.json"),
+                           json.dumps({**summary, "finished_at": finished_at}, default=str))
+    except Exception as exc:  # noqa: BLE001 - the scene is done; a diff that fails is reported, not fatal
+        log.warning("%s: diff against the previous version failed: %s", summary.get("input"), one_line(exc))
+        out.setdefault("diff_against", f"failed: {one_line(exc)}")
+    return out
 
 
 def totals_line(r: dict) -> str:
@@ -259,7 +311,7 @@ def write_ledger(dest: str) -> str:
     import pyarrow as pa
 
     recs = sorted(read_records(dest), key=lambda r: (r.get("scene", ""), r.get("started_at", "")))
-    types = {"attempts": pa.int32(), "objects": pa.int64(), "seconds": pa.float64()}
+    types = {"attempts": pa.int32(), "objects": pa.int64(), "seconds": pa.float64(), "changed": pa.int64()}
     table = pa.table({c: pa.array([r.get(c) for r in recs], types.get(c, pa.string())) for c in LEDGER_COLUMNS})
     url = _state(dest, "ledger.parquet")
     storage.write_parquet(url, table)

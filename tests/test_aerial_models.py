@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import shared
 
 from pipeline.models.checkpoint import checkpoint_paths, load_metadata
 from pipeline.models.registry import SHIPPED_AERIAL, resolve_model_spec
 from pipeline.training.places import mosaic
 
-from helpers import shared
+pytestmark = pytest.mark.slow  # the shipped aerial models on real chips
 
 # Measured at shipping (docs/MODEL.md): box F1 0.305 (TP 9, FP 21, FN 20), classical 0.077; one crown more or
 # less moves it by about 0.03.
@@ -37,7 +37,7 @@ def test_building_model_on_held_out_places():
 
     from pipeline.evaluation.metrics import counts_at
     from pipeline.models.learned import LearnedModel
-    from pipeline.stages.normalize import apply_normalization, percentiles
+    from pipeline.models.normalize import apply_normalization, percentiles
 
     chips = shared("aerial", "kampala_buildings", "chips")
     img, tf, prof = mosaic([chips / n for n in HELD_OUT_Z20])

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.configio import load_yaml_config
 from pipeline.config import SegmentConfig
+from pipeline.config_file import load_yaml_config
 from pipeline.errors import CheckpointError, ConfigError, InputError, ParameterError, SeamlineError
-from pipeline.io.raster import SUPPORTED_DTYPES, inspect_raster
-from pipeline.runner import check_model
-from pipeline.stages.tiling import validate_tiling
+from pipeline.io.raster import inspect_raster
+from pipeline.io.scene import SUPPORTED_DTYPES
+from pipeline.settings import check_model
+from pipeline.stages.grid import validate_tiling
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT_SUFFIXES = (".parquet", ".gpkg", ".json", ".geojson", ".zarr", ".csv", ".html", ".png", ".tif")
@@ -341,8 +342,8 @@ def test_cli_good_run_after_failures(tmp_path, small_scene):
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr, res.stderr
     names = sorted(x.name for x in out.iterdir())
-    assert names == ["summary.csv", "summary.parquet", "tiny.geojson", "tiny.gpkg", "tiny.html", "tiny.json", "tiny.ome.zarr",
-                     "tiny.parquet", "tiny.quicklook.png", "tiny.quicklook.tif"], names  # no temp files, no work folder
+    assert names == ["summary.csv", "summary.parquet", "tiny.gpkg", "tiny.html", "tiny.json", "tiny.ome.zarr",
+                     "tiny.parquet", "tiny.quicklook.png", "tiny.quicklook.tif", "tiny.qupath.geojson"], names  # no temp files, no work folder
     summary = json.loads((out / "tiny.json").read_text())
     assert summary["objects"] > 0
     assert summary["tiling"]["tile"] == 128 and summary["tiling"]["halo"] == 16

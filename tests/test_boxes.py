@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import deepforest_crowns, shared
 
 from pipeline.errors import InputError
 from pipeline.evaluation.boxes import box_counts, box_iou, box_scores, boxes_of_labels
-from pipeline.training.boxdata import load_box_dataset, read_box_file
+from pipeline.evaluation.boxfiles import read_box_file
+from pipeline.training.boxdata import load_box_dataset
 from pipeline.training.boxloss import BoxAugmenter, box_losses, ellipse_labels
-from pipeline.training.data import Sample
-
-from helpers import deepforest_crowns, shared
+from pipeline.training.samples import Sample
 
 
 def test_csv_columns_are_read_by_name_not_position():
@@ -167,7 +167,7 @@ def test_box_supervised_training_learns_bright_crowns(tmp_path):
     summary = train(cfg)
     import json
 
-    md = json.loads((tmp_path / "m.json").read_text())
+    md = json.loads((tmp_path / "m" / "m.json").read_text())
     assert md["pixel_size"] == [0.1, "m"] and md["training"]["kind"] == "boxes"
     assert md["validation"]["all"]["f1"] > 0.5, summary["history"][-1]
 
@@ -262,7 +262,7 @@ def test_box_files_find_an_image_by_name_then_by_stem(tmp_path):
     import shapely
 
     from pipeline.evaluation.boxeval import evaluate_boxes
-    from pipeline.training.boxdata import boxes_of_image
+    from pipeline.evaluation.boxfiles import boxes_of_image
 
     src = shared("aerial", "deepforest", "OSBS_029.csv").read_text().splitlines()
     multi = tmp_path / "all.csv"

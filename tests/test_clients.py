@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # QGIS, GDAL and DuckDB clients
+
 HEIGHT, WIDTH = 512, 640
 SYSTEM_PYTHON = "/usr/bin/python3"
 INSTALL_HINT = "run .ci/install-clients.sh (apt-get install --no-install-recommends gdal-bin python3-qgis qgis-providers)"
@@ -393,8 +395,8 @@ def test_qgis_opens_layers_styled_and_places_the_quicklook(geo, tmp_path):
     import geopandas as gpd
     from shapely.geometry import box
 
-    from pipeline.report.qgis_style import add_default_style
-    from pipeline.report.render import PALETTE, hex_colour
+    from pipeline.io.palette import PALETTE, hex_colour
+    from pipeline.io.qgis_style import add_default_style
 
     two = tmp_path / "two.gpkg"
     gpd.GeoDataFrame({"object_id": [1, 2, 3], "class": ["tree", "building", "tree"]},

@@ -16,10 +16,12 @@ import time
 
 import geopandas as gpd
 import pytest
+from servers import ROOT, S3_ENV, DaskNodes, files_outside_scratch, fresh_s3fs, make_bucket, moto_s3, s3_client
 
 from pipeline.config import SegmentConfig
 from pipeline.synthetic import write_scene
-from servers import fresh_s3fs, ROOT, S3_ENV, DaskNodes, files_outside_scratch, make_bucket, moto_s3, s3_client
+
+pytestmark = pytest.mark.slow  # real dask scheduler and worker processes and an S3 server
 
 CFG = SegmentConfig(model="classical", tile=96, halo=32, tiles_per_task=1, label_image=False, report=False,
                     qupath_geojson=False)

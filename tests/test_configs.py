@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import deepforest_crowns
 
 from pipeline.config import SegmentConfig
-from pipeline.configio import load_yaml_config
+from pipeline.config_file import load_yaml_config
 from pipeline.training.config import TrainConfig
-
-from helpers import deepforest_crowns
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.models.instances import classical_instances
+from pipeline.models.normalize import apply_normalization
 from pipeline.stages.ingest import scene_statistics
-from pipeline.stages.normalize import apply_normalization
 from pipeline.synthetic import varied_brightness_scene
 
 _spec = importlib.util.spec_from_file_location("dim_bench", Path(__file__).resolve().parents[1] / "bench" / "dim_objects.py")

@@ -17,8 +17,9 @@ import pytest
 import tifffile
 from shapely.geometry import Point, box
 
+from pipeline.cli.evaluate import add_evaluate_command
 from pipeline.errors import InputError, ParameterError
-from pipeline.evaluation.evaluate import add_evaluate_command, evaluate_files, evaluate_pair, format_table, load_labels
+from pipeline.evaluation.evaluate import evaluate_files, evaluate_pair, format_table, load_labels
 
 # (row0, row1, col0, col1) of three squares on a 64 x 64 image; the second one crosses the row seam at 32.
 SQUARES = [(2, 10, 2, 10), (28, 36, 20, 40), (44, 54, 44, 54)]
@@ -79,8 +80,8 @@ def test_label_tiff_vs_geojson_ground_truth(tmp_path):
 
 
 def test_png_labels_and_geotiff_grid(tmp_path):
-    from PIL import Image
     import rasterio
+    from PIL import Image
     from rasterio.transform import from_origin
 
     Image.fromarray(label_image()).save(tmp_path / "pred.png")

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.synthetic import write_scene
+
+pytestmark = pytest.mark.slow  # Prefect flows in subprocesses
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import shared
 
 from pipeline.models.checkpoint import checkpoint_paths, load_metadata
-from pipeline.stages.stain import INPUTS
+from pipeline.models.stain import INPUTS
 from pipeline.training.consep import GROUP_NAMES, load_consep, mosaic, tile_of
-
-from helpers import shared
 
 HE_MODEL = Path(__file__).resolve().parents[1] / "pipeline" / "weights" / "nuclei_he_unet_mbv2"
 # Measured at shipping on these 14 patches through the pipeline (docs/MODEL.md): F1@0.5 0.000; the threshold

@@ -20,8 +20,9 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 import yaml
-
 from servers import ROOT
+
+pytestmark = pytest.mark.slow  # SLURM and Kubernetes schema checks and a job-script cluster
 
 INFRA = ROOT / "infra"
 K8S_VERSION = "1.33.0"
@@ -160,7 +161,7 @@ def test_slurm_job_script_from_the_config(tmp_path):
 
 def test_slurm_conflicting_settings_are_one_clear_error(tmp_path):
     from pipeline.config import SegmentConfig
-    from pipeline.configio import load_yaml_config
+    from pipeline.config_file import load_yaml_config
     from pipeline.errors import ConfigError
 
     path = tmp_path / "both.yaml"
@@ -229,6 +230,6 @@ def test_slurm_driver_batch_script_parses_and_uses_the_slurm_config():
     (line,) = [x for x in text.splitlines() if x.startswith("seamline segment")]
     config = line.split("--config", 1)[1].split()[0]
     from pipeline.config import SegmentConfig
-    from pipeline.configio import load_yaml_config
+    from pipeline.config_file import load_yaml_config
 
     assert load_yaml_config(ROOT / config, SegmentConfig, {}).cluster.kind == "slurm"

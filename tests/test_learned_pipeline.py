@@ -11,14 +11,15 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from helpers import rasterize_output, write_nuclei_slide
 
 from pipeline.config import SegmentConfig
+from pipeline.evaluation.metrics import counts_at, iou_matrix, match
 from pipeline.models.checkpoint import load_metadata
 from pipeline.models.learned import SHIPPED_MODEL
-from pipeline.evaluation.metrics import counts_at, iou_matrix, match
 from pipeline.runner import segment_scene
 
-from helpers import rasterize_output, write_nuclei_slide
+pytestmark = pytest.mark.slow  # the shipped nuclei model end to end
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,6 @@ def test_tile_tasks_go_to_the_workers_with_a_gpu(slide, whole, tmp_path):
     learned model's tile tasks only there, one per GPU at a time; the objects are those of any other run.
     (No GPU here: the resource is a label the scheduler honours; the model itself runs on the CPU.)"""
     from distributed import Client, get_task_stream
-
     from servers import DaskNodes
 
     nodes = DaskNodes(tmp_path / "nodes", 0, {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})

@@ -7,12 +7,11 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from helpers import rasterize_output
 
 from pipeline.config import SegmentConfig
 from pipeline.runner import segment_scene
 from pipeline.synthetic import write_scene
-
-from helpers import rasterize_output
 
 PX = (0.5, 0.25)  # anisotropic µm pixels: axis lengths must use both
 
@@ -132,7 +131,7 @@ def test_qupath_geojson(runs):
     import shapely
 
     s = runs["tiled"]
-    fc = json.loads(open(s["outputs"]["geojson"], encoding="utf-8").read())
+    fc = json.loads(open(s["outputs"]["qupath_geojson"], encoding="utf-8").read())
     g = gpd.read_parquet(s["outputs"]["parquet"]).set_index("object_id")
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(g) == s["objects"]
     for f in fc["features"]:

@@ -13,8 +13,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pipeline.errors import InputError
-from pipeline.evaluation.metrics import (THRESHOLDS, evaluate_labels, iou_matrix, match, match_labels, split_merge_counts,
-                              stats_from_iou)
+from pipeline.evaluation.metrics import (
+    THRESHOLDS,
+    evaluate_labels,
+    iou_matrix,
+    match,
+    match_labels,
+    split_merge_counts,
+    stats_from_iou,
+)
 
 
 def three_squares() -> np.ndarray:

@@ -7,12 +7,11 @@ import csv
 
 import numpy as np
 import pytest
+from helpers import shared
 
 from pipeline.io.sources import open_source
 from pipeline.stages.inputs import overview
 from pipeline.stages.modality import Modality, detect_modality
-
-from helpers import shared
 
 
 def _judge(path) -> Modality:

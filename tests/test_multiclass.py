@@ -70,7 +70,7 @@ def model(tmp_path_factory):
 
 def test_a_multi_class_model_names_what_it_finds(model, dask_client_session, tmp_path):
     d, summary = model
-    md = json.loads((d / "m.json").read_text())
+    md = json.loads((d / "m" / "m.json").read_text())
     assert md["classes"] == CLASSES and md["heads"] == ["foreground", "boundary", "distance", "class:red_thing", "class:blue_thing"]
     assert summary["history"][-1]["val"]["all"]["class_accuracy"] >= 0.9  # validation objects named right
 
@@ -96,7 +96,7 @@ def test_a_multi_class_model_names_what_it_finds(model, dask_client_session, tmp
     assert whole["counts_per_class"] == counts and set(whole["area_per_class"]) == set(counts)
     assert whole["model"]["classes"] == CLASSES
     assert gpd.read_file(whole["outputs"]["gpkg"], layer="objects")["class"].value_counts().to_dict() == counts
-    gj = json.loads((tmp_path / "out1024" / "test.geojson").read_text())
+    gj = json.loads((tmp_path / "out1024" / "test.qupath.geojson").read_text())
     assert {f["properties"]["classification"]["name"] for f in gj["features"]} == set(counts)
 
     # seamline evaluate per class, against the truth polygons.
@@ -157,7 +157,7 @@ def test_box_labels_with_classes_train_the_class_heads(tmp_path):
     summary = train(cfg)
     accs = [h["val"]["all"]["class_accuracy"] for h in summary["history"] if h["val"]]
     assert accs[-1] >= 0.9, accs
-    md = json.loads((tmp_path / "m.json").read_text())
+    md = json.loads((tmp_path / "m" / "m.json").read_text())
     assert md["heads"][3:] == ["class:red_thing", "class:blue_thing"]
 
 

@@ -7,14 +7,13 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from helpers import rasterize_output, write_nuclei_slide
 
 from pipeline.config import SegmentConfig
 from pipeline.evaluation.metrics import counts_at, iou_matrix, match
+from pipeline.models.normalize import apply_normalization, percentiles
 from pipeline.runner import segment_scene
-from pipeline.stages.normalize import apply_normalization, percentiles
 from pipeline.stages.objectscale import choose_scale, estimate_diameter
-
-from helpers import rasterize_output, write_nuclei_slide
 
 MD = {"object_diameter_px": 18.0, "object_diameter_um": 8.0}
 

@@ -4,11 +4,9 @@ and held out place by place (never a building in training at one zoom and in val
 from __future__ import annotations
 
 import numpy as np
-import pytest
+from helpers import shared
 
 from pipeline.training.places import load_places_dataset, place_of, split_by_place
-
-from helpers import shared
 
 Z19 = 76.43702828517625  # a web-map zoom-19 tile, in EPSG:3857 metres
 
@@ -29,7 +27,7 @@ def test_kampala_zoom_levels_become_one_sample_per_place_and_zoom():
 
 
 def test_split_holds_out_whole_places():
-    from pipeline.training.data import Sample
+    from pipeline.training.samples import Sample
 
     samples = [Sample(f"p{p}@{r}m", np.zeros((3, 4, 4), np.float32), np.zeros((4, 4), np.int32)) for p in range(7)
                for r in (0.075, 0.15, 0.3)]

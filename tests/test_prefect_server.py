@@ -13,9 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import BIN, ROOT, free_port, stop, wait_port
+from test_routes import same_objects, scene_files
 
 from pipeline.synthetic import write_scene
-from servers import BIN, ROOT, free_port, stop, wait_port
+
+pytestmark = pytest.mark.slow  # a real `prefect server`
 
 
 def _prefect_env(home: Path, api: str | None = None) -> dict[str, str]:
@@ -98,3 +101,12 @@ def test_scheduled_watch_run_completes_on_a_real_server(prefect_api, tmp_path):
     for stem in ("a", "b"):
         assert (dest / f"{stem}.json").is_file() and (dest / f"{stem}.parquet").is_file()
     assert (dest / "_seamline" / "ledger.parquet").is_file()
+    # The fourth route (tests/test_routes.py has the other three): the served watch published what
+    # `seamline segment` publishes with the same config — the same files and the same objects.
+    cli = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "segment", str(src / "a.tif"), "--out", str(cli),
+                        "--config", str(cfg), "--quiet"], cwd=ROOT, env=_prefect_env(tmp_path / "cli-home"),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert scene_files(cli, "a") == scene_files(dest, "a") == {"parquet", "gpkg", "json", "qupath.geojson"}
+    same_objects(cli / "a.parquet", dest / "a.parquet")

@@ -15,12 +15,13 @@ from __future__ import annotations
 import geopandas as gpd
 import numpy as np
 import pytest
+from helpers import shared
 
 from pipeline.config import SegmentConfig
 from pipeline.evaluation.sanity import slide_figures
 from pipeline.runner import segment_scene
 
-from helpers import shared
+pytestmark = pytest.mark.slow  # the shipped model on a real slide
 
 
 def _level0_and_pixel_size(path) -> tuple[np.ndarray, float]:

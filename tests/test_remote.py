@@ -46,8 +46,8 @@ def test_fsspec_url_input_gives_the_same_objects_as_the_local_file(zipped_scene,
 
 
 @pytest.mark.parametrize("url, match", [
-    ("zip://missing.tif::file://{archive}", "file not found; check the URL"),
-    ("nosuchscheme://bucket/scene.tif", "cannot open this URL .*install the fsspec backend"),
+    ("zip://missing.tif::file://{archive}", "reading failed: not found; check the URL"),
+    ("nosuchscheme://bucket/scene.tif", "opening failed: no filesystem for this URL's scheme.*install its fsspec backend"),
 ])
 def test_bad_urls_are_one_clear_line(zipped_scene, url, match):
     with pytest.raises(InputError, match=match):

@@ -10,7 +10,6 @@ import os
 import pty
 import re
 import select
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.report.render import PALETTE
+from pipeline.io.palette import PALETTE
 
 H, W = 600, 700  # tile 256: a 3 x 3 grid with partial edge tiles
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
@@ -216,6 +215,7 @@ def _chrome(tmp: Path):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
 
+@pytest.mark.slow  # a real headless Chromium
 def test_report_renders_in_headless_chromium(batch, tmp_path):
     root, out, _ = batch
     s = json.loads((out / "geo.json").read_text())
@@ -280,7 +280,7 @@ def test_stretch_clips_below_low_percentile_to_black():
 
 
 def test_class_palette_is_stable():
-    from pipeline.report.render import class_colours
+    from pipeline.io.palette import class_colours
 
     a = class_colours(["building", "tree"], ["tree", "car", "building"])
     b = class_colours(["building", "tree"], ["car"])

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -130,7 +129,13 @@ def test_tissue_detection_skips_empty_tiles_before_the_model(tmp_path, dask_clie
     base = dict(model="classical", tile=128, halo=32)
     on = segment_scene(str(p), tmp_path / "on", SegmentConfig(tissue={"enabled": True, "min_fraction": 0.05}, **base),
                        client=dask_client_session)
-    off = segment_scene(str(p), tmp_path / "off", SegmentConfig(**base), client=dask_client_session)
+    off = segment_scene(str(p), tmp_path / "off", SegmentConfig(tissue={"enabled": False}, **base), client=dask_client_session)
+    # by default (tissue.enabled: auto) a slide gets it too, and the summary says why
+    auto = segment_scene(str(p), tmp_path / "auto", SegmentConfig(tissue={"min_fraction": 0.05}, **base),
+                         client=dask_client_session)
+    assert auto["tissue"]["ran"] and auto["tissue"]["why"].startswith("auto: a slide")
+    assert auto["tiles_skipped"] == on["tiles_skipped"] and auto["objects"] == on["objects"]
+    assert off["tissue"] == {"ran": False, "why": "tissue.enabled: false"}
     assert on["tissue"]["method"] == "intensity"
     # columns 0-2 of 8 hold no tissue (column 3 holds the 20 µm rim the mask is grown by)
     assert on["tiles_skipped"]["tissue"] == 24 and on["tiles_skipped"]["fraction"] == 0.375

@@ -1,18 +1,25 @@
-"""Stain handling (pipeline/stages/stain.py): colour deconvolution round trip, the stain jitter's invariants,
+"""Stain handling (pipeline/models/stain.py): colour deconvolution round trip, the stain jitter's invariants,
 the model inputs and their fixed normalisation, on a real CoNSeP patch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import shared
 from PIL import Image
 
 from pipeline.errors import CheckpointError, InputError
-from pipeline.stages.stain import (H_SCALE, fixed_percentiles, from_stains, hed_jitter, input_kind, model_input,
-                                   optical_density, to_stains)
+from pipeline.models.stain import (
+    H_SCALE,
+    fixed_percentiles,
+    from_stains,
+    hed_jitter,
+    input_kind,
+    model_input,
+    optical_density,
+    to_stains,
+)
 from pipeline.training.consep import GROUP_NAMES, brightfield_input, load_consep, split_by_tile, tile_of
-
-from helpers import shared
 
 
 def _patch() -> np.ndarray:

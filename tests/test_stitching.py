@@ -11,13 +11,12 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from helpers import rasterize_output
 
 from pipeline.config import SegmentConfig
 from pipeline.evaluation.metrics import iou_matrix, match
 from pipeline.runner import segment_scene
 from pipeline.synthetic import write_scene
-
-from helpers import rasterize_output
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +69,10 @@ def test_tiled_equals_untiled(dense_scene, oracle, dask_client_session, tmp_path
 
 def test_resume_skips_finished_tiles(dense_scene, dask_client_session, tmp_path):
     from pipeline.runner import make_job, plan_scene, run_ingest, run_tiles
+    from pipeline.settings import resolve_settings
 
     cfg = SegmentConfig(model="classical", tile=160, halo=32, keep_intermediate=True)
-    plan = plan_scene(str(dense_scene), tmp_path, cfg)
+    plan = plan_scene(str(dense_scene), tmp_path, resolve_settings(cfg))
     stats = run_ingest(dask_client_session, plan)
     job = make_job(plan, stats)
     first = run_tiles(dask_client_session, plan, job)

@@ -7,17 +7,20 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import geopandas as gpd
 import pytest
+from servers import ROOT, S3_ENV, make_bucket, moto_s3, s3_client, s3_environment
 
 from pipeline.config import SegmentConfig
 from pipeline.errors import InputError
 from pipeline.io import storage
 from pipeline.io.publish import Staging, verify_outputs
 from pipeline.synthetic import write_scene
-from servers import ROOT, S3_ENV, make_bucket, moto_s3, s3_client, s3_environment
+
+pytestmark = pytest.mark.slow  # an S3 server (moto)
 
 
 # --------------------------------------------------------------------------- publishing (no server needed)
@@ -107,7 +110,7 @@ def test_input_workdir_and_outputs_on_s3_equal_a_local_run(s3, s3_client_local, 
     assert any(k.startswith("results/.seamline-work/scene/parts/t") for k in keys)  # the work folder is in the bucket
     assert "results/.seamline-work/scene/windows.zarr/zarr.json" in keys
     assert not [k for k in keys if "/_seamline/tmp/" in k]
-    assert {"scene.parquet", "scene.gpkg", "scene.geojson", "scene.ome.zarr/labels/objects/.zattrs"} <= set(remote["files"])
+    assert {"scene.parquet", "scene.gpkg", "scene.qupath.geojson", "scene.ome.zarr/labels/objects/.zattrs"} <= set(remote["files"])
     assert all(("sha256" in m or "etag" in m) and m["size"] >= 0 for m in remote["files"].values())
     assert {k[len("results/"):] for k in keys if not k.startswith(("results/.seamline-work/", "results/scene.json"))} \
         == set(remote["files"])  # the JSON names every output file, and nothing else was published
@@ -142,7 +145,7 @@ def test_object_storage_faults_are_one_clear_line_and_leave_nothing(s3, tmp_path
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
     assert out in lines[0] and "create the bucket" in lines[0], lines[0]
     # The other faults, through the same check (in-process: each CLI start costs seconds here).
-    cases = [({"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}, "check AWS_ENDPOINT_URL"),
+    cases = [({"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}, "refuses connections.*AWS_ENDPOINT_URL"),
              ({"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "HOME": str(tmp_path)}, "AWS_ACCESS_KEY_ID")]
     for env, fix in cases:
         with monkeypatch.context() as m:
@@ -159,42 +162,96 @@ def test_object_storage_faults_are_one_clear_line_and_leave_nothing(s3, tmp_path
         inspect_raster(f"s3://{bucket}/missing.tif")
 
 
+@contextmanager
+def iam_enforced_s3(tmp_path):
+    """A moto S3 server that enforces IAM from its fourth request on, set up deterministically: exactly three
+    unauthenticated requests (no retries) make an admin user with an allow-all policy and its key; everything
+    after that — the test's set-up included — is signed and checked against IAM, so which request meets the
+    first refusal no longer depends on how many requests (retries, HEADs, listings) came first (#28)."""
+    import boto3
+    from botocore.config import Config
+
+    once = Config(retries={"max_attempts": 1, "mode": "standard"})
+    with moto_s3(tmp_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as endpoint:
+        boot = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="boot",
+                            aws_secret_access_key="boot", config=once)
+        boot.create_user(UserName="admin")
+        boot.put_user_policy(UserName="admin", PolicyName="all", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        k = boot.create_access_key(UserName="admin")["AccessKey"]
+        admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": k["AccessKeyId"],
+                 "aws_secret_access_key": k["SecretAccessKey"], "config": once}
+        yield endpoint, admin
+
+
+def _identity(admin: dict, name: str, statements: list[dict]) -> dict[str, str]:
+    """An IAM user with these policy statements; returns the AWS_* environment of its access key."""
+    import boto3
+
+    iam = boto3.client("iam", **admin)
+    iam.create_user(UserName=name)
+    if statements:
+        iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": statements}))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {"AWS_ENDPOINT_URL": admin["endpoint_url"], "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1"}
+
+
+# moto authorises HEAD requests as s3:Head* (AWS counts them as s3:GetObject / s3:ListBucket): without it the
+# "read-only" identity of the first version of this test could not read its input either — the refusal it met
+# depended on whether moto's unauthenticated start-up allowance was used up yet (#28).
+READ_ONLY = [{"Effect": "Allow", "Action": ["s3:Get*", "s3:List*", "s3:Head*"], "Resource": "*"},
+             {"Effect": "Deny", "Action": ["s3:Put*", "s3:Delete*", "s3:AbortMultipartUpload"], "Resource": "*"}]
+
+
 def test_a_bucket_that_refuses_writes_is_one_line_and_nothing_is_marked_done(tmp_path):
-    """A real refusal: moto enforcing IAM, the identity allowed to read and list but not to write. ``segment``
+    """A real refusal: moto enforcing IAM, the identity allowed to read and list but never to write. ``segment``
     and ``watch --once`` each stop with one line naming the destination and the fix; nothing is written, and
     no ledger (so nothing is marked done)."""
     import boto3
 
-    setup = 5  # unauthenticated requests to set up with: user, policy, key, bucket, scene
-    with moto_s3(tmp_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": str(setup)}) as endpoint:
-        admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
-                 "aws_secret_access_key": "setup"}
-        iam = boto3.client("iam", **admin)
-        iam.create_user(UserName="reader")
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*",
-                                                          "Action": ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"]}]}
-        iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName="reader")["AccessKey"]
-        bucket = f"ro-{os.getpid()}"
+    with iam_enforced_s3(tmp_path) as (endpoint, admin):
         s3 = boto3.client("s3", **admin)
+        bucket = f"ro-{os.getpid()}"
         s3.create_bucket(Bucket=bucket)
         tif = tmp_path / "scene.tif"
         write_scene(tif, 160, 160, seed=5)
         s3.put_object(Bucket=bucket, Key="incoming/scene.tif", Body=tif.read_bytes())
-
-        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-               "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1"}
-        reader = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
-        assert reader.get_object(Bucket=bucket, Key="incoming/scene.tif")["ContentLength"] == tif.stat().st_size
+        env = _identity(admin, "reader", READ_ONLY)
         out = f"s3://{bucket}/results"
-        small = ["--model", "classical", "--tile", "128", "--halo", "32", "--workers", "1"]
+        small = ["--model", "classical", "--workers", "1"]
         for args in (["segment", f"s3://{bucket}/incoming/scene.tif", "--out", out, *small],
                      ["watch", f"s3://{bucket}/incoming", "--out", out, "--once", *small]):
             r = _cli(args, env, tmp_path)
             lines = r.stderr.strip().splitlines()
             assert r.returncode == 2 and len(lines) == 1, (args[0], r.stderr[-2000:])
-            assert f"--out {out}" in lines[0] and "Access Denied" in lines[0], lines[0]
-            assert "grant this identity write access to it, or choose another location" in lines[0], lines[0]
-            keys = [o["Key"] for o in reader.list_objects_v2(Bucket=bucket).get("Contents", [])]
+            assert lines[0].startswith(f"seamline: error: --out {out}: writing a test object failed: this identity may "
+                                       "not write it (AccessDenied); grant this identity write access"), lines[0]
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
             assert keys == ["incoming/scene.tif"], keys  # no outputs, no work folder, no ledger, no lease
+
+
+def test_unreadable_missing_and_rejected_inputs_each_have_their_line(tmp_path):
+    """403 (an identity with no S3 rights), 404 (a key that is not there) and a bucket that does not exist:
+    each its own line naming the input, never "install a backend"."""
+    import boto3
+
+    with iam_enforced_s3(tmp_path) as (endpoint, admin):
+        s3 = boto3.client("s3", **admin)
+        bucket = f"in-{os.getpid()}"
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key="a.tif", Body=b"II*\x00")
+        nobody = _identity(admin, "nobody", [])
+        reader = _identity(admin, "reader", READ_ONLY)
+        out = str(tmp_path / "out")
+        cases = [(nobody, f"s3://{bucket}/a.tif", "this identity may not read it"),
+                 (reader, f"s3://{bucket}/missing.tif", "reading failed: not found; check the URL"),
+                 (reader, f"s3://nobucket-{os.getpid()}/a.tif", "reading failed:")]
+        for env, url, expect in cases:
+            r = _cli(["segment", url, "--out", out, "--model", "classical"], env, tmp_path)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+            assert lines[0].startswith(f"seamline: error: input {url}: ") and expect in lines[0], lines[0]
+            assert "install" not in lines[0], lines[0]
+        assert not os.path.exists(out)

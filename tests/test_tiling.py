@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ParameterError
+from pipeline.stages.grid import TileGrid, Window, validate_tiling
 from pipeline.stages.stitch import components, match_band
-from pipeline.stages.tiling import TileGrid, Window, validate_tiling
 
 grids = st.builds(
     lambda h, w, t, f: TileGrid(h, w, t, int(f * (t - 1))),

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import deepforest_crowns, shared
 
 from pipeline.errors import CheckpointError
 from pipeline.models.checkpoint import checkpoint_paths, load_metadata, save_checkpoint
@@ -13,8 +14,7 @@ from pipeline.models.learned import SHIPPED_MODEL, LearnedModel
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Augmenter, contact_weights, make_targets, split_train_val
 
-from helpers import deepforest_crowns, shared
-
+pytestmark = pytest.mark.slow  # training runs
 
 
 def test_targets_separate_touching_objects():
@@ -45,7 +45,7 @@ def test_augmenter_is_seeded_and_keeps_image_label_aligned():
     lab = np.zeros((80, 90), np.int32)
     lab[10:30, 10:40] = 1
     img = (lab > 0)[None].astype(np.float32).repeat(3, 0)
-    from pipeline.training.data import Sample
+    from pipeline.training.samples import Sample
 
     s = Sample("x", img, lab)
     a1, a2 = Augmenter(64, seed=1, contact_weight=3.0), Augmenter(64, seed=1, contact_weight=3.0)
@@ -59,7 +59,7 @@ def test_augmenter_is_seeded_and_keeps_image_label_aligned():
 
 
 def test_split_is_stratified_and_reproducible():
-    from pipeline.training.data import Sample
+    from pipeline.training.samples import Sample
 
     samples = [Sample(f"{m}{i}", np.zeros((1, 2, 2)), np.zeros((2, 2), np.int32), m) for m in "ab" for i in range(10)]
     t1, v1 = split_train_val(samples, 0.2, seed=0)
@@ -104,7 +104,7 @@ def test_time_schedule_anneals_when_the_epochs_run_out_first(tmp_path):
     from pipeline.training.train import train
 
     train(cfg)
-    lrs = [h["lr"] for h in json.loads((tmp_path / "m.history.json").read_text())["history"]]
+    lrs = [h["lr"] for h in json.loads((tmp_path / "m" / "m.history.json").read_text())["history"]]
     assert len(lrs) == 3 and lrs[0] > 0.5e-3 and lrs[-1] <= 0.03e-3
 
 
@@ -181,7 +181,7 @@ def test_tta_heads_are_mirror_equivariant():
 
 def _heads_with_fragments(seed: int):
     """Four 8x8 objects (fg, distance peak, no boundary) and two 3x3 foreground fragments without a core."""
-    from pipeline.training.data import Sample
+    from pipeline.training.samples import Sample
 
     rng = np.random.default_rng(seed)
     labels = np.zeros((64, 64), np.int32)

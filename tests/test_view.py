@@ -9,10 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.slow  # napari under Xvfb
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
@@ -109,12 +110,11 @@ def test_view_layers_for_a_real_slide_through_its_own_reader(dask_client_session
     reader — the full-resolution image as a lazy pyramid whose pixels are the slide's, and the objects over it.
     napari's ViewerModel (no window, no OpenGL) holds the layers the window would show. A distributed Client is
     the default scheduler here (as in a notebook that has one): the lazy reads must travel to its workers."""
+    from helpers import shared
     from napari.components import ViewerModel
 
     from pipeline.io.sources import open_source
     from pipeline.report.view import add_scene_layers, find_summary
-
-    from helpers import shared
 
     svs = shared("slides", "CMU-1-Small-Region.svs")
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "segment", str(svs), "--out", str(tmp_path / "out"),

@@ -11,14 +11,18 @@ import sys
 import time
 
 import pytest
+from servers import ROOT, make_bucket, s3_client, s3_environment
 
 from pipeline.config import SegmentConfig
+from pipeline.io import storage
 from pipeline.lease import Lease
 from pipeline.synthetic import write_scene
 from pipeline.watch import read_ledger, watch_once
-from servers import ROOT, make_bucket, s3_client, s3_environment
 
-CFG = SegmentConfig(model="classical", tile=128, halo=32, workers=1, label_image=False, qupath_geojson=False)
+pytestmark = pytest.mark.slow  # an S3 server (moto) and watcher processes
+
+# Tile and halo left unset, as users leave them: the second round must still find every scene done (#19).
+CFG = SegmentConfig(model="classical", workers=1, label_image=False, qupath_geojson=False)
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +89,17 @@ def test_watch_once_per_version_with_ledger_retries_and_changes(s3, client, tmp_
 
 
 def test_lease_blocks_while_alive_and_expires_when_its_holder_dies(s3, tmp_path):
+    """Expiry is judged by a clock the test advances (a synchronisation point, not a sleep): a machine slow
+    enough to take longer than a short time-to-live between two calls can no longer flip the outcome."""
     bucket = make_bucket(s3)
+    now = [time.time()]
     for url in (f"s3://{bucket}/leases/x.json", str(tmp_path / "leases" / "x.json")):
-        a, b = Lease(url, ttl_s=6, settle_s=0.2), Lease(url, ttl_s=6, settle_s=0.2)
+        a, b = (Lease(url, ttl_s=600, settle_s=0.2, clock=lambda: now[0]) for _ in range(2))
         assert a.acquire() and not b.acquire()
+        now[0] += 599  # alive: renewed or not, a lease within its time to live blocks the other watcher
+        assert not b.acquire()
         a._stop.set()  # the holder "dies": no more renewals
-        time.sleep(6.5)
+        now[0] += 2  # ... past its expiry
         assert b.acquire() and not a.still_held()
         b.release()
         assert Lease(url).acquire()
@@ -102,7 +111,7 @@ def test_two_watchers_on_one_dest_never_do_a_scene_twice(s3, tmp_path):
     src, dest = f"s3://{bucket}/incoming", f"s3://{bucket}/results"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "pipeline.cli", "watch", src, "--out", dest, "--once", "--model", "classical",
-           "--tile", "128", "--halo", "32", "--workers", "1"]
+           "--workers", "1"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -132,8 +141,6 @@ def test_a_briefly_unreadable_lease_is_still_held(tmp_path):
     """A transient read failure (here: the object caught mid-rewrite) is retried, not read as a lost lease —
     otherwise the holder that just finished a scene skips its done-record and another watcher redoes it."""
     import threading
-
-    from pipeline.lease import Lease
 
     lease = Lease(str(tmp_path / "leases" / "x.json"), ttl_s=60)
     assert lease.acquire()
@@ -174,21 +181,33 @@ def test_two_creates_that_both_succeed_still_give_one_holder(s3, monkeypatch):
     import threading
 
     url = f"s3://{make_bucket(s3)}/leases/s.json"
-    a, b = Lease(url, settle_s=1.0), Lease(url, settle_s=1.0)
+    a, b = Lease(url, settle_s=0.0), Lease(url, settle_s=0.0)
+    a_wrote, b_wrote = threading.Event(), threading.Event()
 
-    def non_atomic_create(lease, delay):
-        def create():
-            time.sleep(delay)
-            from pipeline.io import storage
+    # Explicit synchronisation points, not delays: a's create "succeeds" first, then b's does too (the
+    # non-atomic store), and a reads back only after b wrote — the race the read-back must settle, forced.
+    def create_a():
+        storage.write_bytes(a.url, a._body())
+        a_wrote.set()
+        return True
 
-            storage.write_bytes(lease.url, lease._body())  # "succeeded", though the other's create did too
-            return True
-        return create
+    def create_b():
+        assert a_wrote.wait(60)
+        storage.write_bytes(b.url, b._body())
+        b_wrote.set()
+        return True
 
-    monkeypatch.setattr(a, "_create_if_absent", non_atomic_create(a, 0.0))
-    monkeypatch.setattr(b, "_create_if_absent", non_atomic_create(b, 0.4))
+    read_a = a._read
+
+    def read_after_b(tries=4):
+        assert b_wrote.wait(60)
+        return read_a(tries)
+
+    monkeypatch.setattr(a, "_create_if_absent", create_a)
+    monkeypatch.setattr(b, "_create_if_absent", create_b)
+    monkeypatch.setattr(a, "_read", read_after_b)
     got = {}
-    threads = [threading.Thread(target=lambda l=l, k=k: got.__setitem__(k, l.acquire())) for k, l in (("a", a), ("b", b))]
+    threads = [threading.Thread(target=lambda lease=lease, k=k: got.__setitem__(k, lease.acquire())) for k, lease in (("a", a), ("b", b))]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert got == {"a": False, "b": True} and b.still_held() and not a.still_held()
@@ -217,12 +236,13 @@ def test_a_scene_whose_lease_was_taken_while_it_ran_is_not_reported_done(s3, tmp
 def test_an_unreadable_record_leaves_the_scene_alone(s3, tmp_path):
     """A record that exists but cannot be read is not "no record": the scene is left for the next round (with
     a warning naming the file) instead of being done a second time."""
-    from pipeline.watch import _scene_id, list_scenes, settings_fingerprint
+    from pipeline.settings import resolve_settings
+    from pipeline.watch import _scene_id, list_scenes
 
     bucket = make_bucket(s3)
     _upload_scenes(s3, tmp_path, bucket, [("a.tif", 1)])
     src, dest = f"s3://{bucket}/incoming", f"s3://{bucket}/results"
-    sid = _scene_id(list_scenes(src)[0], settings_fingerprint(CFG))
+    sid = _scene_id(list_scenes(src)[0], resolve_settings(CFG).fingerprint)
     s3_client(s3).put_object(Bucket=bucket, Key=f"results/_seamline/records/{sid}.json", Body=b'{"status": "do')
     r = watch_once(src, dest, CFG, process=lambda *a: pytest.fail("processed a scene whose record it could not read"))
     assert (r["processed"], r["unreadable"]) == (0, 1)
@@ -231,14 +251,15 @@ def test_an_unreadable_record_leaves_the_scene_alone(s3, tmp_path):
 def test_published_outputs_without_a_record_are_adopted_not_made_again(s3, tmp_path):
     """A holder that stopped between publishing and recording (or a record not readable in time) leaves current
     outputs without a done record: the next watch records them as done instead of processing the scene again."""
-    from pipeline.watch import _scene_id, list_scenes, settings_fingerprint
+    from pipeline.settings import resolve_settings
+    from pipeline.watch import _scene_id, list_scenes
 
     bucket = make_bucket(s3)
     _upload_scenes(s3, tmp_path, bucket, [("a.tif", 1)])
     src, dest = f"s3://{bucket}/incoming", f"s3://{bucket}/results"
     r1 = watch_once(src, dest, CFG)
     assert r1["processed"] == 1
-    sid = _scene_id(list_scenes(src)[0], settings_fingerprint(CFG))
+    sid = _scene_id(list_scenes(src)[0], resolve_settings(CFG).fingerprint)
     for key in (f"results/_seamline/records/{sid}.json", "results/_seamline/ledger.parquet"):
         s3_client(s3).delete_object(Bucket=bucket, Key=key)
     r2 = watch_once(src, dest, CFG, process=lambda *a: pytest.fail("made current outputs a second time"))

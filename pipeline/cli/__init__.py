@@ -7,7 +7,17 @@ import os
 import sys
 
 from pipeline import __version__
-from pipeline.errors import SeamlineError
+from pipeline.cli.config import add_config_command
+from pipeline.cli.diff import add_diff_command
+from pipeline.cli.evaluate import add_evaluate_command
+from pipeline.cli.options import UsageParser
+from pipeline.cli.segment import add_segment_commands
+from pipeline.cli.watch import add_watch_command
+from pipeline.config import SegmentConfig
+from pipeline.config_file import load_yaml_config, validation_message
+from pipeline.errors import EXIT, ConfigError, ParameterError, SeamlineError
+from pipeline.stages.dispatch import slurm_cluster
+from pipeline.training.config import TrainConfig
 
 __all__ = ["main"]
 
@@ -19,9 +29,7 @@ def _env_defaults() -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.configio import load_yaml_config
-    from pipeline.training.config import TrainConfig
-    from pipeline.training.train import train
+    from pipeline.training.train import train  # late: torch and the training stack load only for training
 
     overrides: dict = {}
     if args.epochs is not None:
@@ -41,9 +49,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SeamlineError("seamline train: pass --config FILE or --data DIR (a folder with images/ and labels/)")
         from pydantic import ValidationError
 
-        from pipeline.configio import validation_message
-        from pipeline.errors import ConfigError
-
         try:
             cfg = TrainConfig.model_validate(overrides)
         except ValidationError as exc:
@@ -54,15 +59,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from pipeline.training.tune import tune_postprocess
+    from pipeline.training.tune import tune_postprocess  # late: the model stack loads only for tuning
 
     if (args.data is None) == (args.config is None):
         raise SeamlineError("seamline tune: pass the data the checkpoint was trained on, either --data DIR "
                             "(images/ and labels/) or --config TRAINING.yaml")
     if args.config:
-        from pipeline.configio import load_yaml_config
-        from pipeline.training.config import TrainConfig
-
         data = load_yaml_config(args.config, TrainConfig, {}).data
     else:
         data = args.data
@@ -76,14 +78,17 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seamline", description="Very large images in, one polygon per object out.")
+    p = UsageParser(prog="seamline", description="Very large images in, one polygon per object out.",
+                epilog="exit codes: 0 ok, 1 a run failed, 2 bad input or config (one line), 3 the quality gate "
+                       "refused to publish, 64 wrong command line, 130 interrupted (docs/OPERATIONS.md)")
     p.add_argument("--version", action="version", version=f"seamline {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an instance-segmentation model (safetensors + JSON checkpoint)")
     t.add_argument("--config", help="training YAML (see configs/train_nuclei.yaml)")
     t.add_argument("--data", help="folder with images/ and labels/ (instead of a config)")
-    t.add_argument("--out", help="checkpoint path (stem); writes OUT.safetensors and OUT.json")
+    t.add_argument("--out", metavar="DIR", help="run folder: DIR/<DIR name>.safetensors + .json (the checkpoint; "
+                                                "--model DIR reads it) and .history.json")
     t.add_argument("--epochs", type=int)
     t.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start from these weights instead of random ones ('default': the shipped nuclei model) — "
@@ -98,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint's JSON as it is")
     u.set_defaults(func=_cmd_tune)
 
-    from pipeline.cli.segment import add_segment_commands
-
     add_segment_commands(sub)
+    add_evaluate_command(sub)
+    add_config_command(sub)
 
     v = sub.add_parser("view", help="open a run's image and objects in napari (optional extra: seamline[view])")
     v.add_argument("target", metavar="OUT/STEM", help="the output folder and scene stem of a finished run")
@@ -108,9 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-polygons", type=int, default=50_000, help="beyond this many objects show centroids")
     v.set_defaults(func=_cmd_view)
 
-    from pipeline.cli.watch import add_watch_command
-
     add_watch_command(sub)
+    add_diff_command(sub)
 
     c = sub.add_parser("cluster-script", help="print the SLURM job script a config's cluster: {kind: slurm} submits (nothing is submitted)")
     c.add_argument("--config", required=True, metavar="FILE", help="YAML config with a cluster: {kind: slurm, ...} section")
@@ -119,10 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_cluster_script(args: argparse.Namespace) -> int:
-    from pipeline.config import SegmentConfig
-    from pipeline.configio import load_yaml_config
-    from pipeline.errors import ParameterError
-    from pipeline.stages.dispatch import slurm_cluster
 
     cfg = load_yaml_config(args.config, SegmentConfig, {})
     if cfg.cluster.kind != "slurm":
@@ -134,7 +134,7 @@ def _cmd_cluster_script(args: argparse.Namespace) -> int:
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
-    from pipeline.report.view import view
+    from pipeline.report.view import view  # late: napari is an optional extra
 
     shot = view(args.target, args.screenshot, args.max_polygons)
     if shot:
@@ -169,13 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("seamline: interrupted", file=sys.stderr)
-        return 130
+        return EXIT["interrupted"]
     except BrokenPipeError:
         # stdout went to a reader that stopped reading (`seamline segment … | head -1`): what remains to print
         # goes nowhere, without a traceback (Python's documented recipe: point stdout at devnull, so that the
         # interpreter's own flush at exit does not raise again). Outputs were published before anything printed.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # what a shell reports for a process ended by SIGPIPE
+        return EXIT["broken_pipe"]  # what a shell reports for a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

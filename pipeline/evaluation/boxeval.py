@@ -16,6 +16,8 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.evaluation.boxes import BOX_IOU, box_counts, box_scores
+from pipeline.evaluation.boxfiles import boxes_of_image, read_box_file
+from pipeline.evaluation.loading import grid_of, kind, read_vector, run_summary, summary_grid
 
 __all__ = ["evaluate_boxes", "format_box_table", "polygon_pixel_boxes"]
 
@@ -35,9 +37,6 @@ def polygon_pixel_boxes(gdf, transform, crs=None) -> np.ndarray:
 
 def _truth(path: Path, image_name: str | None, grid):
     """(boxes, classes) of the truth file for the image ``image_name``."""
-    from pipeline.evaluation.evaluate import _read_vector
-    from pipeline.training.boxdata import boxes_of_image, read_box_file
-
     if path.suffix.lower() in (".xml", ".csv"):
         table = read_box_file(path)
         rows = boxes_of_image(table, image_name) if image_name else None
@@ -47,7 +46,7 @@ def _truth(path: Path, image_name: str | None, grid):
             raise InputError(f"evaluate --boxes: {path} holds boxes of {len(table)} images, none named {image_name!r}; "
                              "pass a box file of the evaluated image only")
         return np.array([r[:4] for r in rows], np.float64).reshape(-1, 4), [r[4] for r in rows]
-    gdf = _read_vector(path)
+    gdf = read_vector(path)
     col = next((c for c in ("class", "label") if c in gdf.columns), None)
     boxes = polygon_pixel_boxes(gdf, grid[1], grid[2])
     return boxes, ([str(v) for v in gdf[col]] if col else ["object"] * len(boxes))
@@ -55,22 +54,20 @@ def _truth(path: Path, image_name: str | None, grid):
 
 def evaluate_boxes(pred_path, truth_path, like=None, threshold: float = BOX_IOU) -> dict:
     """Box precision, recall and F1 overall and per class (see the module docstring)."""
-    from pipeline.evaluation.evaluate import _grid, _kind, _read_vector, _run_summary, _summary_grid
-
     pred_p, truth_p = Path(pred_path), Path(truth_path)
-    if _kind(pred_p) != "vector":
+    if kind(pred_p) != "vector":
         raise InputError(f"evaluate --boxes: {pred_p}: expected a Seamline output (.parquet/.gpkg) as the prediction")
     if not truth_p.is_file():
         raise InputError(f"evaluate --boxes: {truth_p}: file not found; check the path")
-    summary = _run_summary(pred_p)
-    grid = _grid(like)
+    summary = run_summary(pred_p)
+    grid = grid_of(like)
     if grid is None:
         if summary is None:
             raise InputError(f"evaluate --boxes: {pred_p}: no run summary {pred_p.with_suffix('.json').name} beside it; "
                              "pass --like RASTER (the image it was segmented from)")
-        grid = _summary_grid(pred_p, summary)
+        grid = summary_grid(pred_p, summary)
     image_name = Path(str(summary.get("input", ""))).name if summary else None
-    pred = _read_vector(pred_p)
+    pred = read_vector(pred_p)
     pred_boxes = polygon_pixel_boxes(pred, grid[1], grid[2])
     pred_cls = [str(v) for v in pred["class"]] if "class" in pred.columns else ["object"] * len(pred_boxes)
     truth_boxes, truth_cls = _truth(truth_p, image_name, grid)

@@ -1,8 +1,10 @@
-"""The batch table: one row per input scene of a ``seamline segment`` call (``summary.parquet`` + ``.csv``).
+"""The batch table: one row per scene of an output folder (``summary.parquet`` + ``.csv``).
 
 What a biologist compares across slides — object count, tissue area, objects per mm², timings — and whether
-each slide finished (``status`` ``ok`` or ``failed`` with the one-line error). Written after the last scene,
-under temporary names then renamed, so a reader never sees half a table.
+each slide finished (``status`` ``ok`` or ``failed`` with the one-line error; ``skipped`` when its outputs were
+already current). Calls into the same folder accumulate: earlier rows are kept and a scene's row is replaced
+by its newest (keyed by output stem). Each file is one atomic object, so a reader never sees half a table;
+two calls finishing at the same instant into one folder can lose one call's rows (the last writer wins).
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.io import storage
+
 __all__ = ["batch_row", "failed_row", "write_batch_summary", "BATCH_COLUMNS"]
 
 BATCH_COLUMNS = ["input", "stem", "status", "error", "objects", "tissue_area", "tissue_area_unit", "objects_density",
                  "objects_density_unit", "width", "height", "megapixels", "seconds_total", "megapixels_per_s",
                  "seconds_ingest", "seconds_tiles", "seconds_stitch", "seconds_label_image", "seconds_write",
-                 "model", "parquet"]
+                 "model", "skipped", "parquet"]
 
 
 def batch_row(summary: dict[str, Any]) -> dict[str, Any]:
@@ -30,30 +34,38 @@ def batch_row(summary: dict[str, Any]) -> dict[str, Any]:
         "seconds_total": t.get("total"), "megapixels_per_s": summary.get("megapixels_per_s"),
         "seconds_ingest": t.get("ingest_and_stats"), "seconds_tiles": t.get("tiles"), "seconds_stitch": t.get("stitch"),
         "seconds_label_image": t.get("label_image"), "seconds_write": t.get("write"),
-        "model": summary.get("model", {}).get("spec"), "parquet": summary["outputs"]["parquet"],
+        "model": summary.get("model", {}).get("spec"), "skipped": bool(summary.get("skipped")),
+        "parquet": summary["outputs"]["parquet"],
     }
 
 
-def failed_row(input_path: str, error: str) -> dict[str, Any]:
+def failed_row(input_path: str, stem: str, error: str) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(BATCH_COLUMNS)
-    row.update({"input": input_path, "stem": Path(input_path.split("::")[0]).stem, "status": "failed", "error": error})
+    row.update({"input": input_path, "stem": stem, "status": "failed", "error": error, "skipped": False})
     return row
 
 
 def write_batch_summary(out_dir: str | Path, rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Write ``summary.parquet`` and ``summary.csv`` into ``out_dir``; returns their paths."""
+    """Write ``summary.parquet`` and ``summary.csv`` into ``out_dir`` (with the rows already there whose stem
+    this batch did not run); returns their paths."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    url = storage.join(str(out_dir), "summary.parquet")
+    if storage.exists(url):
+        try:
+            old = storage.read_parquet(url).to_pylist()
+        except (OSError, ValueError, pa.ArrowException):
+            old = []  # an unreadable table is replaced, not merged
+        mine = {r["stem"] for r in rows}
+        rows = [{c: r.get(c) for c in BATCH_COLUMNS} for r in old if r.get("stem") not in mine] + rows
     types = {c: pa.string() for c in BATCH_COLUMNS}
     types.update({c: pa.float64() for c in BATCH_COLUMNS if c.startswith("seconds_") or c in
                   ("tissue_area", "objects_density", "megapixels", "megapixels_per_s")})
-    types.update({"objects": pa.int64(), "width": pa.int64(), "height": pa.int64()})
+    types.update({"objects": pa.int64(), "width": pa.int64(), "height": pa.int64(), "skipped": pa.bool_()})
     table = pa.table({c: pa.array([r.get(c) for r in rows], types[c]) for c in BATCH_COLUMNS})
     import io
-
-    from pipeline.io import storage
 
     finals = {"parquet": storage.join(str(out_dir), "summary.parquet"), "csv": storage.join(str(out_dir), "summary.csv")}
     pbuf, cbuf = io.BytesIO(), io.BytesIO()

@@ -1,4 +1,4 @@
-"""Publishing a scene's output files without rename: staged files, copied to their final names, and the JSON
+"""Stage 9 (publish): a scene's output files published without rename: staged files, copied to their final names, and the JSON
 summary written last as the commit marker.
 
 Object stores have no atomic rename and no directories, and a run can die at any point. So every output is
@@ -36,7 +36,7 @@ from typing import Any
 
 from pipeline.io import storage
 
-__all__ = ["Staging", "verify_outputs", "summary_url", "sha256_file"]
+__all__ = ["Staging", "verify_outputs", "current_outputs", "summary_url", "sha256_file"]
 
 PUBLISH_PREFIX = "_seamline/tmp"
 
@@ -145,7 +145,7 @@ class Staging:
             text = json.dumps(summary, indent=2, default=_json_default) + "\n"
             storage.write_text(final_json, text)  # local: temp + os.replace; object store: one PUT
         except OSError as exc:
-            raise storage.storage_error(self.out_dir, exc, "writing the outputs") from None
+            raise storage.storage_error(self.out_dir, exc, "writing the outputs", "--out") from None
         finally:
             self.discard()
         return summary
@@ -215,8 +215,12 @@ def verify_outputs(out_dir: str, stem: str, deep: bool = False) -> dict[str, Any
     url = summary_url(str(out_dir), stem)
     try:
         summary = json.loads(storage.read_text(url))
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except ValueError:  # not JSON (a partial upload by another tool): not a trusted output set
+        return None
+    except Exception as exc:  # noqa: BLE001 - a refusing endpoint or a 403 is one line, never "not done"
+        raise storage.storage_error(url, exc, "reading", "--out") from None
     files = summary.get("files")
     if not isinstance(files, dict) or not files:
         return None
@@ -239,6 +243,16 @@ def verify_outputs(out_dir: str, stem: str, deep: bool = False) -> dict[str, Any
         except OSError:
             return None
     return summary
+
+
+def current_outputs(out_dir: str, stem: str, version: str, fingerprint: str) -> dict[str, Any] | None:
+    """The published summary of ``stem`` when the outputs verify (:func:`verify_outputs`) and were made from
+    this ``version`` of the input (:func:`pipeline.io.storage.version_of`) with the settings of this
+    ``fingerprint`` (:mod:`pipeline.settings`); else None. The runner and ``watch`` decide "done" with it."""
+    s = verify_outputs(out_dir, stem)
+    if s is None or s.get("input_version") != version or s.get("settings_fingerprint") != fingerprint:
+        return None
+    return s
 
 
 def _json_default(o):

@@ -15,18 +15,13 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import shapely
 
-__all__ = ["GeoJSONWriter", "class_color", "qupath_measurements"]
+from pipeline.io.palette import class_colours
 
-_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+__all__ = ["GeoJSONWriter", "qupath_measurements"]
+
 _UNIT_LABEL = {"um2": "µm^2", "um": "µm", "m2": "m^2", "m": "m", "px": "px"}
-
-
-def class_color(name: str, classes: list[str] | None = None) -> list[int]:
-    """A stable colour per class: the class's position in the model's list, else a hash of its name."""
-    i = classes.index(name) if classes and name in classes else sum(name.encode())
-    return list(_PALETTE[i % len(_PALETTE)])
 
 
 def qupath_measurements(rows: dict[str, np.ndarray], channels: list[str], channel_cols: list[str]) -> list[tuple[str, np.ndarray]]:
@@ -48,21 +43,25 @@ def qupath_measurements(rows: dict[str, np.ndarray], channels: list[str], channe
 class GeoJSONWriter:
     """Stream features into ``path``; call :meth:`close` to finish the FeatureCollection."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, colours: dict[str, tuple[int, int, int]] | None = None):
+        """``colours``: class name -> RGB (:func:`pipeline.io.palette.class_colours`, the palette of every other
+        view); a class it lacks gets the palette's colour for its sorted position after them."""
+        self.colours = dict(colours or {})
         self._f: IO[str] = open(path, "w", encoding="utf-8")
         self._f.write('{"type": "FeatureCollection", "features": [\n')
         self._first = True
 
     def add(self, geoms_px: np.ndarray, rows: dict[str, np.ndarray], classes: np.ndarray,
             channels: list[str], channel_cols: list[str]) -> None:
-        """``classes``: each feature's class name (its QuPath classification, coloured by :func:`class_color`)."""
-        import shapely
-
+        """``classes``: each feature's class name (its QuPath classification, in its class colour)."""
         if len(geoms_px) == 0:
             return
         geo = shapely.to_geojson(geoms_px)
         meas = qupath_measurements(rows, channels, channel_cols)
-        cls_json = {str(c): json.dumps({"name": str(c), "color": class_color(str(c))}) for c in set(classes.tolist())}
+        found = sorted({str(c) for c in classes.tolist()})
+        if set(found) - set(self.colours):
+            self.colours = class_colours(list(self.colours), found)
+        cls_json = {c: json.dumps({"name": c, "color": list(self.colours[c])}) for c in found}
         names = [json.dumps(n) for n, _ in meas]
         cols = [np.asarray(v, np.float64) for _, v in meas]
         parts = []

@@ -11,95 +11,21 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.errors import InputError
+from pipeline.io import storage
+from pipeline.io.scene import SUPPORTED_DTYPES, SceneInfo
+from pipeline.io.storage import open_binary
+from pipeline.io.units import to_um
 
-__all__ = ["SceneInfo", "open_raster", "inspect_raster", "read_window", "SUPPORTED_DTYPES"]
+__all__ = ["open_raster", "inspect_raster", "check_dataset", "clean_nodata"]
 
-SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: Formats GDAL can only decode from the start (no tiles, no random access): every window re-reads the file up
 #: to it, so they are taken up to a size that costs little (a NEON benchmark tile, a DSB2018 image, a photo)
 #: and refused above it with the conversion to use. Every other raster format GDAL reads is read by windows.
 STREAM_DRIVERS = ("PNG", "JPEG", "GIF", "WEBP")
 MAX_STREAM_PIXELS = 64 * 2**20
-_UNIT_TO_UM = {"nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "micrometer": 1.0,
-               "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6}
-
-
-@dataclass(frozen=True)
-class SceneInfo:
-    """What Seamline needs to know about an input (JSON-serialisable via :meth:`as_attrs`).
-
-    ``width``/``height``/``count``/``transform``/``pixel_size_um`` describe the *working* image: the one the
-    zarr store holds and the model sees. It is pyramid level ``level`` of the source, area-averaged down by
-    ``resample`` (1 = read as stored), so one working pixel spans ``scale`` level-0 pixels; ``transform`` is
-    the level-0 transform scaled by ``scale``, so polygons come out in level-0 coordinates / the CRS.
-    ``channels`` are the source's 0-based channels copied (None = all), ``channel_names`` their names.
-    """
-
-    path: str
-    width: int
-    height: int
-    count: int
-    dtype: str
-    crs_wkt: str | None
-    transform: tuple[float, float, float, float, float, float]
-    nodata: float | None
-    pixel_size_um: tuple[float, float] | None = None
-    driver: str = "GTiff"
-    reader: str = "gdal"
-    series: int | None = None
-    level: int = 0
-    resample: float = 1.0
-    scale: float = 1.0
-    level0: tuple[int, int] | None = None  # (height, width) of level 0; None = the working size
-    levels: tuple[tuple[int, int, float], ...] = ()
-    channels: tuple[int, ...] | None = None
-    channel_names: tuple[str, ...] | None = None
-    has_mask: bool = False  # the source has an alpha band / mask / may hold nodata or NaN: the store has "valid"
-
-    @property
-    def georeferenced(self) -> bool:
-        return self.crs_wkt is not None
-
-    @property
-    def stem(self) -> str:
-        from pipeline.io.sources import stem_of
-
-        return stem_of(self.path)
-
-    def as_attrs(self) -> dict[str, Any]:
-        return {
-            "source": self.path, "width": self.width, "height": self.height, "count": self.count,
-            "dtype": self.dtype, "crs_wkt": self.crs_wkt, "transform": list(self.transform),
-            "nodata": self.nodata, "pixel_size_um": list(self.pixel_size_um) if self.pixel_size_um else None,
-            "driver": self.driver, "reader": self.reader, "series": self.series, "level": self.level,
-            "resample": self.resample, "scale": self.scale, "level0": list(self.level0) if self.level0 else None,
-            "levels": [list(lv) for lv in self.levels],
-            "channels": list(self.channels) if self.channels is not None else None,
-            "channel_names": list(self.channel_names) if self.channel_names is not None else None,
-            "has_mask": self.has_mask,
-        }
-
-    @classmethod
-    def from_attrs(cls, a: dict[str, Any]) -> "SceneInfo":
-        return cls(a["source"], a["width"], a["height"], a["count"], a["dtype"], a["crs_wkt"], tuple(a["transform"]),
-                   a["nodata"], tuple(a["pixel_size_um"]) if a.get("pixel_size_um") else None, a.get("driver", "GTiff"),
-                   a.get("reader", "gdal"), a.get("series"), a.get("level", 0), a.get("resample", 1.0),
-                   a.get("scale", 1.0), tuple(a["level0"]) if a.get("level0") else None,
-                   tuple(tuple(lv) for lv in a.get("levels", ())),
-                   tuple(a["channels"]) if a.get("channels") is not None else None,
-                   tuple(a["channel_names"]) if a.get("channel_names") is not None else None, a.get("has_mask", False))
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
 
 def open_raster(path: str, **open_kwargs: Any):
     """Open with rasterio; fsspec URLs through an fsspec opener. Raises InputError naming the file.
@@ -110,23 +36,15 @@ def open_raster(path: str, **open_kwargs: Any):
 
     kwargs: dict[str, Any] = dict(open_kwargs)
     name = path  # what messages call the input: the path or URL as the user gave it
-    if path.startswith("file://"):
-        path = path[len("file://"):]
-    if _is_url(path):
-        from fsspec.core import url_to_fs
-
-        try:
-            # The filesystem and the path inside it; chained URLs ("zip://a.tif::s3://bucket/b.zip") too.
-            fs, path = url_to_fs(path)
-            # fsspec instances are shared and cache listings: a scene replaced under the same key (a new version,
-            # as `seamline watch` sees them) must not be read with the old size — GDAL aborts on that.
-            fs.invalidate_cache(path)
-            exists = fs.exists(path)
-        except (ValueError, ImportError, OSError) as exc:
-            raise InputError(f"input {name}: cannot open this URL ({exc}); install the fsspec backend for its "
-                             "scheme (e.g. s3fs, gcsfs, aiohttp) and check the address") from None
-        if not exists:
-            raise InputError(f"input {name}: file not found; check the URL")
+    path = storage.local_path(path)
+    if storage.is_url(path):
+        # One line for a refusing endpoint, missing credentials, a 403 or a 404, before GDAL sees the URL; the
+        # probe also drops fsspec's cached listing: a scene replaced under the same key (a new version, as
+        # `seamline watch` sees them) must not be read with the old size — GDAL aborts on that.
+        if storage.probe(path, "input").get("type") == "directory":
+            raise InputError(f"input {name}: is a folder (prefix), expected an image file; pass the image's URL itself")
+        # The filesystem and the path inside it; chained URLs ("zip://a.tif::s3://bucket/b.zip") too.
+        fs, path = storage.fs_path(path)
         kwargs["opener"] = fs
     else:
         if not os.path.exists(path):
@@ -158,13 +76,7 @@ def _pixel_size_from_tiff(path: str) -> tuple[float, float] | None:
     except ImportError:  # pragma: no cover
         return None
     try:
-        if _is_url(path):
-            import fsspec
-
-            fh = fsspec.open(path, "rb").open()
-        else:
-            fh = open(path, "rb")
-        with fh, tifffile.TiffFile(fh) as tif:
+        with open_binary(path) as fh, tifffile.TiffFile(fh) as tif:
             if tif.is_ome and tif.ome_metadata:
                 return _ome_pixel_size(tif.ome_metadata)
             ij = tif.imagej_metadata
@@ -173,13 +85,13 @@ def _pixel_size_from_tiff(path: str) -> tuple[float, float] | None:
                 xr = page.tags.get("XResolution")
                 yr = page.tags.get("YResolution")
                 unit = str(ij["unit"]).strip().lower()
-                f = _UNIT_TO_UM.get(unit) or _UNIT_TO_UM.get(unit.replace("\\u00b5", "µ"))
+                f = to_um(1.0, unit) or to_um(1.0, unit.replace("\\u00b5", "µ"))
                 if xr is not None and yr is not None and f:
                     xpx = xr.value[0] / xr.value[1]
                     ypx = yr.value[0] / yr.value[1]
                     if xpx > 0 and ypx > 0:
                         return (f / xpx, f / ypx)
-    except Exception:  # metadata is optional: a TIFF without it is still valid input
+    except Exception:  # noqa: BLE001 - metadata is optional: a TIFF without it is still valid input
         return None
     return None
 
@@ -194,8 +106,8 @@ def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
             if sx is None or sy is None:
                 return None
             # An unknown unit (OME allows "pixel", "reference frame") is not a physical size.
-            ux = _UNIT_TO_UM.get(el.get("PhysicalSizeXUnit", "µm"))
-            uy = _UNIT_TO_UM.get(el.get("PhysicalSizeYUnit", "µm"))
+            ux = to_um(1.0, el.get("PhysicalSizeXUnit", "µm"))
+            uy = to_um(1.0, el.get("PhysicalSizeYUnit", "µm"))
             if ux is None or uy is None:
                 return None
             return (float(sx) * ux, float(sy) * uy)
@@ -218,7 +130,7 @@ def check_dataset(ds, path: str) -> str:
     try:
         ds.read(1, window=RWindow(0, 0, min(16, ds.width), min(16, ds.height)))
         ds.read(window=RWindow(max(0, ds.width - 16), max(0, ds.height - 16), min(16, ds.width), min(16, ds.height)))
-    except Exception as exc:  # rasterio raises RasterioIOError; GDAL may raise others for corrupt blocks
+    except Exception as exc:  # noqa: BLE001 - rasterio raises RasterioIOError; GDAL may raise others for corrupt blocks
         detail = exc.__cause__ or exc  # rasterio's "Read failed. See previous exception" wraps GDAL's message
         first = str(detail).splitlines()[0][:160] if str(detail) else type(exc).__name__
         raise InputError(f"input {path}: pixel data cannot be read, the file looks truncated or corrupt ({first}); re-copy or re-export it") from None
@@ -248,10 +160,3 @@ def inspect_raster(path: str, pixel_size_um: tuple[float, float] | None = None) 
         size = (ds.width, ds.height, ds.count)
     ps = pixel_size_um if pixel_size_um else (None if crs_wkt else _pixel_size_from_tiff(path))
     return SceneInfo(path, size[0], size[1], size[2], dtype, crs_wkt, (t.a, t.b, t.c, t.d, t.e, t.f), nodata, ps, driver)
-
-
-def read_window(ds, row: int, col: int, height: int, width: int) -> np.ndarray:
-    """(bands, height, width) from an open rasterio dataset."""
-    from rasterio.windows import Window as RWindow
-
-    return ds.read(window=RWindow(col, row, width, height))

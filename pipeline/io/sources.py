@@ -1,4 +1,5 @@
-"""ONE reader interface for every input Seamline accepts: :func:`open_source` -> :class:`ImageSource`.
+"""ONE reader interface for every input Seamline accepts: :func:`open_source` -> :class:`ImageSource`
+(declared in :mod:`pipeline.io.readers.base`).
 
 Whatever the format — a GeoTIFF/COG/VRT read by GDAL, a scanner slide read by OpenSlide, an OME-TIFF pyramid
 read by tifffile, an OME-Zarr (NGFF) multiscale image read by zarr — the rest of the pipeline sees the same
@@ -7,8 +8,7 @@ channel names, the dtype, nodata / a validity mask (alpha band, GDAL mask, slide
 level-0 affine transform, and windowed reads ``read(level, row, col, h, w, channels) -> (channels, h, w)``.
 
 Why one interface: the resolution rule (:mod:`pipeline.stages.resolution`), channel choice, tissue detection
-and ingest must not know which library read the pixels, and each library misreads some formats (NOTES:
-OpenSlide and GDAL both read an OME-TIFF pyramid as its first plane only), so the choice of backend is made
+and ingest must not know which library read the pixels, and each library misreads some formats (OpenSlide and GDAL both read an OME-TIFF pyramid as its first plane only), so the choice of backend is made
 once, here, by content and not by file extension alone.
 
 Backends live in :mod:`pipeline.io.readers`; a worker re-opens a source from its URL and ``reader`` name
@@ -17,171 +17,32 @@ Backends live in :mod:`pipeline.io.readers`; a worker re-opens a source from its
 
 from __future__ import annotations
 
-import math
 import os
 import threading
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
+from typing import Sequence
 
 from pipeline.errors import InputError, ParameterError
+from pipeline.io import storage
+from pipeline.io.readers.base import ImageSource
+from pipeline.io.readers.gdal import GdalSource
+from pipeline.io.readers.ometiff import OmeTiffSource
+from pipeline.io.readers.omezarr import OmeZarrSource
+from pipeline.io.readers.slide import SlideSource
+from pipeline.io.storage import open_binary
 
-__all__ = ["Level", "ImageSource", "open_source", "detect_reader", "resolve_channels", "READERS", "to_um",
-           "UNIT_TO_UM"]
+__all__ = ["open_source", "detect_reader", "resolve_channels", "READERS"]
 
 READERS = ("auto", "gdal", "openslide", "tifffile", "zarr")
-
-UNIT_TO_UM = {"nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0,
-              "micrometer": 1.0, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6,
-              "metre": 1e6}
-
-
-def to_um(value: float, unit: str | None) -> float | None:
-    """A length in µm, or None for units that are not lengths ("pixel", "reference frame", unknown)."""
-    if unit is None:
-        return None
-    f = UNIT_TO_UM.get(str(unit).strip().lower())
-    return None if f is None else float(value) * f
-
-
-@dataclass(frozen=True)
-class Level:
-    """One pyramid level: its size in pixels and how many level-0 pixels one of its pixels spans."""
-
-    height: int
-    width: int
-    downsample: float
-
-
-class ImageSource:
-    """An opened image. Backends fill the attributes in ``__init__`` and implement :meth:`_read`.
-
-    ``pixel_size`` is level 0's (x, y) pixel size in ``pixel_unit`` ("um" for microscopy, the CRS's linear
-    unit name for georeferenced rasters, e.g. "metre"), or None when unknown. ``transform`` maps level-0
-    (col, row) to the output coordinates (the CRS for georeferenced rasters, level-0 pixels otherwise).
-    """
-
-    reader: str = "?"
-    url: str
-    format: str
-    levels: list[Level]
-    pixel_size: tuple[float, float] | None = None
-    pixel_unit: str | None = None
-    channel_names: list[str]
-    dtype: str
-    nodata: float | None = None
-    has_mask: bool = False  # an alpha band, a GDAL mask or a slide's alpha: read_mask() says where data is
-    crs_wkt: str | None = None
-    transform: tuple[float, float, float, float, float, float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-    series: int | None = None
-    cached: bool = False  # held by open_source's per-process cache: callers must not close it
-
-    def _check_dtype(self) -> None:
-        """One clear line for a pixel type the stages cannot handle (the same rule as GDAL rasters')."""
-        from pipeline.io.raster import SUPPORTED_DTYPES
-
-        if self.dtype not in SUPPORTED_DTYPES:
-            raise InputError(f"input {self.url}: unsupported pixel type {self.dtype}; expected one of "
-                             f"{', '.join(SUPPORTED_DTYPES)}; convert the image to one of them")
-
-    # -- what backends implement -------------------------------------------------------------------------
-    def _read(self, level: int, row: int, col: int, h: int, w: int, channels: list[int]) -> np.ndarray:
-        raise NotImplementedError
-
-    def _read_mask(self, level: int, row: int, col: int, h: int, w: int) -> np.ndarray | None:
-        return None
-
-    def close(self) -> None:
-        pass
-
-    # -- the interface -----------------------------------------------------------------------------------
-    @property
-    def count(self) -> int:
-        return len(self.channel_names)
-
-    @property
-    def width(self) -> int:
-        return self.levels[0].width
-
-    @property
-    def height(self) -> int:
-        return self.levels[0].height
-
-    @property
-    def pixel_size_um(self) -> tuple[float, float] | None:
-        """Level-0 pixel size in µm for microscopy sources (None for georeferenced or unknown)."""
-        if self.pixel_size is None or self.crs_wkt is not None:
-            return None
-        x, y = (to_um(v, self.pixel_unit) for v in self.pixel_size)
-        return (x, y) if x and y else None
-
-    def check_window(self, level: int, row: int, col: int, h: int, w: int) -> None:
-        lv = self.levels[level]
-        if row < 0 or col < 0 or h <= 0 or w <= 0 or row + h > lv.height or col + w > lv.width:
-            raise ValueError(f"window ({row}, {col}, {h}, {w}) outside level {level} ({lv.height}x{lv.width})")
-
-    def read(self, level: int, row: int, col: int, h: int, w: int, channels: Sequence[int] | None = None) -> np.ndarray:
-        """Pixels of a window of ``level`` as (channels, h, w); ``channels`` are 0-based (default: all)."""
-        self.check_window(level, row, col, h, w)
-        ch = list(range(self.count)) if channels is None else [int(c) for c in channels]
-        return self._read(level, row, col, h, w, ch)
-
-    def read_with_mask(self, level: int, row: int, col: int, h: int, w: int,
-                       channels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`read` and :meth:`read_mask` of one window (one decode where the backend allows)."""
-        return self.read(level, row, col, h, w, channels), self.read_mask(level, row, col, h, w)
-
-    def read_mask(self, level: int, row: int, col: int, h: int, w: int) -> np.ndarray | None:
-        """Where the window holds data (bool, h x w) by the source's alpha/mask, or None if it has none.
-        Nodata values and NaN are not included here: :func:`valid_pixels` combines all three."""
-        return self._read_mask(level, row, col, h, w) if self.has_mask else None
-
-    def valid_pixels(self, data: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
-        """Valid pixels of a read (bool, h x w): not nodata in every channel, finite, inside the mask.
-        None when the source cannot have invalid pixels (no nodata, integer dtype, no mask)."""
-        valid = None if mask is None else mask.astype(bool, copy=True)
-        if self.nodata is not None:
-            v = ~np.all(data == self.nodata, axis=0)
-            valid = v if valid is None else valid & v
-        if data.dtype.kind == "f":
-            v = np.all(np.isfinite(data), axis=0)
-            valid = v if valid is None else valid & v
-        return valid
-
-    @property
-    def may_have_invalid(self) -> bool:
-        return self.has_mask or self.nodata is not None or np.dtype(self.dtype).kind == "f"
-
-    def describe(self) -> dict[str, Any]:
-        return {"reader": self.reader, "format": self.format, "series": self.series,
-                "levels": [[lv.height, lv.width, round(lv.downsample, 6)] for lv in self.levels],
-                "pixel_size": list(self.pixel_size) if self.pixel_size else None, "pixel_unit": self.pixel_unit,
-                "channels": list(self.channel_names), "dtype": self.dtype, "nodata": self.nodata,
-                "mask": self.has_mask}
-
-    def __enter__(self) -> "ImageSource":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
+BACKENDS: dict[str, type[ImageSource]] = {"gdal": GdalSource, "openslide": SlideSource, "tifffile": OmeTiffSource,
+                                          "zarr": OmeZarrSource}
 
 
 def _is_zarr(path: str) -> bool:
     p = path.rstrip("/")
     if p.lower().endswith(".zarr"):
         return True
-    if not _is_url(path):
-        lp = _local(p)
+    if not storage.is_url(path):
+        lp = storage.local_path(p)
         return os.path.isdir(lp) and any(os.path.exists(os.path.join(lp, n)) for n in (".zattrs", "zarr.json", ".zgroup"))
     return False
 
@@ -200,16 +61,16 @@ def detect_reader(path: str) -> str:
     """
     if _is_zarr(path):
         return "zarr"
-    if _is_url(path):
+    if storage.is_url(path):
         return "tifffile" if _looks_ome(path) else "gdal"
-    lp = _local(path)
+    lp = storage.local_path(path)
     if not os.path.isfile(lp) or os.path.getsize(lp) == 0:
         return "gdal"  # GDAL's checks give the established messages (missing, folder, empty)
     try:
         import openslide
 
         vendor = openslide.OpenSlide.detect_format(lp)
-    except Exception:  # OpenSlide missing or unable to parse: not a slide it reads
+    except Exception:  # noqa: BLE001 - OpenSlide missing or unable to parse: not a slide it reads
         vendor = None
     if vendor in _VENDORS:
         return "openslide"
@@ -225,20 +86,8 @@ def _looks_ome(path: str) -> bool:
 
         with open_binary(path) as fh, tifffile.TiffFile(fh) as tif:
             return bool(tif.is_ome)
-    except Exception:
+    except Exception:  # noqa: BLE001 - not an OME-TIFF if tifffile cannot parse it
         return False
-
-
-def open_binary(path: str):
-    """A binary file object for a local path or an fsspec URL (read by ranges, never downloaded whole)."""
-    if _is_url(path):
-        from fsspec.core import url_to_fs
-
-        fs, inner = url_to_fs(path)  # the filesystem (e.g. a zip over s3) stays alive with the file it opened
-        fh = fs.open(inner, "rb")
-        fh._seamline_fs = fs
-        return fh
-    return open(_local(path), "rb")
 
 
 _CACHE: dict[tuple, ImageSource] = {}
@@ -256,9 +105,9 @@ def open_source(url: str, reader: str = "auto", series: int | None = None, cache
     if reader not in READERS:
         raise ParameterError(f"reader: {reader!r} is not one of {', '.join(READERS)}; leave it at auto or pick one")
     key: tuple = (url, reader, series)
-    if cache and not _is_url(url):
+    if cache and not storage.is_url(url):
         try:  # a file rewritten under the same name is a new source (workers outlive one run)
-            st = os.stat(_local(url))
+            st = os.stat(storage.local_path(url))
             key += (st.st_size, st.st_mtime_ns)
         except OSError:
             pass
@@ -267,19 +116,13 @@ def open_source(url: str, reader: str = "auto", series: int | None = None, cache
             src = _CACHE.get(key)
         if src is not None:
             return src
+    if storage.is_url(url) and not cache:  # workers (cache=True) read what the driver already checked
+        storage.probe(url, "input")  # one line for a refusing endpoint, no credentials, a 403 or a 404
     kind = detect_reader(url) if reader == "auto" else reader
-    if kind == "gdal":
-        from pipeline.io.readers.gdal import GdalSource as cls
-    elif kind == "openslide":
-        from pipeline.io.readers.slide import SlideSource as cls
-    elif kind == "tifffile":
-        from pipeline.io.readers.ometiff import OmeTiffSource as cls
-    else:
-        from pipeline.io.readers.omezarr import OmeZarrSource as cls
-    src = cls(url, series)
+    src = BACKENDS[kind](url, series)
     # rasterio keeps an fsspec opener in a context variable: a dataset opened through one in one Dask task
     # cannot be read in another task's context, so GDAL sources on URLs are never shared.
-    if cache and not (kind == "gdal" and _is_url(url)):
+    if cache and not (kind == "gdal" and storage.is_url(url)):
         src.cached = True
         with _CACHE_LOCK:
             if len(_CACHE) > 8:
@@ -320,20 +163,3 @@ def resolve_channels(source: ImageSource, spec: Sequence[str | int] | None, key:
     if not out:
         raise ParameterError(f"{key}: empty list; leave it out to use every channel or name at least one")
     return out
-
-
-def stem_of(path: str) -> str:
-    """Output file stem of an input: its name without image extensions (a URL's query and chain removed)."""
-    name = Path(path.split("::")[0].split("?")[0].rstrip("/")).name
-    for suf in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".svs", ".ndpi", ".vrt"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return Path(name).stem
-
-
-def level_window(level: Level, row: float, col: float, h: float, w: float) -> tuple[int, int, int, int]:
-    """A level-0 region (floats) as the level's pixel window that covers it, clipped to the level."""
-    d = level.downsample
-    r0, c0 = max(0, math.floor(row / d)), max(0, math.floor(col / d))
-    r1, c1 = min(level.height, math.ceil((row + h) / d)), min(level.width, math.ceil((col + w) / d))
-    return r0, c0, max(1, r1 - r0), max(1, c1 - c0)

@@ -13,26 +13,40 @@ Publishing (object stores have no rename) lives in :mod:`pipeline.io.publish`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import posixpath
+import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from pipeline.errors import InputError
+import fsspec
+import fsspec.core
 
-__all__ = ["is_local", "local_path", "join", "fs_path", "exists", "read_bytes", "read_text", "write_bytes",
-           "write_text", "write_parquet", "read_parquet", "read_parquet_schema", "remove", "listdir", "info", "version_of", "zarr_store", "ensure_dir", "storage_error",
+from pipeline.errors import InputError, ParameterError
+from pipeline.io.storage_errors import configure_fast_failures, storage_error
+
+configure_fast_failures()  # every S3 client this process (and each worker, which imports this) makes
+
+__all__ = ["is_local", "is_url", "local_path", "open_binary", "stem_of", "unique_stems", "join", "fs_path", "exists", "read_bytes", "read_text", "write_bytes",
+           "write_text", "write_parquet", "read_parquet", "read_parquet_schema", "remove", "listdir", "info", "probe", "local_copy", "copy", "version_of", "zarr_store", "ensure_dir", "storage_error",
            "name_of"]
 
 
 def is_local(url: str | Path) -> bool:
-    """A plain path or a ``file://`` URL (no fsspec needed)."""
+    """A plain path or a ``file://`` URL (no fsspec needed). The one test of "path or URL" in Seamline."""
     s = str(url)
     return "://" not in s or s.startswith("file://")
+
+
+def is_url(url: str | Path) -> bool:
+    """A URL that needs fsspec (``s3://``, ``zip://…::s3://…``, ``memory://``): not :func:`is_local`."""
+    return not is_local(url)
 
 
 def local_path(url: str | Path) -> str:
@@ -48,42 +62,92 @@ def join(base: str | Path, *parts: str) -> str:
     return posixpath.join(s.rstrip("/"), *parts)
 
 
+def open_binary(path: str):
+    """A binary file object for a local path or an fsspec URL (read by ranges, never downloaded whole)."""
+    if is_url(path):
+        fs, inner = fsspec.core.url_to_fs(path)  # the filesystem (e.g. a zip over s3) stays alive with the file it opened
+        fh = fs.open(inner, "rb")
+        fh._seamline_fs = fs
+        return fh
+    return open(local_path(path), "rb")
+
+
 def name_of(url: str | Path) -> str:
     return posixpath.basename(str(url).rstrip("/"))
 
 
 def fs_path(url: str | Path):
     """``(filesystem, path)`` for a URL (fsspec's own instance cache keeps this cheap)."""
-    import fsspec
 
     s = str(url)
     if is_local(s):
         return fsspec.filesystem("file"), local_path(s)
     try:
         return fsspec.core.url_to_fs(s)
-    except (ImportError, ValueError) as exc:
-        raise InputError(f"{s}: cannot open this URL ({exc}); install the fsspec backend for it "
-                         "(s3fs is included; pip install 'seamline[gcs]' or 'seamline[azure]')") from None
+    except (ImportError, ValueError) as exc:  # an unknown scheme, or its backend is not installed
+        raise storage_error(s, exc, "opening") from None
 
 
-def storage_error(url: str, exc: BaseException, doing: str) -> InputError:
-    """One clear line for the usual ways object storage fails (endpoint, credentials, bucket, permission)."""
-    msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    name = type(exc).__name__
-    low = (name + " " + msg).lower()
-    if "nocredentials" in low or "unable to locate credentials" in low or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low:
-        fix = "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to valid credentials"
-    elif "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
-        fix = "create the bucket or correct its name"
-    elif "connect" in low or "endpoint" in low or "could not connect" in low or "timeout" in low:
-        fix = "check AWS_ENDPOINT_URL / the network, and that the storage service is running"
-    elif "accessdenied" in low or "forbidden" in low or "permission" in low or isinstance(exc, PermissionError):
-        fix = "grant this identity write access to it, or choose another location"
-    elif isinstance(exc, FileNotFoundError):
-        fix = "check the URL (bucket and key)"
+def probe(url: str | Path, what: str, doing: str = "reading") -> dict[str, Any]:
+    """The object's info, or one line naming ``what`` (``input``, ``--out``…), the URL, the cause and the fix
+    (:func:`pipeline.io.storage_errors.storage_error`): the check every URL gets before a library that would
+    raise its own error (GDAL, tifffile, zarr) touches it."""
+    try:
+        return info(url)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every backend's own types become one line
+        raise storage_error(str(url), exc, doing, what) from None
+
+
+@contextlib.contextmanager
+def local_copy(url: str | Path, what: str, siblings: tuple[str, ...] = ()) -> Iterator[str]:
+    """A local path for ``url``: the path itself when it is local; a URL is checked (:func:`probe`) and copied
+    into a temporary folder, with the ``siblings`` beside it that exist (e.g. ``.json``, the run summary of a
+    Seamline output), removed afterwards. For the commands that read whole small files (``evaluate``)."""
+    if is_local(url):
+        yield local_path(url)
+        return
+    probe(url, what)
+    with tempfile.TemporaryDirectory(prefix="seamline-") as d:
+        name = name_of(url)
+        dest = os.path.join(d, name)
+        try:
+            fs, p = fs_path(url)
+            fs.get_file(p, dest)
+            stem, _ = os.path.splitext(str(url))
+            for suffix in siblings:
+                if exists(stem + suffix):
+                    fs.get_file(fs_path(stem + suffix)[1], os.path.join(d, os.path.splitext(name)[0] + suffix))
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every backend's own types become one line
+            raise storage_error(str(url), exc, "reading", what) from None
+        yield dest
+
+
+def copy(src: str | Path, dst: str | Path) -> None:
+    """Copy one file: locally through a temporary name (atomic), within one object store server-side, else
+    through this machine."""
+    if is_local(src) and is_local(dst):
+        write_bytes(dst, read_bytes(src)) if os.path.getsize(local_path(src)) < 2**20 else _copy_local(src, dst)
+        return
+    fs_s, ps = fs_path(src)
+    fs_d, pd = fs_path(dst)
+    if fs_s is fs_d:
+        fs_s.copy(ps, pd)
     else:
-        fix = "check the URL, credentials and endpoint"
-    return InputError(f"{url}: {doing} failed ({name}: {msg}); {fix}")
+        write_bytes(dst, read_bytes(src))
+
+
+def _copy_local(src: str | Path, dst: str | Path) -> None:
+    import shutil
+
+    d = local_path(dst)
+    os.makedirs(os.path.dirname(d) or ".", exist_ok=True)
+    tmp = f"{d}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    shutil.copyfile(local_path(src), tmp)
+    os.replace(tmp, d)
 
 
 def exists(url: str | Path) -> bool:
@@ -220,7 +284,7 @@ def info(url: str | Path) -> dict[str, Any]:
 def version_of(url: str | Path) -> str:
     """One version of an input object: size + ETag where the store has one (S3, GCS, Azure), else mtime.
 
-    ``key + version`` identifies the bytes; mtime alone is not reliable across stores (NOTES).
+    ``key + version`` identifies the bytes; mtime alone is not reliable across stores (a copy or a sync resets it).
     """
     if is_local(url):
         st = os.stat(local_path(url))
@@ -245,3 +309,42 @@ def zarr_store(url: str | Path, read_only: bool = False):
     from zarr.storage import FsspecStore
 
     return FsspecStore.from_url(str(url), read_only=read_only)
+
+
+def stem_of(path: str) -> str:
+    """Output file stem of an input: its name without image extensions (a URL's query and chain removed)."""
+    name = Path(path.split("::")[0].split("?")[0].rstrip("/")).name
+    for suf in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".svs", ".ndpi", ".vrt"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return Path(name).stem
+
+
+def unique_stems(paths: list[str]) -> list[str]:
+    """Output stems for a batch: each input's :func:`stem_of`, and where two inputs share one (labs name
+    slides ``caseA/slide.svs``, ``caseB/slide.svs``), the shortest run of parent folder names that tells them
+    apart, joined with ``_`` (``caseA_slide``, ``caseB_slide``). The same input twice is an error."""
+    if len(set(paths)) != len(paths):
+        dup = next(p for p, n in Counter(paths).items() if n > 1)
+        raise ParameterError(f"input {dup} is given twice; pass each input once")
+    stems = [stem_of(p) for p in paths]
+    parents = [[x for x in p.split("::")[0].split("?")[0].rstrip("/").split("/")[:-1] if x and not x.endswith(":")]
+               for p in paths]
+    counts = Counter(stems)
+    out = list(stems)
+    for stem in (s for s, n in counts.items() if n > 1):
+        idx = [i for i, s in enumerate(stems) if s == stem]
+        depth = 1
+        while True:
+            names = ["_".join([*parents[i][-depth:], stem]) for i in idx]
+            if len(set(names)) == len(names) or depth > max(len(parents[i]) for i in idx):
+                break
+            depth += 1
+        if len(set(names)) != len(names):
+            names = [f"{stem}_{k + 1}" for k in range(len(idx))]
+        for i, n in zip(idx, names):
+            out[i] = n
+    if len(set(out)) != len(out):  # a made-up name equal to another input's own stem
+        out = [s if counts[stems[i]] == 1 else f"{s}_{i + 1}" for i, s in enumerate(out)]
+    return out
+

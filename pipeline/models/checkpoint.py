@@ -23,8 +23,13 @@ REQUIRED_KEYS = ("format_version", "architecture", "encoder", "in_channels", "he
 
 
 def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Return ``(weights, metadata)`` paths for a checkpoint given by either file or by its stem."""
+    """Return ``(weights, metadata)`` paths for a checkpoint given by either file, by its stem, or by the
+    training run folder that holds it (``seamline train --out DIR`` writes ``DIR/<DIR name>.safetensors``)."""
     p = Path(path)
+    if p.is_dir():
+        named = p / f"{p.name}.safetensors"
+        found = sorted(p.glob("*.safetensors"))
+        p = named if named.is_file() or len(found) != 1 else found[0]
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p.with_suffix(".safetensors"), p.with_suffix(".json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.models.instances import classical_instances
+from pipeline.models.learned import PendingHeads
 
 __all__ = ["ClassicalModel"]
 
@@ -35,8 +36,6 @@ class ClassicalModel:
         return batch
 
     def submit_heads(self, batch: np.ndarray):
-        from pipeline.models.learned import PendingHeads
-
         return PendingHeads(batch)
 
     def instances(self, heads: np.ndarray, threshold: float | None = None, low_threshold: float | None = None) -> tuple[np.ndarray, None]:

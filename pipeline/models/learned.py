@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
+from pipeline.errors import CheckpointError
+from pipeline.models.backends import cached_onnx, make_forward, onnx_path, onnx_session
+from pipeline.models.checkpoint import checkpoint_paths, load_metadata, load_state_dict
 from pipeline.models.instances import heads_to_instances
-from pipeline.stages.normalize import to_model_channels
-from pipeline.stages.stain import input_kind, model_input
-from pipeline.models.checkpoint import load_metadata, load_state_dict
 from pipeline.models.network import build_network
+from pipeline.models.normalize import to_model_channels
+from pipeline.models.stain import input_kind, model_input
 
 __all__ = ["LearnedModel", "PendingHeads", "pick_device", "SHIPPED_MODEL"]
 
@@ -21,10 +24,18 @@ __all__ = ["LearnedModel", "PendingHeads", "pick_device", "SHIPPED_MODEL"]
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "nuclei_unet_mbv2"
 
 
-def pick_device(requested: str = "auto") -> str:
-    import torch
+def _nvidia_driver() -> bool:
+    """An NVIDIA driver is loaded (checked without importing torch, whose import costs a CPU-only worker
+    ~380 MB and seconds)."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
+
+def pick_device(requested: str = "auto") -> str:
     if requested == "auto":
+        if not _nvidia_driver():
+            return "cpu"
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
 
@@ -53,28 +64,11 @@ class LearnedModel:
 
     def __init__(self, path: str | os.PathLike[str], device: str = "auto", threads: int | None = None,
                  tta: bool = False, inference: str = "eager"):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
         self.path = str(path)
         self.meta: dict[str, Any] = load_metadata(path)
         self.device = pick_device(device)
-        net = build_network(self.meta)
-        state = load_state_dict(path)
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            from pipeline.errors import CheckpointError
-
-            raise CheckpointError(
-                f"checkpoint {path}: weights do not fit the architecture in its metadata "
-                f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); re-train or fix the JSON"
-            )
-        # Channels-last (NHWC): the convolutions run 1.3x (1 thread) to 1.5x (2 threads) faster on a CPU
-        # (bench/layout_cpu.py), and on CUDA it is the layout that fp16 tensor-core kernels want.
-        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.in_channels = int(self.meta["in_channels"])
-        #: What the network gets from the normalised window (pipeline/stages/stain.py): the bands as they are,
+        #: What the network gets from the normalised window (pipeline/models/stain.py): the bands as they are,
         #: or, for an H&E model, the RGB transmission or the haematoxylin concentration.
         self.input = input_kind(self.meta)
         self.post = dict(self.meta.get("postprocess", {}))
@@ -87,10 +81,35 @@ class LearnedModel:
         self._forward_lock = threading.Lock()
         #: CPU back-end of the forward pass (:mod:`pipeline.models.backends`); CUDA always runs PyTorch.
         self.inference = "eager" if self.device.startswith("cuda") else inference
-        from pipeline.models.backends import make_forward
-        from pipeline.models.checkpoint import checkpoint_paths
+        #: Windows per forward pass when the config leaves batch_size unset: a GPU wants batches; a CPU gains
+        #: nothing from them and its memory grows with the batch (bench/ort_memory.py).
+        self.default_batch = 4 if self.device.startswith("cuda") else 1
+        weights = checkpoint_paths(path)[0]
+        self.net = None
+        self._onnx = None
+        if self.inference == "onnx" and cached_onnx(weights).exists():
+            # ONNX Runtime on numpy: torch is never imported in this process (a CPU worker saves ~380 MB)
+            self._onnx = onnx_session(cached_onnx(weights), threads)
+            return
+        import torch
 
-        self.forward = make_forward(self.net, self.inference, threads, checkpoint_paths(path)[0])
+        if threads:
+            torch.set_num_threads(threads)
+        net = build_network(self.meta)
+        state = load_state_dict(path)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint {path}: weights do not fit the architecture in its metadata "
+                f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); re-train or fix the JSON"
+            )
+        # Channels-last (NHWC): the convolutions run 1.3x (1 thread) to 1.5x (2 threads) faster on a CPU
+        # (bench/layout_cpu.py), and on CUDA it is the layout that fp16 tensor-core kernels want.
+        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
+        if self.inference == "onnx":  # first use of this checkpoint here: export it, then run it on numpy
+            self._onnx = onnx_session(onnx_path(self.net, weights), threads)
+            return
+        self.forward = make_forward(self.net, self.inference, threads, weights)
 
     @property
     def name(self) -> str:
@@ -103,7 +122,7 @@ class LearnedModel:
     def submit_heads(self, batch: np.ndarray) -> "PendingHeads":
         """Start the forward pass and return at once where the device allows it (CUDA queues the work and
         copies the result into pinned host memory in the background): the caller post-processes the previous
-        batch on the CPU meanwhile, so the GPU is not left idle (:func:`pipeline.stages.tiles.process_tiles`).
+        batch on the CPU meanwhile, so the GPU is not left idle (:func:`pipeline.stages.tile_task.process_tiles`).
         On a CPU the work is done here.
 
         One forward pass at a time per process (a lock): a worker with several task threads then runs the
@@ -113,7 +132,24 @@ class LearnedModel:
         with self._forward_lock:
             return self._submit(batch)
 
+    def _submit_onnx(self, batch: np.ndarray) -> "PendingHeads":
+        """The CPU ONNX path on numpy alone: pad to a multiple of 32 (reflect, as the torch path), sigmoid, TTA."""
+        n, c, h, w = batch.shape
+        ph, pw = (-h) % 32, (-w) % 32
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if ph or pw:
+            mode = "reflect" if min(h, w) > max(ph, pw) else "constant"
+            x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
+        y = expit(self._onnx(x))
+        if self.tta:
+            for axes in ((3,), (2,), (2, 3)):
+                y += np.flip(expit(self._onnx(np.ascontiguousarray(np.flip(x, axes)))), axes)
+            y /= 4
+        return PendingHeads(np.ascontiguousarray(y[:, :, :h, :w], dtype=np.float32))
+
     def _submit(self, batch: np.ndarray) -> "PendingHeads":
+        if self._onnx is not None:
+            return self._submit_onnx(batch)
         import torch
 
         n, c, h, w = batch.shape
@@ -142,12 +178,12 @@ class LearnedModel:
 
     def prepare(self, norm: np.ndarray) -> np.ndarray:
         """The network input of one normalised (bands, H, W) window: the checkpoint's ``input`` transform
-        (:func:`pipeline.stages.stain.model_input`; training makes its crops with the same function), then
+        (:func:`pipeline.models.stain.model_input`; training makes its crops with the same function), then
         its channel count."""
         return to_model_channels(model_input(norm, self.input), self.in_channels)
 
     def instances(self, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Labels and the per-pixel score map (foreground probability) of one tile."""
-        keys = ("fg_threshold", "marker_threshold", "boundary_threshold", "min_marker_area", "min_area")
+        keys = ("fg_threshold", "marker_threshold", "boundary_threshold", "min_marker_area", "min_area", "max_area")
         kw = {k: self.post[k] for k in keys if k in self.post}
         return heads_to_instances(heads[0], heads[1], heads[2], **kw), heads[0]

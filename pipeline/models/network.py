@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.errors import CheckpointError
+
 __all__ = ["HEADS", "build_network", "default_architecture"]
 
 HEADS = ("foreground", "boundary", "distance")
@@ -41,8 +43,6 @@ def build_network(spec: dict[str, Any]):
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import segmentation_models_pytorch as smp
-
-    from pipeline.errors import CheckpointError
 
     arch = spec.get("architecture", "Unet")
     cls = getattr(smp, arch, None)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.report.render import hex_colour
+from pipeline.io.palette import hex_colour
 
 __all__ = ["histograms", "svg_histogram", "png_data_uri", "render_page", "render_index", "write_text_atomic"]
 

@@ -146,7 +146,8 @@ class Progress:
                        "t0": now, "last": now}
         if self.mode == "live":
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+            from rich.progress import Progress as RichProgress
 
             console = Console(file=self.stream, force_terminal=True)
             self._rich = RichProgress(

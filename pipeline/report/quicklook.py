@@ -88,9 +88,8 @@ def make_quicklook(zarr_path: str, parquet_path: str, transform: Sequence[float]
     """Downsample the scene, stretch it for display and draw every object's outline in its class colour."""
     import pyarrow.parquet as pq
     import shapely
-    from PIL import Image, ImageDraw
-
     import zarr
+    from PIL import Image, ImageDraw
 
     arr = zarr.open_array(zarr_path, path="image", mode="r")
     _, height, width = arr.shape

@@ -1,46 +1,16 @@
-"""Shared drawing pieces for the quicklook, the report's crops and the QGIS style: one class palette, the
-display stretch, and outlines of polygons drawn onto a small RGB image.
-
-The palette is the same everywhere (quicklook, HTML, GeoPackage style, napari), so a class has one colour
-in every view. Colours follow the model's class order (checkpoint ``classes``), then any other class names
-found in the data in sorted order — stable for a given model, not dependent on which classes a scene has.
+"""Shared drawing pieces for the quicklook and the report's crops: the display stretch and outlines of polygons
+drawn onto a small RGB image, in the one class palette (:mod:`pipeline.io.palette`).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["PALETTE", "class_colours", "stretch", "to_rgb", "world_to_pixel", "iter_outlines", "draw_outlines", "hex_colour"]
+from pipeline.io.palette import PALETTE
 
-# High-contrast outline colours, readable on dark fluorescence and on green/grey aerial scenes alike.
-PALETTE: list[tuple[int, int, int]] = [
-    (255, 221, 0),    # yellow
-    (255, 40, 200),   # magenta
-    (0, 230, 255),    # cyan
-    (255, 120, 0),    # orange
-    (120, 255, 60),   # lime
-    (255, 50, 50),    # red
-    (80, 140, 255),   # blue
-    (255, 255, 255),  # white
-    (180, 90, 255),   # violet
-    (0, 200, 140),    # teal
-    (255, 170, 170),  # pink
-    (170, 120, 60),   # brown
-]
-
-
-def class_colours(model_classes: Sequence[str] | None, found: Iterable[str] = ()) -> dict[str, tuple[int, int, int]]:
-    """Colour per class name: the model's classes in their order first, then other names found, sorted."""
-    names: list[str] = list(dict.fromkeys(model_classes or []))
-    names += sorted(set(found) - set(names))
-    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
-
-
-def hex_colour(rgb: tuple[int, int, int]) -> str:
-    return "#%02x%02x%02x" % rgb
-
+__all__ = ["stretch", "to_rgb", "world_to_pixel", "iter_outlines", "draw_outlines"]
 
 def stretch(block: np.ndarray, percentiles: Sequence[Sequence[float]]) -> np.ndarray:
     """(bands, y, x) values → float32 in 0..1 with the scene's own (low, high) percentiles per band."""

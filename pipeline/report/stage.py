@@ -1,4 +1,4 @@
-"""The report stage: after the objects are written and before the work folder goes, turn the zarr store and
+"""Stage 8 (report): after the objects are written and before the work folder goes, turn the zarr store and
 the GeoParquet file into things people look at — ``<stem>.quicklook.png`` (+ ``<stem>.quicklook.tif`` for a
 georeferenced scene) and ``<stem>.html``. Also the batch index page.
 
@@ -12,6 +12,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from pipeline.io.palette import class_colours
+from pipeline.models.checkpoint import load_metadata
+from pipeline.report.crops import crop_windows, render_crops
+from pipeline.report.html import histograms, png_data_uri, render_index, render_page, write_text_atomic
+from pipeline.report.quicklook import make_quicklook, write_cog, write_png
+
 __all__ = ["run_report", "model_classes", "write_index", "INDEX_NAME"]
 
 INDEX_NAME = "index.html"
@@ -21,7 +27,6 @@ def model_classes(model: str) -> list[str] | None:
     """The checkpoint's class list (its order fixes the colours); None for the classical model."""
     if model == "classical":
         return None
-    from pipeline.models.checkpoint import load_metadata
 
     try:
         return list(load_metadata(model).get("classes") or []) or None
@@ -36,10 +41,6 @@ def run_report(zarr_path: str, out_dir: Path, stem: str, summary: dict, tile: in
     ``parquet``: where the objects are now (default: the summary's final GeoParquet path); ``dest(kind, name)``:
     the local path to write output ``name`` to (default: ``out_dir/name``) — a publishing step (staging
     folder, then copy, JSON last) plugs in here."""
-    from pipeline.report.crops import crop_windows, render_crops
-    from pipeline.report.html import histograms, render_page, write_text_atomic
-    from pipeline.report.quicklook import make_quicklook, write_cog, write_png
-    from pipeline.report.render import class_colours
 
     t0 = time.perf_counter()
     parquet = parquet or summary["outputs"]["parquet"]
@@ -74,8 +75,6 @@ def run_report(zarr_path: str, out_dir: Path, stem: str, summary: dict, tile: in
 def write_index(out_dir: Path, summaries: list[dict]) -> Path:
     """The batch's index page (``index.html``, or ``seamline-index.html`` if a scene is itself called index)."""
     from PIL import Image
-
-    from pipeline.report.html import png_data_uri, render_index, write_text_atomic
 
     scenes = []
     for s in summaries:

@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputError, SeamlineError
+from pipeline.io.palette import class_colours
+from pipeline.io.sources import open_source
+from pipeline.report.render import world_to_pixel
+from pipeline.report.stage import model_classes
 
 __all__ = ["find_summary", "add_scene_layers", "view", "INSTALL_HINT", "MAX_POLYGONS"]
 
@@ -39,8 +43,6 @@ def find_summary(target: str | Path) -> dict:
 def _source_read(spec: tuple, level: int, row: int, col: int, h: int, w: int, band: int) -> np.ndarray:
     """One window of one band, the source reopened by its URL (cached per process): the task holds only
     strings and numbers, so any dask scheduler — a distributed Client in the same session too — can run it."""
-    from pipeline.io.sources import open_source
-
     url, reader, series = spec
     return open_source(url, reader=reader, series=series, cache=True).read(level, row, col, h, w, [band])[0]
 
@@ -88,8 +90,6 @@ def _objects(parquet: str, transform, max_polygons: int):
     import pyarrow.parquet as pq
     import shapely
 
-    from pipeline.report.render import world_to_pixel
-
     inv = world_to_pixel(transform)
     f = pq.ParquetFile(parquet)
     n = f.metadata.num_rows
@@ -114,10 +114,6 @@ def _objects(parquet: str, transform, max_polygons: int):
 
 def add_scene_layers(viewer, summary: dict, max_polygons: int = MAX_POLYGONS) -> None:
     """Add the image (lazy, multiscale) and the objects of one run to a napari viewer (or ViewerModel)."""
-    from pipeline.report.render import class_colours
-    from pipeline.report.stage import model_classes
-
-    from pipeline.io.sources import open_source
 
     stem = Path(summary["outputs"]["parquet"]).name[: -len(".parquet")]
     source = summary.get("source") or {}

@@ -1,8 +1,8 @@
-"""Stage 4 plumbing: a Dask client — a LocalCluster of worker processes by default, an existing cluster
+"""Stage 3 plumbing: a Dask client — a LocalCluster of worker processes by default, an existing cluster
 (``scheduler:``), or workers submitted as SLURM jobs (``cluster: {kind: slurm, …}``, dask-jobqueue).
 
 Worker processes (not threads): the GIL would serialise the Python around the model. The model is loaded once
-per worker by :func:`pipeline.stages.tiles.get_model`. Start GPU workers with ``--resources GPU=1`` (see infra/),
+per worker by :func:`pipeline.stages.tile_task.get_model`. Start GPU workers with ``--resources GPU=1`` (see infra/),
 one worker per GPU: the learned model's tile tasks then go to them only (:func:`pipeline.runner.run_tiles`).
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 from typing import TYPE_CHECKING, Iterator
+
+from pipeline.errors import ParameterError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -33,8 +35,6 @@ def dask_client(workers: int = 2, threads_per_worker: int = 1, scheduler: str | 
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:
-            from pipeline.errors import ParameterError
-
             raise ParameterError(f"--scheduler {scheduler}: cannot connect ({exc}); check the address and that the scheduler runs") from None
         with client:
             yield client
@@ -73,8 +73,6 @@ def cluster_client(cfg) -> Iterator["Client"]:
             try:
                 client.wait_for_workers(1, timeout=spec.start_timeout_s)
             except TimeoutError:
-                from pipeline.errors import ParameterError
-
                 raise ParameterError(f"cluster: no SLURM worker job started within {spec.start_timeout_s:g} s "
                                      f"(squeue shows why); raise cluster.start_timeout_s or check queue/account") from None
             yield client
@@ -96,8 +94,6 @@ def slurm_cluster(spec, threads_per_worker: int = 1):
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
-        from pipeline.errors import ParameterError
-
         raise ParameterError("cluster: {kind: slurm} needs dask-jobqueue; pip install 'seamline[slurm]'") from None
     per_process = max(1, spec.cores // spec.processes)
     prologue = [f"export OMP_NUM_THREADS={per_process} MKL_NUM_THREADS={per_process} "

@@ -1,4 +1,4 @@
-"""Stage 1 and 2: copy a raster into a zarr v3 store whose chunks are the tile grid, and gather the sample
+"""Stage 2 (ingest + scene statistics): copy a raster into a zarr v3 store whose chunks are the tile grid, and gather the sample
 for scene statistics in the same pass.
 
 Blocks are read through the reader interface (:mod:`pipeline.io.sources`: GDAL, OpenSlide, tifffile, zarr) at
@@ -16,7 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.io import storage
-from pipeline.io.raster import SceneInfo
+from pipeline.io.readers.base import Level
+from pipeline.io.scene import SceneInfo
+from pipeline.io.sources import open_source
+from pipeline.models.normalize import apply_normalization, otsu, percentiles
+from pipeline.stages.resolution import area_resample, source_window
 
 __all__ = ["IngestBlock", "plan_ingest", "create_store", "ingest_block", "sample_stride", "scene_statistics", "MAX_SAMPLE_PX"]
 
@@ -87,8 +91,6 @@ def create_store(zarr_path: str, info: SceneInfo, tile: int) -> None:
 def read_working(info: SceneInfo, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
     """A window of the working image: the source's level window, area-averaged, the chosen channels; and
     where it is valid (None when the source cannot hold invalid pixels)."""
-    from pipeline.io.sources import Level, open_source
-    from pipeline.stages.resolution import area_resample, source_window
 
     src = open_source(info.path, info.reader, info.series, cache=True)
     try:
@@ -134,14 +136,6 @@ def ingest_block(info: SceneInfo, zarr_path: str, block: IngestBlock, stride: in
     return sample.reshape(data.shape[0], -1), counts
 
 
-def _otsu(values: np.ndarray) -> float:
-    from skimage.filters import threshold_otsu
-
-    if values.size == 0 or np.all(values == values.flat[0]):
-        return 0.5
-    return float(threshold_otsu(values, nbins=256))
-
-
 def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, high: float = 99.8,
                      threshold: float | None = None, low_ratio: float | None = None,
                      threshold_low: float | None = None) -> dict:
@@ -151,8 +145,6 @@ def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, h
     threshold (unless given) lies ``low_ratio`` of the way from the background level (median of the sample
     below the threshold) up to it. Computed once per scene: per-tile thresholds make seams.
     """
-    from pipeline.stages.normalize import apply_normalization, percentiles
-
     sample = np.concatenate(samples, axis=1) if samples else np.zeros((1, 0))
     valid = np.ones(sample.shape[1], bool)
     if nodata is not None:
@@ -163,7 +155,8 @@ def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, h
     pct = percentiles(s[:, :, None], low, high) if s.size else [(0.0, 1.0)] * sample.shape[0]
     norm = apply_normalization(s[:, None, :], pct)[:, 0, :].mean(axis=0) if s.size else np.zeros(0)
     if threshold is None:
-        threshold = _otsu(norm)
+        t = otsu(norm)
+        threshold = 0.5 if t is None else t  # a flat sample: half way up the normalised range
     if threshold_low is None and low_ratio is not None and low_ratio < 1:
         below = norm[norm <= threshold]
         bg = float(np.median(below)) if below.size else 0.0

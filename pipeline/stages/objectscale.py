@@ -31,6 +31,8 @@ from typing import Callable
 
 import numpy as np
 
+from pipeline.models.normalize import apply_normalization, otsu, percentiles
+
 __all__ = ["ObjectScale", "choose_scale", "estimate_diameter", "estimate_scene_diameter", "window_positions", "TOLERANCE", "ESTIMATE_GAIN"]
 
 TOLERANCE = 0.15  # |f − 1| below this: run at native resolution (well inside the training scale jitter)
@@ -141,16 +143,14 @@ def estimate_diameter(windows: list[np.ndarray], threshold: float | None = None,
     where more than half the pixels are above it the objects are dark on a bright background
     (brightfield), and the windows are inverted.
     """
-    from skimage.filters import threshold_otsu
-
     windows = [np.asarray(w, np.float64) for w in windows if w.size]
     if not windows:
         return None
     pooled = np.concatenate([w.ravel() for w in windows])
     if threshold is None:
-        if np.all(pooled == pooled[0]):
+        threshold = otsu(pooled)
+        if threshold is None:
             return None
-        threshold = float(threshold_otsu(pooled))
     if (pooled > threshold).mean() > 0.5:
         windows, threshold = [1.0 - w for w in windows], 1.0 - threshold
     parts = [_raw_diameters(w, threshold) for w in windows]
@@ -170,10 +170,8 @@ def estimate_scene_diameter(read: Callable[[int, int, int, int], np.ndarray], he
     """:func:`estimate_diameter` on full-resolution windows at :func:`window_positions` of a scene.
 
     ``read(row, col, height, width)`` returns (bands, h, w). The windows are normalised with their pooled
-    statistics (:func:`~pipeline.stages.normalize.percentiles`) and averaged over bands to grey.
+    statistics (:func:`~pipeline.models.normalize.percentiles`) and averaged over bands to grey.
     """
-    from pipeline.stages.normalize import apply_normalization, percentiles
-
     wins = [read(*pos) for pos in window_positions(height, width)]
     pooled = np.concatenate([w.reshape(w.shape[0], -1) for w in wins], axis=1)
     stats = percentiles(pooled[:, :, None], nodata=nodata)

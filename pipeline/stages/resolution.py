@@ -27,7 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.io.sources import Level, to_um
+from pipeline.errors import ParameterError
+from pipeline.io.readers.base import Level
+from pipeline.io.units import to_um
 
 __all__ = ["Resolution", "choose_resolution", "model_pixel_size", "area_resample", "working_shape", "source_window",
            "LEVEL_SNAP"]
@@ -72,8 +74,6 @@ def choose_resolution(levels: Sequence[Level], pixel_size: tuple[float, float] |
     warns: list[str] = []
     if level is not None:
         if not 0 <= level < len(levels):
-            from pipeline.errors import ParameterError
-
             raise ParameterError(f"resolution.level: {level} does not exist, the image has levels 0..{len(levels) - 1} "
                                  f"(downsamples {', '.join(f'{lv.downsample:g}' for lv in levels)}); pick one of those")
         scale = levels[level].downsample * max(1.0, extra_scale)
@@ -93,6 +93,11 @@ def choose_resolution(levels: Sequence[Level], pixel_size: tuple[float, float] |
             else:
                 src = math.sqrt(pixel_size[0] * pixel_size[1]) * src_um
                 scale = extra_scale * model_px[0] * m_um / src
+        # Four significant digits: pixel sizes read from georeferencing carry float noise (the same pixels in UTM
+        # and in EPSG:4326 give 1.153688 and 1.153687), and a resampling that differs in the sixth digit gives the
+        # model other input values, so other objects at its decision thresholds. Polygons go back through the
+        # same scale, so the geometry stays exact.
+        scale = float(f"{scale:.4g}")
         if scale < 1.0 - LEVEL_SNAP:
             warns.append(f"the image's pixels ({scale:.3g}x the size {model_name} wants) are coarser than the model's: "
                          "ran at native resolution (Seamline does not upsample)")

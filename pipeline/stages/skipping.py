@@ -8,7 +8,7 @@
   skipped are not even ingested (a kept tile's halo still reads its neighbours' real pixels).
 * **Nodata** (satellite, ``skip_nodata``): tiles whose core is entirely nodata — the collar of a rotated
   scene, alpha 0 / GDAL mask, NaN — from the per-tile valid counts the ingest returns. Objects never cover
-  nodata pixels anyway: tiles zero the labels there (:mod:`pipeline.stages.tiles`).
+  nodata pixels anyway: tiles zero the labels there (:mod:`pipeline.stages.tile_task`).
 
 A skipped tile gets an empty part file and all-zero window labels, so the stitch joins nothing across it.
 """
@@ -20,17 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.stages.tiling import TileGrid
+from pipeline.models.normalize import otsu
+from pipeline.stages.grid import TileGrid
 
 __all__ = ["tissue_mask", "tile_fractions", "tissue_skip", "needed_tiles", "nodata_skip"]
-
-
-def _otsu(values: np.ndarray) -> float | None:
-    from skimage.filters import threshold_otsu
-
-    if values.size == 0 or np.all(values == values.flat[0]):
-        return None
-    return float(threshold_otsu(values, nbins=256))
 
 
 def tissue_mask(ov: np.ndarray, valid: np.ndarray | None = None, method: str = "auto", px_um: float | None = None,
@@ -51,7 +44,7 @@ def tissue_mask(ov: np.ndarray, valid: np.ndarray | None = None, method: str = "
     else:
         v = x.mean(axis=0)
     ok = np.isfinite(v) if valid is None else (valid & np.isfinite(v))
-    t = _otsu(v[ok])
+    t = otsu(v[ok])  # None on a flat overview: all of it is tissue
     mask = (v > t) & ok if t is not None else ok.copy()
     px = px_um if px_um else None
     # Specks (noise, dust: smaller than a nucleus) go first; the rest is grown so that sparse nuclei of a

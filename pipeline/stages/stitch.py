@@ -1,4 +1,4 @@
-"""Stage 5: join object pieces across tile cores into whole objects, each exactly once.
+"""Stage 4 (stitch): join object pieces across tile cores into whole objects, each exactly once.
 
 Every tile keeps only the pieces of objects in its core (so each pixel belongs to one tile), and every
 piece has a scene-unique 64-bit key ``tile_index << 32 | label``. Two pieces in neighbouring tiles are the
@@ -11,7 +11,7 @@ and both have pixels in their own core. Touching objects overlap only along thei
 never joined; an object larger than a tile is joined along every seam it crosses, however long the chain.
 
 Only the edge list travels (a few keys per seam-crossing object); connected components run once over the
-keys that occur in it (NOTES lesson 3), never over all objects.
+keys that occur in it (the merge stays off the workers and small), never over all objects.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.io import storage
-from pipeline.stages.tiles import TileJob, part_path, tile_key
-from pipeline.stages.tiling import TileGrid
+from pipeline.stages.grid import TileGrid
+from pipeline.stages.tile_task import TileJob, part_path, tile_key
 
 __all__ = ["seam_edges", "match_band", "components"]
 

@@ -17,81 +17,17 @@ Large images can be cut into tiles (``tile``): the tiles are then the unit of th
 
 from __future__ import annotations
 
-import csv
-import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.stages.normalize import apply_normalization, percentiles, to_model_channels
+from pipeline.evaluation.boxfiles import boxes_of_image, read_box_file
+from pipeline.training.samples import Sample, class_indices, expand_paths, normalised, read_image
 
-__all__ = ["read_box_file", "boxes_of_image", "load_box_dataset", "BOX_COLUMNS"]
-
-BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
+__all__ = ["load_box_dataset"]
 VECTOR_EXTS = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
-
-
-def _read_voc(path: Path) -> dict[str, list[tuple[float, float, float, float, str]]]:
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise InputError(f"box file {path}: not valid Pascal VOC XML ({exc})") from None
-    name = Path(root.findtext("filename") or path.with_suffix("").name).name
-    rows = []
-    for obj in root.iter("object"):
-        bb = obj.find("bndbox")
-        if bb is None:
-            raise InputError(f"box file {path}: an <object> has no <bndbox>; expected xmin/ymin/xmax/ymax per object")
-        try:
-            x0, y0, x1, y1 = (float(bb.findtext(k)) for k in BOX_COLUMNS)
-        except (TypeError, ValueError):
-            raise InputError(f"box file {path}: a <bndbox> lacks a numeric xmin/ymin/xmax/ymax") from None
-        rows.append((x0, y0, x1, y1, (obj.findtext("name") or "object").strip()))
-    return {name: rows}
-
-
-def _read_csv(path: Path) -> dict[str, list[tuple[float, float, float, float, str]]]:
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("image_path", *BOX_COLUMNS) if c not in cols]
-        if missing:
-            raise InputError(f"box file {path}: columns {missing} not found (found {cols}); expected a DeepForest-style "
-                             "CSV with image_path, xmin, ymin, xmax, ymax[, label] (any order)")
-        out: dict[str, list] = defaultdict(list)
-        for i, row in enumerate(reader, start=2):
-            row = {k.strip(): v for k, v in row.items() if k}
-            try:
-                x0, y0, x1, y1 = (float(row[k]) for k in BOX_COLUMNS)
-            except (TypeError, ValueError):
-                raise InputError(f"box file {path}, line {i}: xmin/ymin/xmax/ymax must be numbers") from None
-            out[Path(row["image_path"]).name].append((x0, y0, x1, y1, str(row.get("label") or "object").strip()))
-    return dict(out)
-
-
-def read_box_file(path: str | Path) -> dict[str, list[tuple[float, float, float, float, str]]]:
-    """Image file name → boxes ``(xmin, ymin, xmax, ymax, class)`` in pixels, from a VOC XML or CSV file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"box file {path}: not found")
-    if path.suffix.lower() == ".xml":
-        return _read_voc(path)
-    if path.suffix.lower() == ".csv":
-        return _read_csv(path)
-    raise InputError(f"box file {path}: unknown format; expected .xml (Pascal VOC), .csv (DeepForest) or a vector file")
-
-
-def boxes_of_image(table: dict[str, list], image: str | Path) -> list | None:
-    """The rows of ``table`` (from :func:`read_box_file`) for ``image``: by file name, else by the name without
-    its extension when exactly one entry has it (NEON tiles ship as both ``.tif`` and ``.png`` and a box file
-    names one of them); None when nothing names the image."""
-    name = Path(image).name
-    if name in table:
-        return table[name]
-    same = [k for k in table if Path(k).stem == Path(name).stem]
-    return table[same[0]] if len(same) == 1 else None
 
 
 def _vector_boxes(path: str, raster: str) -> list[tuple[float, float, float, float, str]]:
@@ -132,9 +68,6 @@ def load_box_dataset(rasters: list[str], box_files: list[str], in_channels: int 
     """One :class:`~pipeline.training.data.Sample` per image (or tile) with ``boxes`` (N, 4) and their classes;
     ``labels`` holds nothing (zeros): box samples are trained and scored on their boxes. With several
     ``classes``, each box's label must be one of them (``instance_classes``: box ``i`` ↔ index ``i + 1``)."""
-    from pipeline.training.data import Sample, _read_image, class_indices
-    from pipeline.training.places import expand_paths
-
     images = expand_paths(rasters, "rasters")
     files = expand_paths(box_files, "boxes")
     table: dict[str, list] = defaultdict(list)
@@ -151,7 +84,7 @@ def load_box_dataset(rasters: list[str], box_files: list[str], in_channels: int 
         if not rows:
             raise InputError(f"training image {img_path}: no box in {', '.join(files)} names it; box files must refer to "
                              "the image by file name (VOC <filename>, CSV image_path) or overlap it (vector files)")
-        img = _read_image(Path(img_path))
+        img = read_image(Path(img_path))
         h, w = img.shape[1:]
         allb = np.array([r[:4] for r in rows], np.float64)
         allb[:, [0, 2]] = np.clip(allb[:, [0, 2]], 0, w)
@@ -159,7 +92,7 @@ def load_box_dataset(rasters: list[str], box_files: list[str], in_channels: int 
         cls = np.array([r[4] for r in rows], object)
         keep = (allb[:, 2] > allb[:, 0]) & (allb[:, 3] > allb[:, 1])
         allb, cls = allb[keep], cls[keep]
-        norm = to_model_channels(apply_normalization(img, percentiles(img)), in_channels)
+        norm = normalised(img, in_channels)
         for y, x, th, tw in _tiles(h, w, tile):
             b = allb - [x, y, x, y]
             clipped = b.copy()

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.training.data import Sample, _resample, class_head_loss, jitter_intensity, make_targets
+from pipeline.training.config import AugmentConfig
+from pipeline.training.data import _resample, class_head_loss, jitter_intensity, make_targets
+from pipeline.training.samples import Sample
 
 __all__ = ["BoxAugmenter", "ellipse_labels", "box_losses"]
 
@@ -58,8 +60,6 @@ class BoxAugmenter:
 
     def __init__(self, crop: int, seed: int, scale: tuple[float, float] = (0.75, 1.33), mode: str = "projection",
                  n_classes: int = 1, augment=None):
-        from pipeline.training.config import AugmentConfig
-
         self.crop, self.scale, self.mode, self.n_classes = crop, scale, mode, n_classes
         self.aug = augment or AugmentConfig()
         self.rng = np.random.default_rng(seed)

@@ -60,7 +60,7 @@ class AugmentConfig(_Strict):
     channel_gain: tuple[float, float] = (0.85, 1.15)  # each channel's own factor, uniform
     saturation: tuple[float, float] = (0.6, 1.4)  # blend with the grey image: 0 grey, 1 unchanged, uniform
     # Brightfield (H&E) data only (samples with RGB transmission, data.kind consep): stain jitter in HED space
-    # (Tellez et al. 2018; pipeline/stages/stain.py): each stain's concentration × U(hed_alpha) + U(hed_beta) OD
+    # (Tellez et al. 2018; pipeline/models/stain.py): each stain's concentration × U(hed_alpha) + U(hed_beta) OD
     hed_p: float = Field(default=0.0, ge=0, le=1)
     hed_alpha: tuple[float, float] = (0.75, 1.25)
     hed_beta: tuple[float, float] = (-0.05, 0.05)
@@ -69,6 +69,8 @@ class AugmentConfig(_Strict):
 class TrainConfig(_Strict):
     data: DataConfig
     model: ArchConfig = Field(default_factory=ArchConfig)
+    # The run folder (like every other --out): OUT/<folder name>.safetensors + .json (the checkpoint; --model OUT
+    # reads it) and OUT/<folder name>.history.json (per-epoch figures)
     out: str = "runs/model"
     init_from: str | None = None  # continue from a checkpoint (safetensors + JSON) instead of random weights
     classes: list[str] = Field(default_factory=lambda: ["object"])
@@ -89,7 +91,7 @@ class TrainConfig(_Strict):
     pixel_size: tuple[float, Literal["m", "um"]] | None = None
     lr: float = Field(default=2e-3, gt=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    # The network input of brightfield (H&E) data, written into the checkpoint (pipeline/stages/stain.py):
+    # The network input of brightfield (H&E) data, written into the checkpoint (pipeline/models/stain.py):
     # 'bands' (percentiles per band and scene, as every other model), 'rgb' (transmission, fixed
     # normalisation 0..white) or 'hematoxylin' (the haematoxylin concentration from colour deconvolution)
     input: Literal["bands", "rgb", "hematoxylin"] = "bands"

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.stages.normalize import apply_normalization, percentiles, to_model_channels
-from pipeline.stages.stain import model_input
-from pipeline.training.data import Sample
+from pipeline.models.normalize import apply_normalization, percentiles, to_model_channels
+from pipeline.models.stain import model_input
+from pipeline.training.samples import Sample
 
 __all__ = ["TYPE_GROUPS", "GROUP_NAMES", "load_consep", "split_by_tile", "tile_of", "brightfield_input", "mosaic"]
 
@@ -37,7 +37,7 @@ def tile_of(name: str) -> str:
 def brightfield_input(raw: np.ndarray, kind: str, in_channels: int) -> np.ndarray:
     """The network input of one brightfield RGB image ``raw`` (3, H, W) as transmission in 0..1, as the
     pipeline makes it for a scene: ``bands`` percentile-normalised over the image (the pipeline: over the
-    scene), the other kinds with the fixed normalisation they name; then :func:`~pipeline.stages.stain.model_input`."""
+    scene), the other kinds with the fixed normalisation they name; then :func:`~pipeline.models.stain.model_input`."""
     if kind == "bands":
         v = raw * np.float32(255.0)
         norm = apply_normalization(v, percentiles(v))

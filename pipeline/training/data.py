@@ -14,68 +14,36 @@ Two layouts are read:
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from pipeline.errors import InputError
-from pipeline.stages.normalize import apply_normalization, percentiles, to_model_channels
+from pipeline.models.stain import hed_jitter
+from pipeline.training.boxdata import load_box_dataset
+from pipeline.training.config import AugmentConfig
+from pipeline.training.consep import brightfield_input, load_consep, split_by_tile
+from pipeline.training.places import load_places_dataset, split_by_place
+from pipeline.training.samples import (
+    IMAGE_EXTS,
+    Sample,
+    expand_paths,
+    instance_class_map,
+    local_only,
+    normalised,
+    read_image,
+    vector_classes,
+)
 
 __all__ = ["Sample", "load_samples", "load_folder_dataset", "load_geotiff_dataset", "make_targets", "contact_weights", "split_train_val",
            "Augmenter"]
-
-IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-
-
-@dataclass
-class Sample:
-    """One training image: normalised (C, H, W) float32, instance labels (H, W) int32, name and modality."""
-
-    name: str
-    image: np.ndarray
-    labels: np.ndarray
-    modality: str = "unknown"
-    boxes: np.ndarray | None = None  # box samples: (N, 4) xmin, ymin, xmax, ymax in pixels (boxdata.py)
-    box_classes: list[str] | None = None
-    box_counted: np.ndarray | None = None  # (N,) bool: the box counts as truth when scoring
-    # multi-class data: class index (into the config's classes) of each label, index 0 = background (-1)
-    instance_classes: np.ndarray | None = None
-    # brightfield RGB as transmission in 0..1 (3, H, W): the Augmenter crops it, applies stain jitter and makes
-    # the network input from it (pipeline/stages/stain.py) instead of jittering ``image``
-    raw: np.ndarray | None = None
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """(C, H, W) array from PNG/JPEG/TIFF, or any other raster GDAL reads (a VRT window of a scene, JPEG 2000)."""
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        a = tifffile.imread(path)
-    elif suffix in (".png", ".jpg", ".jpeg", ".bmp"):
-        from PIL import Image
-
-        a = np.asarray(Image.open(path))
-    else:
-        import rasterio
-
-        with rasterio.open(path) as ds:
-            a = ds.read()
-    if a.ndim == 2:
-        a = a[None]
-    elif a.ndim == 3 and a.shape[-1] in (1, 2, 3, 4) and a.shape[0] not in (1, 2, 3, 4):
-        a = np.moveaxis(a, -1, 0)
-    if a.shape[0] == 4:  # RGBA: drop alpha
-        a = a[:3]
-    return a
-
 
 def load_folder_dataset(root: str | Path, in_channels: int = 3, limit: int | None = None) -> list[Sample]:
     """Read ``root/images`` and ``root/labels`` (matching stems) into memory, normalised per image."""
     import tifffile
 
+    local_only(root, "root")
     root = Path(root)
     img_dir, lab_dir = root / "images", root / "labels"
     for d in (img_dir, lab_dir):
@@ -95,38 +63,15 @@ def load_folder_dataset(root: str | Path, in_channels: int = 3, limit: int | Non
         images = images[:limit]
     out = []
     for p in images:
-        img = _read_image(p)
+        img = read_image(p)
         lab_path = labels[p.stem]
-        lab = tifffile.imread(lab_path) if lab_path.suffix.lower() != ".png" else _read_image(lab_path)[0]
+        lab = tifffile.imread(lab_path) if lab_path.suffix.lower() != ".png" else read_image(lab_path)[0]
         lab = np.asarray(lab).astype(np.int32)
         if lab.shape != img.shape[1:]:
             raise InputError(f"label image {lab_path}: shape {lab.shape} differs from image {img.shape[1:]}; labels must be on the image grid")
-        norm = to_model_channels(apply_normalization(img, percentiles(img)), in_channels)
+        norm = normalised(img, in_channels)
         out.append(Sample(p.stem, norm, lab, modality.get(p.stem, "unknown")))
     return out
-
-
-def vector_classes(gdf, classes: list[str] | None, where: str) -> np.ndarray | None:
-    """For multi-class training (``classes`` has more than one name): each polygon's class index, from its
-    ``class`` (or ``label``) attribute. ``None`` for one class. A missing column or an unknown class is one
-    clear error naming the vector file."""
-    if not classes or len(classes) < 2:
-        return None
-    col = next((c for c in ("class", "label") if c in gdf.columns), None)
-    if col is None:
-        raise InputError(f"training labels {where}: {len(classes)} classes {classes} need a 'class' attribute on "
-                         f"each polygon; found the columns {[c for c in gdf.columns if c != 'geometry']}")
-    return class_indices(gdf[col].astype(str).tolist(), classes, f"training labels {where}")
-
-
-def class_indices(names: list[str], classes: list[str], what: str) -> np.ndarray:
-    """Each label's index in ``classes``; a label that is not one of them is one clear error naming ``what``."""
-    unknown = sorted({str(n) for n in names} - set(classes))
-    if unknown:
-        raise InputError(f"{what}: classes {unknown} are not in the config's classes {classes}; "
-                         "add them to classes: or fix the labels")
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[str(n)] for n in names], np.int64)
 
 
 def class_head_loss(logits, targets, mask):
@@ -137,13 +82,6 @@ def class_head_loss(logits, targets, mask):
     m = mask.unsqueeze(1)
     per_px = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     return (per_px * m).sum() / (m.sum() * logits.shape[1]).clamp(min=1)
-
-
-def instance_class_map(polygon_classes: np.ndarray | None, kept: list[int]) -> np.ndarray | None:
-    """Label → class index for labels ``1..len(kept)`` given to the polygons ``kept`` (background: -1)."""
-    if polygon_classes is None:
-        return None
-    return np.concatenate([[-1], polygon_classes[np.asarray(kept, np.int64)]]).astype(np.int64)
 
 
 def load_geotiff_dataset(rasters: list[str | Path], vectors: str | Path, in_channels: int = 3,
@@ -165,7 +103,7 @@ def load_geotiff_dataset(rasters: list[str | Path], vectors: str | Path, in_chan
             shapes = [(g.geometry.iloc[i], n + 1) for n, i in enumerate(kept)]
             lab = rasterize(shapes, out_shape=(ds.height, ds.width), transform=ds.transform, fill=0, dtype="int32") if shapes else np.zeros((ds.height, ds.width), np.int32)
             nodata = ds.nodata
-        norm = to_model_channels(apply_normalization(img, percentiles(img, nodata=nodata)), in_channels)
+        norm = normalised(img, in_channels, nodata)
         out.append(Sample(Path(r).stem, norm, lab, "geotiff", instance_classes=instance_class_map(poly_cls, kept)))
     return out
 
@@ -175,10 +113,8 @@ def load_samples(data, in_channels: int, pixel_size: float | None = None, classe
     """The labelled images a training config's ``data:`` names (:class:`~pipeline.training.config.DataConfig`);
     ``pixel_size``: the GSD place-based GeoTIFF data is resampled to; ``classes``: the model's classes (several:
     each polygon's ``class`` attribute is learned too — GeoTIFF data, CoNSeP's cell types); ``input_kind``: the
-    network input of brightfield (CoNSeP) data (:func:`pipeline.stages.stain.model_input`)."""
+    network input of brightfield (CoNSeP) data (:func:`pipeline.models.stain.model_input`)."""
     if data.kind == "consep":
-        from pipeline.training.consep import load_consep
-
         return load_consep(data.root, data.subset, in_channels, classes, input_kind, limit=data.limit)
     if classes and len(classes) > 1 and data.kind == "folders":
         raise InputError(f"training config: {len(classes)} classes need labels that carry a class (data.kind: geotiff "
@@ -186,17 +122,11 @@ def load_samples(data, in_channels: int, pixel_size: float | None = None, classe
     if data.kind == "folders":
         return load_folder_dataset(data.root, in_channels, limit=data.limit)
     if data.kind == "boxes":
-        from pipeline.training.boxdata import load_box_dataset
-
         return load_box_dataset(data.rasters, data.boxes, in_channels, tile=data.tile, classes=classes)
     if data.place_size:
-        from pipeline.training.places import load_places_dataset
-
         if pixel_size is None:
             raise InputError("training config: data.place_size needs pixel_size: [value, unit] (the GSD to resample to)")
         return load_places_dataset(data.rasters, data.vectors, pixel_size, data.place_size, in_channels, classes)
-    from pipeline.training.places import expand_paths
-
     return load_geotiff_dataset(expand_paths(data.rasters, "rasters"), data.vectors, in_channels, classes)
 
 
@@ -211,12 +141,8 @@ def split_samples(samples: list[Sample], data, val_fraction: float, seed: int) -
                              f"names look like {sorted(s.name for s in samples)[:3]}")
         return [s for s in samples if s.name not in names], [s for s in samples if s.name in names]
     if data.kind == "consep":  # patches of one tile overlap: hold out whole tiles
-        from pipeline.training.consep import split_by_tile
-
         return split_by_tile(samples, val_fraction, seed)
     if data.kind == "geotiff" and data.place_size:
-        from pipeline.training.places import split_by_place
-
         return split_by_place(samples, val_fraction, seed)
     return split_train_val(samples, val_fraction, seed)
 
@@ -351,7 +277,7 @@ class Augmenter:
     probability is 0 draws no random numbers, so the default recipe gives the crops it always gave.
 
     Brightfield samples (``Sample.raw``: RGB transmission) are cropped from ``raw``; then come the stain
-    jitter (``augment.hed_p``, :func:`pipeline.stages.stain.hed_jitter`) and the colour cast on the
+    jitter (``augment.hed_p``, :func:`pipeline.models.stain.hed_jitter`) and the colour cast on the
     transmission, the network input of ``input_kind`` (:func:`pipeline.training.consep.brightfield_input`,
     what inference makes of a scene), and the other intensity changes on that input. Their labels are
     mirrored with the image where a zoomed-out crop is larger than the image (a mirrored nucleus is a
@@ -360,8 +286,6 @@ class Augmenter:
 
     def __init__(self, crop: int, seed: int, scale: tuple[float, float] | None = None, contact_weight: float = 0.0,
                  augment=None, n_classes: int = 1, input_kind: str = "bands", in_channels: int = 3):
-        from pipeline.training.config import AugmentConfig
-
         self.aug = augment or AugmentConfig()
         self.input_kind, self.in_channels = input_kind, in_channels
         self.n_classes = n_classes
@@ -404,9 +328,6 @@ class Augmenter:
     def _brightfield(self, rgb: np.ndarray) -> np.ndarray:
         """Stain jitter and colour cast on a transmission crop, then its network input, then the remaining
         intensity changes (blur, gain, gamma, noise…) on that input."""
-        from pipeline.stages.stain import hed_jitter
-        from pipeline.training.consep import brightfield_input
-
         a = self.aug
         if a.hed_p and self.rng.random() < a.hed_p:
             rgb = hed_jitter(np.ascontiguousarray(rgb), self.rng, a.hed_alpha, a.hed_beta)

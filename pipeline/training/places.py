@@ -13,27 +13,14 @@ records ``pixel_size``): the network learns buildings at one scale instead of th
 
 from __future__ import annotations
 
-import glob
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.stages.normalize import apply_normalization, percentiles, to_model_channels
+from pipeline.training.samples import Sample, expand_paths, instance_class_map, normalised, vector_classes
 
 __all__ = ["expand_paths", "load_places_dataset", "split_by_place", "place_of"]
-
-
-def expand_paths(patterns: list[str], what: str) -> list[str]:
-    """Paths and glob patterns → sorted existing files (one clear error if a pattern matches nothing)."""
-    out: list[str] = []
-    for p in patterns:
-        hits = sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else ([p] if Path(p).exists() else [])
-        if not hits:
-            raise InputError(f"training data {what}: {p!r} matches no file; give existing paths or glob patterns")
-        out += hits
-    return sorted(dict.fromkeys(out))
 
 
 def mosaic(paths) -> tuple[np.ndarray, object, dict]:
@@ -66,7 +53,6 @@ def load_places_dataset(rasters: list[str], vectors: str, pixel_size: float, pla
     from rasterio.features import rasterize
     from rasterio.transform import from_origin
 
-    from pipeline.training.data import Sample, instance_class_map, vector_classes
 
     files = expand_paths(rasters, "rasters")
     groups: dict[tuple[int, int, float], list[str]] = defaultdict(list)
@@ -103,7 +89,7 @@ def load_places_dataset(rasters: list[str], vectors: str, pixel_size: float, pla
                       dst_crs=crs, resampling=Resampling.bilinear)
         shapes = [(g, i + 1) for i, g in enumerate(geoms)]
         lab = rasterize(shapes, out_shape=(oh, ow), transform=otf, fill=0, dtype="int32") if shapes else np.zeros((oh, ow), np.int32)
-        norm = to_model_channels(apply_normalization(out, percentiles(out, nodata=nodata)), in_channels)
+        norm = normalised(out, in_channels, nodata)
         samples.append(Sample(f"p{px}_{py}@{res:g}m", norm, lab, "place", instance_classes=inst_cls))
     return samples
 

@@ -21,10 +21,14 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.errors import ConfigError
-from pipeline.models.checkpoint import save_checkpoint
-from pipeline.models.network import build_network
+from pipeline.models.checkpoint import load_metadata, load_state_dict, save_checkpoint
+from pipeline.models.network import HEADS, build_network
+from pipeline.models.registry import resolve_model_spec
+from pipeline.training.boxloss import BoxAugmenter, box_losses, ellipse_labels
 from pipeline.training.config import TrainConfig
-from pipeline.training.data import Augmenter, Sample, class_head_loss, load_samples, source_weights, split_samples
+from pipeline.training.data import Augmenter, class_head_loss, load_samples, source_weights, split_samples
+from pipeline.training.samples import Sample
+from pipeline.training.tune import best_postprocess
 
 __all__ = ["train", "validate"]
 
@@ -61,8 +65,6 @@ def class_accuracy(heads: list[np.ndarray], samples: list[Sample]) -> float | No
     """Share of the validation objects whose most probable class (class heads summed over the object's true
     pixels — for box samples, over each counted box's core) is their own: how well a multi-class model names
     what it finds, apart from finding it."""
-    from pipeline.training.boxloss import ellipse_labels
-
     right = total = 0
     for h, s in zip(heads, samples):
         if h.shape[0] <= 3 or s.instance_classes is None:
@@ -92,8 +94,6 @@ def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[s
     boundary head knows the contacts, lower marker thresholds split what the distance head merges), so each
     checkpoint is judged, and kept, with its own.
     """
-    from pipeline.training.tune import best_postprocess
-
     heads = [model_fn(s.image[None])[0] for s in samples]
     best, scores = best_postprocess(heads, samples, post, grid or {})
     acc = class_accuracy(heads, samples)
@@ -103,11 +103,17 @@ def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[s
 
 
 def _input_meta(kind: str) -> dict[str, Any]:
-    """The checkpoint's ``normalization`` and, for brightfield inputs, ``input`` (pipeline/stages/stain.py)."""
+    """The checkpoint's ``normalization`` and, for brightfield inputs, ``input`` (pipeline/models/stain.py)."""
     if kind == "bands":
         return {"normalization": {"method": "percentile", "low": 1.0, "high": 99.8, "per": "scene, per band"}}
     return {"input": kind, "normalization": {"method": "fixed", "white": 255.0,
                                              "per": "brightfield transmission: 0 -> 0, white -> 1, every scene alike"}}
+
+
+def run_checkpoint(out: str | Path) -> Path:
+    """The checkpoint stem of a training run folder: ``OUT/<folder name>`` (``.safetensors``, ``.json``)."""
+    out = Path(out)
+    return out / out.name
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -119,11 +125,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else ("cpu" if cfg.device == "auto" else cfg.device)
     arch = cfg.model.model_dump()
+    ckpt = run_checkpoint(cfg.out)
     init_from = None
     if cfg.init_from:
-        from pipeline.models.checkpoint import load_metadata
-        from pipeline.models.registry import resolve_model_spec
-
         init_from = resolve_model_spec(cfg.init_from, "init_from")  # 'default' → the shipped model; checks both files exist
         if init_from == "classical":
             raise ConfigError("init_from: 'classical' has no weights; pass 'default' or a checkpoint path")
@@ -131,8 +135,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         arch = {k: load_metadata(init_from)[k] for k in arch}
     n_classes = len(cfg.classes)
     if n_classes > 1:  # one class head per class after the three instance heads
-        from pipeline.models.network import HEADS
-
         arch["heads"] = [*HEADS, *(f"class:{c}" for c in cfg.classes)]
     in_ch = arch["in_channels"]
     samples = load_samples(cfg.data, in_ch, cfg.pixel_size[0] if cfg.pixel_size else None, cfg.classes, cfg.input)
@@ -141,8 +143,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     _log(f"data: {len(train_s)} training, {len(val_s)} validation images ({cfg.data.kind})")
     net = build_network(arch)
     if init_from:
-        from pipeline.models.checkpoint import load_state_dict
-
         state = load_state_dict(init_from)
         own = net.state_dict()
         for k, v in list(state.items()):
@@ -180,8 +180,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
     scaler = torch.amp.GradScaler(enabled=device == "cuda")
     if boxes:  # box-supervised: projection loss + background outside the boxes (training/boxloss.py)
-        from pipeline.training.boxloss import BoxAugmenter, box_losses
-
         aug = BoxAugmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), mode=cfg.box_supervision, n_classes=n_classes,
                           augment=cfg.augment)
     else:
@@ -288,13 +286,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             }
             if val and cfg.postprocess_grid:
                 meta["postprocess_tuned_on"] = "validation split (figures slightly optimistic)"
-            save_checkpoint(cfg.out, net.state_dict(), meta)
-            _log(f"  saved best checkpoint ({'AP50 x class accuracy' if n_classes > 1 else 'AP50'} {ap:.3f}) to {cfg.out}")
+            save_checkpoint(ckpt, net.state_dict(), meta)
+            _log(f"  saved best checkpoint ({'AP50 x class accuracy' if n_classes > 1 else 'AP50'} {ap:.3f}) to {ckpt}")
         if out_of_time:
             _log(f"stopping: time budget of {cfg.max_minutes} min reached after epoch {epoch}")
             break
     summary = {"best_epoch": best_epoch, "best_ap50": best, "history": history,
                "train_images_per_s": round(images_seen / max(train_time, 1e-9), 2), "device": device,
-               "checkpoint": str(cfg.out)}
-    Path(str(cfg.out) + ".history.json").write_text(json.dumps(summary, indent=1))
+               "checkpoint": str(ckpt)}
+    Path(str(ckpt) + ".history.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -18,10 +18,10 @@ import json
 from typing import Any, Sequence
 
 from pipeline.errors import ParameterError
-from pipeline.models.instances import heads_to_instances
 from pipeline.evaluation.boxes import box_counts, boxes_of_labels
 from pipeline.evaluation.metrics import counts_at
 from pipeline.models.checkpoint import checkpoint_paths, load_metadata
+from pipeline.models.instances import heads_to_instances
 from pipeline.models.learned import LearnedModel
 from pipeline.training.config import DataConfig
 from pipeline.training.data import load_samples

@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 
 from pipeline.io.raster import _pixel_size_from_tiff, check_dataset, clean_nodata, open_raster
-from pipeline.io.sources import ImageSource, Level
+from pipeline.io.readers.base import ImageSource, Level
+from pipeline.io.scene import ground_pixel_size
 
 __all__ = ["GdalSource"]
 
@@ -56,9 +57,10 @@ class GdalSource(ImageSource):
         self.transform = (t.a, t.b, t.c, t.d, t.e, t.f)
         self.crs_wkt = ds.crs.to_wkt() if ds.crs is not None else None
         if self.crs_wkt is not None:
-            unit = ds.crs.linear_units if ds.crs.is_projected else ("degree" if ds.crs.is_geographic else None)
-            self.pixel_size = (float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e)))
-            self.pixel_unit = "m" if unit in ("metre", "meter", "m") else unit
+            # The ground pixel size in metres at the scene centre, whatever the CRS's units (degrees, feet,
+            # Web Mercator's metres): what the resolution rule and every length setting in metres need.
+            self.pixel_size = ground_pixel_size(self.crs_wkt, self.transform, ds.width, ds.height)
+            self.pixel_unit = "m"
         else:
             ps = _pixel_size_from_tiff(url) if ds.driver != "VRT" else None
             self.pixel_size, self.pixel_unit = (ps, "um") if ps else (None, None)

@@ -1,6 +1,6 @@
 """tifffile backend: OME-TIFF pyramids (SubIFD or successive-IFD levels), read as ``series[i].levels``.
 
-NOTES: OpenSlide opens a multi-channel OME-TIFF pyramid as a generic TIFF (one level, first plane, RGBA) and
+Seen with OpenSlide 4.0.1: it opens a multi-channel OME-TIFF pyramid as a generic TIFF (one level, first plane, RGBA) and
 GDAL reads its first channel only, silently; tifffile sees every level and every channel, and the OME-XML
 names the channels and gives the physical pixel size. Windowed reads go through tifffile's zarr view of a
 level (``aszarr``), which decodes only the tiles a window touches. Works on fsspec URLs (file objects).
@@ -13,7 +13,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.io.sources import ImageSource, Level, open_binary, to_um
+from pipeline.io.readers.base import ImageSource, Level
+from pipeline.io.storage import open_binary
+from pipeline.io.units import to_um
 
 __all__ = ["OmeTiffSource", "ome_channels_and_size"]
 
@@ -54,7 +56,7 @@ class OmeTiffSource(ImageSource):
             self._tif = tifffile.TiffFile(self._fh)
         except FileNotFoundError:
             raise InputError(f"input {url}: file not found; check the path") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many types for a broken file; one line names it
             raise InputError(f"input {url}: not a readable (OME-)TIFF ({str(exc).splitlines()[0][:160]}); "
                              "pass an OME-TIFF, GeoTIFF or slide file") from None
         if self.series >= len(self._tif.series):

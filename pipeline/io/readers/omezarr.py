@@ -12,7 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.io.sources import ImageSource, Level, to_um
+from pipeline.io import storage
+from pipeline.io.readers.base import ImageSource, Level
+from pipeline.io.readers.ometiff import ome_channels_and_size
+from pipeline.io.units import to_um
 
 __all__ = ["OmeZarrSource"]
 
@@ -20,16 +23,16 @@ __all__ = ["OmeZarrSource"]
 def _open_group(url: str):
     import zarr
 
-    path = url[len("file://"):] if url.startswith("file://") else url
+    path = storage.local_path(url)
     try:
-        if "://" in path:
+        if storage.is_url(path):
             from zarr.storage import FsspecStore
 
             return zarr.open_group(FsspecStore.from_url(path, read_only=True), mode="r")
         return zarr.open_group(path, mode="r")
     except FileNotFoundError:
         raise InputError(f"input {url}: no zarr group there; check the path (an OME-Zarr folder)") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - zarr/fsspec raise many types for a broken store; one line names it
         raise InputError(f"input {url}: not a readable OME-Zarr ({str(exc).splitlines()[0][:160]}); pass an "
                          "OME-Zarr (NGFF) image folder") from None
 
@@ -62,7 +65,7 @@ class OmeZarrSource(ImageSource):
             attrs = _attrs(image)
             try:
                 xml = _read_text(root, "OME/METADATA.ome.xml")
-            except Exception:
+            except Exception:  # noqa: BLE001 - optional OME-XML channel names
                 xml = None
         ms = attrs.get("multiscales")
         if not ms:
@@ -89,8 +92,6 @@ class OmeZarrSource(ImageSource):
         n_ch = int(self._arrays[0].shape[axes.index("c")]) if "c" in axes else 1
         names = [c.get("label") for c in attrs.get("omero", {}).get("channels", [])]
         if not any(names) and xml:
-            from pipeline.io.readers.ometiff import ome_channels_and_size
-
             names = ome_channels_and_size(xml, self.series)[0]
         self.channel_names = [(names[i] if i < len(names) and names[i] else f"ch{i + 1}") for i in range(n_ch)]
         self.dtype = str(self._arrays[0].dtype)

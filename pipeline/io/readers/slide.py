@@ -13,7 +13,8 @@ import threading
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.io.sources import ImageSource, Level
+from pipeline.io import storage
+from pipeline.io.readers.base import ImageSource, Level
 
 __all__ = ["SlideSource"]
 
@@ -26,13 +27,13 @@ class SlideSource(ImageSource):
             import openslide
         except ImportError:  # pragma: no cover - a dependency
             raise InputError(f"input {url}: a whole-slide file needs OpenSlide; pip install openslide-bin openslide-python") from None
-        path = url[len("file://"):] if url.startswith("file://") else url
-        if "://" in path:
+        path = storage.local_path(url)
+        if storage.is_url(path):
             raise InputError(f"input {url}: OpenSlide reads local files only; copy the slide to a local disk "
                              "(or pass reader: tifffile for SVS/NDPI over fsspec)")
         try:
             self._s = openslide.OpenSlide(path)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - OpenSlide raises its own and OS errors; one line names the slide
             raise InputError(f"input {url}: OpenSlide cannot read this slide ({str(exc).splitlines()[0][:160]}); "
                              "re-copy it or convert it with vips/bfconvert to a pyramidal TIFF") from None
         self.url = url
@@ -55,7 +56,7 @@ class SlideSource(ImageSource):
         self.properties = dict(p)
         try:
             self._s.read_region((0, 0), self.levels and len(self.levels) - 1, (1, 1))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a corrupt slide raises anything; one line names it
             raise InputError(f"input {url}: pixel data cannot be read ({str(exc).splitlines()[0][:160]}); the slide "
                              "looks truncated or corrupt — re-copy it") from None
 

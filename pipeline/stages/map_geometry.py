@@ -1,4 +1,4 @@
-"""Stage 6: polygons from scene pixel coordinates to the raster's coordinates, with areas in real units.
+"""Stage 6 (assemble), geometry: polygons from scene pixel coordinates to the raster's coordinates, with areas in real units.
 
 * projected CRS: planar area of the transformed polygon, in m² (map units converted to metres);
 * geographic CRS (EPSG:4326 and kin): geodesic area and perimeter on the CRS's ellipsoid (pyproj
@@ -14,22 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.io.raster import SceneInfo
+from pipeline.io.scene import SceneInfo, scene_crs
 
-__all__ = ["to_scene_coords", "measure", "output_crs", "PIXEL_CRS_WKT"]
-
-PIXEL_CRS_WKT = (
-    'ENGCRS["Image pixel grid",EDATUM["Image"],CS[Cartesian,2],'
-    'AXIS["x (column)",east,ORDER[1],LENGTHUNIT["unknown",1]],'
-    'AXIS["y (row)",south,ORDER[2],LENGTHUNIT["unknown",1]]]'
-)
-
-
-def output_crs(info: SceneInfo):
-    import pyproj
-
-    return pyproj.CRS.from_wkt(info.crs_wkt if info.crs_wkt else PIXEL_CRS_WKT)
-
+__all__ = ["to_scene_coords", "measure"]
 
 def to_scene_coords(geoms_px: np.ndarray, transform) -> np.ndarray:
     import shapely
@@ -49,7 +36,7 @@ def measure(geoms_px: np.ndarray, info: SceneInfo) -> dict[str, np.ndarray]:
 
     geoms = to_scene_coords(geoms_px, info.transform)
     n = len(geoms)
-    crs = output_crs(info) if info.crs_wkt else None
+    crs = scene_crs(info) if info.crs_wkt else None
     if crs is not None and crs.is_geographic:
         geod = crs.get_geod()
         area = np.empty(n)

@@ -18,14 +18,15 @@ are computed on the whole object at write time (:func:`object_columns`).
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
-__all__ = ["piece_measurements", "combine_pieces", "object_columns", "channel_columns", "STAT_NAMES", "MOMENTS"]
+from pipeline.io.scene import scene_crs
+from pipeline.io.schema import channel_columns
+
+__all__ = ["piece_measurements", "combine_pieces", "object_columns", "part_stat_columns", "scene_density", "MOMENTS"]
 
 MOMENTS = ["mean_x", "mean_y", "m2_xx", "m2_yy", "m2_xy"]
-STAT_NAMES = ["mean", "median", "std", "min", "max", "integrated"]
 
 
 def _piece_cols(c: int) -> list[str]:
@@ -120,27 +121,12 @@ def combine_pieces(pieces: list[dict], channels: int) -> dict:
     return out
 
 
-def channel_columns(names: list[str]) -> list[str]:
-    """Lowercase column-name stems for channels (GeoPackage wants lowercase): 'DAPI' -> 'dapi'."""
-    out = []
-    for i, nm in enumerate(names):
-        s = re.sub(r"[^0-9a-z]+", "_", str(nm).lower()).strip("_") or f"ch{i + 1}"
-        if s[0].isdigit():
-            s = f"ch{s}"
-        while s in out:
-            s = f"{s}_{i + 1}"
-        out.append(s)
-    return out
-
-
 def _linear_map(info, mean_x: np.ndarray, mean_y: np.ndarray) -> np.ndarray:
     """(n, 2, 2): one pixel step (column, row) in output units, y pointing up (north or image top)."""
-    from pipeline.stages.measure import output_crs
-
     n = len(mean_x)
     a, b, _, d, e, _ = info.transform
     if info.crs_wkt:
-        crs = output_crs(info)
+        crs = scene_crs(info)
         A = np.array([[a, b], [d, e]], np.float64)
         if crs.is_geographic:  # local metres per degree at the object's latitude
             lat = np.radians(d * mean_x + e * mean_y + info.transform[5])
@@ -167,9 +153,7 @@ def _circularity(geoms_px: np.ndarray, info) -> np.ndarray:
     simple = shapely.simplify(shapely.normalize(shapely.simplify(geoms_px, 0.0)), 1.0)
     m = None
     if info.crs_wkt:
-        from pipeline.stages.measure import output_crs
-
-        if not output_crs(info).is_geographic:
+        if not scene_crs(info).is_geographic:
             a, b, _, d, e, _ = info.transform
             m = np.array([[a, b], [d, e]], np.float64)
     elif info.pixel_size_um:
@@ -234,9 +218,7 @@ def scene_density(n_objects: int, valid_px: int, info, tissue_px: int | None = N
     px = tissue_px if tissue_px is not None else valid_px
     a, b, c, d, e, f = info.transform
     if info.crs_wkt:
-        from pipeline.stages.measure import output_crs
-
-        crs = output_crs(info)
+        crs = scene_crs(info)
         det = abs(a * e - b * d)
         if crs.is_geographic:
             lat = math.radians(d * info.width / 2 + e * info.height / 2 + f)
@@ -254,19 +236,3 @@ def scene_density(n_objects: int, valid_px: int, info, tissue_px: int | None = N
     return {"tissue_area": area, "tissue_area_unit": unit,
             "tissue_area_source": "tissue mask" if tissue_px is not None else "valid image area",
             "objects_density": n_objects / area if area > 0 else None, "objects_density_unit": per}
-
-
-SHAPE_COLUMNS = ["major_axis", "minor_axis", "eccentricity", "orientation", "solidity", "circularity"]
-
-
-def measurement_names(channels: list[str]) -> list[str]:
-    """Output column names, in order: shape features, then per channel ``<channel>_<stat>``."""
-    return [*SHAPE_COLUMNS, *[f"{c}_{s}" for c in channel_columns(channels) for s in STAT_NAMES]]
-
-
-def channel_names(info) -> list[str]:
-    """The scene's channel names: the reader's when it gives them, else ``ch1``, ``ch2``, ..."""
-    names = getattr(info, "channel_names", None)
-    if names and len(names) == info.count:
-        return list(names)
-    return [f"ch{i + 1}" for i in range(info.count)]

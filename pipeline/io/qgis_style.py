@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from pipeline.report.render import class_colours, hex_colour
+from pipeline.io.palette import class_colours, hex_colour
 
 __all__ = ["add_default_style", "categorized_qml", "categorized_sld", "STYLE_NAME"]
 
@@ -75,13 +75,16 @@ def categorized_sld(layer: str, colours: dict[str, tuple[int, int, int]], attrib
 
 
 def add_default_style(gpkg: str | Path, layer: str = "objects", geometry_column: str = "geom",
-                      model_classes: Sequence[str] | None = None) -> dict[str, tuple[int, int, int]]:
+                      model_classes: Sequence[str] | None = None, attribute: str = "class",
+                      colours: dict[str, tuple[int, int, int]] | None = None) -> dict[str, tuple[int, int, int]]:
     """Write (or replace) the layer's default style: a category per class found in the layer (plus the
-    model's classes, which fix the colour order). Returns the colours used."""
+    model's classes, which fix the colour order). Returns the colours used. ``attribute`` and ``colours``:
+    categories on another field with fixed colours (the change layer of ``seamline diff``)."""
     con = sqlite3.connect(str(gpkg))
     try:
-        found = [r[0] for r in con.execute(f'SELECT DISTINCT "class" FROM "{layer}" WHERE "class" IS NOT NULL')]
-        colours = class_colours(model_classes, found) or class_colours(["object"])
+        if colours is None:
+            found = [r[0] for r in con.execute(f'SELECT DISTINCT "{attribute}" FROM "{layer}" WHERE "{attribute}" IS NOT NULL')]
+            colours = class_colours(model_classes, found) or class_colours(["object"])
         with con:
             con.execute(_CREATE)
             con.execute("DELETE FROM layer_styles WHERE f_table_name = ? AND styleName = ?", (layer, STYLE_NAME))
@@ -89,8 +92,8 @@ def add_default_style(gpkg: str | Path, layer: str = "objects", geometry_column:
             con.execute(
                 "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, styleName, "
                 "styleQML, styleSLD, useAsDefault, description, owner, ui) VALUES ('', '', ?, ?, ?, ?, ?, 1, ?, '', NULL)",
-                (layer, geometry_column, STYLE_NAME, categorized_qml(colours), categorized_sld(layer, colours),
-                 "Seamline: outline colour per class, no fill"))
+                (layer, geometry_column, STYLE_NAME, categorized_qml(colours, attribute),
+                 categorized_sld(layer, colours, attribute), f"Seamline: outline colour per {attribute}, no fill"))
         return colours
     finally:
         con.close()

@@ -1,4 +1,4 @@
-"""Stage 3 on one batch of tiles: read windows, run the model, label instances, keep the cores.
+"""Stage 3 (segment tiles) on one batch of tiles: read windows, run the model, label instances, keep the cores.
 
 For each tile this writes, idempotently (a tile whose part file exists is skipped, so a re-run after a dead
 worker does not redo it):
@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.io import storage
-from pipeline.stages.normalize import apply_normalization
-from pipeline.stages.tiling import Tile, TileGrid
+from pipeline.models.normalize import apply_normalization
+from pipeline.models.registry import load_model
+from pipeline.stages.grid import Tile, TileGrid
+from pipeline.stages.pixel_stats import piece_measurements
 
 __all__ = ["TileJob", "process_tiles", "part_path", "get_model", "vectorize_core", "tile_key"]
 
@@ -36,8 +38,6 @@ def get_model(spec: str, classical: dict, device: str, threads: int | None, tta:
     with _MODELS_LOCK:
         m = _MODELS.get(key)
         if m is None:
-            from pipeline.models.registry import load_model
-
             m = load_model(spec, classical, device=device, threads=threads, tta=tta, inference=inference)
             _MODELS.clear()  # one model per worker at a time
             _MODELS[key] = m
@@ -69,7 +69,7 @@ class TileJob:
     nodata: float | None
     device: str = "auto"
     threads: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None  # windows per forward pass; None: the model's default for its device
     tta: bool = False
     inference: str = "eager"
     skip: frozenset[int] = frozenset()  # tiles the model never runs on (no tissue, all nodata): empty parts
@@ -87,7 +87,7 @@ class TileJob:
 def vectorize_core(labels: np.ndarray, core_rel: tuple[slice, slice], row0: int, col0: int):
     """Polygons of each label in the core, in scene pixel coordinates (x = column, y = row).
 
-    4-connectivity: 8-connected polygonisation can produce self-touching, invalid rings (NOTES).
+    4-connectivity: 8-connected polygonisation can produce self-touching, invalid rings (rasterio.features.shapes; none seen with 4-connectivity).
     Returns ``(ids, area_px, geoms)`` with one (Multi)Polygon per label.
     """
     import shapely
@@ -129,7 +129,7 @@ def vectorize_core(labels: np.ndarray, core_rel: tuple[slice, slice], row0: int,
 
 def _write_part(path: str, index: int, ids, area_px, score_sum, geoms, meas: dict | None = None, valid_px: int | None = None,
                 class_sums: np.ndarray | None = None) -> None:
-    """One row per piece; ``meas`` adds the per-piece measurements (:mod:`pipeline.stages.measure_objects`),
+    """One row per piece; ``meas`` adds the per-piece measurements (:mod:`pipeline.stages.pixel_stats`),
     the sorted pixel values of edge pieces as list columns. ``valid_px`` (the core's pixels holding image data)
     goes into the file's metadata: the scene's valid area is their sum, also after a resumed run.
     ``class_sums`` (pieces × classes): a multi-class model's class probabilities summed over each piece."""
@@ -184,8 +184,6 @@ def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw:
     """Label one tile's window, store the window labels, vectorize and measure the core, write the part file.
     Labels on invalid pixels (``valid`` False: nodata, NaN, alpha 0) are removed: no object is made of them.
     Returns the number of pieces and the seconds spent labelling, vectorizing and measuring."""
-    from pipeline.stages.measure_objects import piece_measurements
-
     ta = time.perf_counter()
     if model.kind == "classical":
         labels, prob = model.instances(heads, job.stats["threshold"], job.stats.get("threshold_low"))
@@ -260,7 +258,7 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
         return {"tiles": 0, "skipped": len(indices) - len(empty), "pieces": 0, "timings": timings, "pixels": 0,
                 "empty": len(empty)}
     model = get_model(job.model, job.classical, job.device, job.threads, job.tta, job.inference)
-    step = 1 if model.kind == "classical" else job.batch_size
+    step = 1 if model.kind == "classical" else (job.batch_size or model.default_batch)
     batches = [todo[s : s + step] for s in range(0, len(todo), step)]
     win_arr = zarr.open_array(storage.zarr_store(storage.join(job.workdir, "windows.zarr")), mode="r+")
     pieces = 0
@@ -298,8 +296,6 @@ def _write_empty_parts(job: TileJob, tiles: list[Tile]) -> None:
     """Part files with no pieces (the same columns as any other) for skipped tiles; valid_px 0 (the tissue
     mask, not the valid image area, measures a slide with tissue skipping)."""
     import zarr
-
-    from pipeline.stages.measure_objects import piece_measurements
 
     arr = zarr.open_array(storage.zarr_store(job.zarr_path, read_only=True), path="image", mode="r")
     raw = np.zeros((arr.shape[0], 0, 0), arr.dtype)

@@ -1,7 +1,7 @@
 """Intensity normalisation with scene-level statistics.
 
 Percentiles are computed once per scene (or once per training image), then every tile is scaled with the
-same numbers — per-tile normalisation would make seams (NOTES lesson 4). The high end is made robust to
+same numbers — per-tile normalisation would make seams. The high end is made robust to
 empty background (:func:`robust_range`): over a mostly black slide, or in an empty channel, plain
 percentiles stretch the noise into the model's input range and it outlines noise specks.
 """
@@ -9,8 +9,9 @@ percentiles stretch the noise into the model's input range and it outlines noise
 from __future__ import annotations
 
 import numpy as np
+from skimage.filters import threshold_otsu
 
-__all__ = ["percentiles", "robust_range", "NOISE_FLOOR_SD", "EMPTY_BAND", "apply_normalization", "to_model_channels"]
+__all__ = ["otsu", "percentiles", "robust_range", "NOISE_FLOOR_SD", "EMPTY_BAND", "apply_normalization", "to_model_channels"]
 
 
 #: The high end never comes closer to the low end than this many background noise SDs: a band or scene
@@ -21,6 +22,16 @@ FOREGROUND_HIGH = 99.0  # the percentile of the foreground used in a mostly empt
 #: A band whose range is below this share of the widest band's is an empty channel (the red and green of a
 #: DAPI slide rendered as blue, R = G = 0 plus noise): it gets the widest band's range, so stays near 0.
 EMPTY_BAND = 0.05
+
+
+def otsu(values: np.ndarray, nbins: int = 256) -> float | None:
+    """Otsu's threshold of ``values`` (any shape; 256 bins), or None when there is none to find: no values, or
+    all equal (a flat band, an empty overview). The one Otsu of the stages; each caller says what a flat input
+    means for it."""
+    v = np.asarray(values).ravel()
+    if v.size == 0 or np.all(v == v[0]):
+        return None
+    return float(threshold_otsu(v, nbins=nbins))
 
 
 def robust_range(v: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
@@ -34,10 +45,8 @@ def robust_range(v: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[f
     """
     v = v.astype(np.float64, copy=False)
     lo, hi = (float(x) for x in np.percentile(v, [low, high]))
-    if v.size >= 16 and v.min() < v.max():
-        from skimage.filters import threshold_otsu
-
-        t = float(threshold_otsu(v, nbins=256))
+    t = otsu(v) if v.size >= 16 else None
+    if t is not None:
         bg = v[v <= t]
         sd = 1.4826 * float(np.median(np.abs(bg - np.median(bg)))) if bg.size else 0.0
         if np.all(v == np.round(v)):

@@ -1,4 +1,4 @@
-"""An OME-Zarr (NGFF 0.4) multiscale label image of the objects, written chunk by chunk on the workers.
+"""Stage 5 (label image): an OME-Zarr (NGFF 0.4) multiscale label image of the objects, written chunk by chunk on the workers.
 
 Layout (what napari-ome-zarr, QuPath and ome-zarr-py read)::
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.io import storage
-from pipeline.stages.tiles import part_path
-from pipeline.stages.tiling import TileGrid
+from pipeline.stages.grid import TileGrid
+from pipeline.stages.tile_task import part_path
 
 __all__ = ["object_id_plan", "write_label_image", "LEVEL_CHUNK"]
 

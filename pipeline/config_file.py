@@ -8,9 +8,10 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from pipeline.config import SegmentConfig
 from pipeline.errors import ConfigError, SeamlineError
 
-__all__ = ["load_yaml_config", "validation_message"]
+__all__ = ["load_yaml_config", "validation_message", "segment_config"]
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -29,10 +30,26 @@ def validation_message(source: str, exc: ValidationError) -> str:
     return f"{source}: config key '{loc}': {err['msg']} (found {got_s}); fix the value"
 
 
-def load_yaml_config(path: str | Path, model: type[T], overrides: dict | None = None) -> T:
+SHIPPED = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_config(path: str | Path) -> Path:
+    """``--config``'s file: the path given, else the config of that name shipped with Seamline
+    (``--config buildings`` is ``configs/buildings.yaml``; ``seamline config list`` names them)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p}: not found; pass an existing YAML file (examples in configs/)")
+    if p.is_file():
+        return p
+    name = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
+    shipped = SHIPPED / f"{name}.yaml"
+    if p.parent == Path(".") or str(p.parent).rstrip("/") == "configs":
+        if shipped.is_file():
+            return shipped
+    names = ", ".join(sorted(f.stem for f in SHIPPED.glob("*.yaml")))
+    raise ConfigError(f"config file {p}: not found; pass an existing YAML file or a shipped config by name ({names})")
+
+
+def load_yaml_config(path: str | Path, model: type[T], overrides: dict | None = None) -> T:
+    p = shipped_config(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError:
@@ -57,3 +74,14 @@ def _deep_merge(a: dict, b: dict) -> dict:
     for k, v in b.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def segment_config(config: str | Path | None, overrides: dict | None = None, what: str = "seamline segment") -> SegmentConfig:
+    """A :class:`~pipeline.config.SegmentConfig` from a YAML file (or none) with ``overrides`` on top: what the
+    CLI, the flows and ``watch`` all build their config with."""
+    if config:
+        return load_yaml_config(config, SegmentConfig, overrides or {})
+    try:
+        return SegmentConfig.model_validate(overrides or {})
+    except ValidationError as exc:
+        raise ConfigError(validation_message(what, exc)) from None
