@@ -14,7 +14,7 @@ The glass keeps patches apart (no nucleus touches two patches), so the counts ar
 scored one by one, and the run also gives the Mpx/s of a whole tiled scene. ``--patches K`` also runs the
 first K patches as scenes of their own (one batch run; small single fields, as a hidden test set may hold).
 
-Run: python bench/he_pipeline.py CHECKPOINT [--out runs/he_pipeline] [--json docs/bench/he_pipeline.json]
+Run: python bench/he_pipeline.py CHECKPOINT|default [--out runs/he_pipeline] [--json docs/bench/he_pipeline.json]
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def main() -> dict:
                  "slide": {"size_px": [summary["width"], summary["height"]], "wall_s": round(wall, 1),
                            "mpx_per_s": summary.get("megapixels_per_s"), "timings_s": summary.get("timings_s"),
                            "objects": summary.get("objects"), "counts_per_class": summary.get("counts_per_class"),
-                           **{k: summary.get(k) for k in ("model", "modality", "object_scale", "warnings")}},
+                           **{k: summary.get(k) for k in ("model", "model_choice", "object_scale", "tissue", "warnings")}},
                  "scores": scores(evaluate_cli(pred, gt))}
     per_class = evaluate_cli(pred, gv, like=img).get("per_class")
     if per_class:

@@ -32,10 +32,10 @@ def test_shipped_he_checkpoint_records_its_input_scale_and_split():
     assert md["training"]["train_images"] + len(val) == 432 and len(held) >= 3
 
 
-def test_he_model_finds_nuclei_on_consep_test_tiles_through_the_pipeline(tmp_path, dask_client_session):
+def test_default_model_finds_nuclei_on_consep_test_tiles_through_the_pipeline(tmp_path, dask_client_session):
     """One patch of each of CoNSeP's 14 test tiles, laid out as a 40x slide (OME-TIFF with its pixel size),
-    segmented by ``segment_scene`` with the shipped H&E checkpoint and scored by ``seamline evaluate``'s
-    function; cell types land in the GeoParquet and the summary."""
+    segmented by ``segment_scene`` with ``--model default`` — which must choose the H&E checkpoint and say
+    why — and scored by ``seamline evaluate``'s function."""
     import geopandas as gpd
     import tifffile
 
@@ -53,8 +53,10 @@ def test_he_model_finds_nuclei_on_consep_test_tiles_through_the_pipeline(tmp_pat
                      metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeXUnit": "µm",
                                "PhysicalSizeY": 0.25, "PhysicalSizeYUnit": "µm"})
     tifffile.imwrite(truth, labels.astype(np.uint32))
-    summary = segment_scene(str(img), tmp_path / "out", SegmentConfig(model=str(HE_MODEL), tile=1024),
+    summary = segment_scene(str(img), tmp_path / "out", SegmentConfig(tile=1024),
                             client=dask_client_session)
+    assert summary["model_choice"]["model"] == HE_MODEL.name and "H&E" in summary["model_choice"]["why"]
+    assert summary["model"]["path"].endswith(HE_MODEL.name)
     assert summary["object_scale"]["factor"] == pytest.approx(1.0)  # 0.25 µm: the model's own scale
     a = evaluate_files(summary["outputs"]["parquet"], truth)["all"]["at_0.5"]
     assert a["tp"] + a["fn"] == labels.max()
