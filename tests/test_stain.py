@@ -85,5 +85,8 @@ def test_consep_loader_splits_by_tile_and_groups_types():
     s = samples[0]
     ids = np.unique(s.labels)[1:]
     assert (s.instance_classes[ids] >= 0).all() and s.instance_classes[0] == -1
+    # the copy holds HoVer-Net's four grouped types (1-4): every group has nuclei, spindle-shaped included
+    seen = np.bincount(np.concatenate([x.instance_classes[x.instance_classes >= 0] for x in samples]), minlength=4)
+    assert (seen > 0).all(), dict(zip(GROUP_NAMES, seen.tolist()))
     train, val = split_by_tile(samples, 0.34, seed=0)
     assert train and val and not ({tile_of(x.name) for x in train} & {tile_of(x.name) for x in val})

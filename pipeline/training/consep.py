@@ -20,13 +20,18 @@ from pipeline.models.normalize import apply_normalization, percentiles, to_model
 from pipeline.models.stain import model_input
 from pipeline.training.samples import Sample
 
-__all__ = ["TYPE_GROUPS", "GROUP_NAMES", "load_consep", "split_by_tile", "tile_of", "brightfield_input", "mosaic"]
+__all__ = ["TYPE_GROUPS", "GROUPED_TYPES", "type_table", "GROUP_NAMES", "load_consep", "split_by_tile", "tile_of", "brightfield_input", "mosaic"]
 
 #: CoNSeP's types (1 other, 2 inflammatory, 3 healthy epithelial, 4 dysplastic/malignant epithelial,
 #: 5 fibroblast, 6 muscle, 7 endothelial) in HoVer-Net's four groups.
 TYPE_GROUPS = {1: "other", 2: "inflammatory", 3: "epithelial", 4: "epithelial", 5: "spindle-shaped",
                6: "spindle-shaped", 7: "spindle-shaped"}
 GROUP_NAMES = ["inflammatory", "epithelial", "spindle-shaped", "other"]
+#: The same four groups as numbered in HoVer-Net's processed CoNSeP (its ``type_info``), which is what
+#: ``shared/data/he_consep`` holds (types 1–4 only: 1,090 / 6,386 / 10,453 / 10,617 nuclei over both subsets).
+#: Read with :data:`TYPE_GROUPS`, its spindle-shaped nuclei (4) became epithelial: the first class-head run
+#: learned "epithelial" for everything (docs/MODEL.md).
+GROUPED_TYPES = {1: "other", 2: "inflammatory", 3: "epithelial", 4: "spindle-shaped"}
 
 
 def tile_of(name: str) -> str:
@@ -46,19 +51,30 @@ def brightfield_input(raw: np.ndarray, kind: str, in_channels: int) -> np.ndarra
     return to_model_channels(model_input(norm, kind), in_channels)
 
 
-def _types(path: Path, labels: np.ndarray, classes: list[str]) -> np.ndarray:
-    """Label value → class index (``-1`` on background and on types outside ``classes``)."""
+def _inst_types(path: Path) -> np.ndarray:
     from scipy.io import loadmat
 
+    return np.asarray(loadmat(path)["inst_type"]).ravel().astype(int)
+
+
+def type_table(typ_dir: Path) -> dict[int, str]:
+    """Which numbering the types of ``typ_dir`` use: CoNSeP's seven (some type above 4 in the folder) →
+    :data:`TYPE_GROUPS`, else HoVer-Net's four groups → :data:`GROUPED_TYPES`."""
+    top = max((int(_inst_types(p).max(initial=0)) for p in sorted(typ_dir.glob("*.mat"))), default=0)
+    return TYPE_GROUPS if top > 4 else GROUPED_TYPES
+
+
+def _types(path: Path, labels: np.ndarray, classes: list[str], table: dict[int, str]) -> np.ndarray:
+    """Label value → class index (``-1`` on background and on types outside ``classes``)."""
     ids = np.unique(labels)
     ids = ids[ids > 0]
-    types = np.asarray(loadmat(path)["inst_type"]).ravel().astype(int)
+    types = _inst_types(path)
     if types.size != ids.size:
         raise InputError(f"CoNSeP types {path}: {types.size} types for {ids.size} labels; expected one per label")
     index = {c: i for i, c in enumerate(classes)}
     out = np.full(int(labels.max()) + 1, -1, np.int64)
     for i, t in zip(ids, types):
-        out[i] = index.get(TYPE_GROUPS.get(int(t), ""), -1)
+        out[i] = index.get(table.get(int(t), ""), -1)
     return out
 
 
@@ -79,6 +95,7 @@ def load_consep(root: str | Path, subset: str = "train", in_channels: int = 3, c
         unknown = sorted(set(classes) - set(GROUP_NAMES))
         if unknown:
             raise InputError(f"training config classes {unknown}: CoNSeP's cell-type groups are {GROUP_NAMES}")
+    table = type_table(typ_dir) if multi else {}
     paths = sorted(img_dir.glob("*.jpg")) + sorted(img_dir.glob("*.png"))
     if limit:
         paths = paths[:limit]
@@ -89,7 +106,7 @@ def load_consep(root: str | Path, subset: str = "train", in_channels: int = 3, c
             raise InputError(f"CoNSeP data: {lab_path} not found for image {p.name}")
         raw = np.moveaxis(np.asarray(Image.open(p).convert("RGB")), -1, 0).astype(np.float32) / np.float32(255.0)
         lab = np.asarray(tifffile.imread(lab_path)).astype(np.int32)
-        cls = _types(typ_dir / f"{p.stem}.mat", lab, classes) if multi else None
+        cls = _types(typ_dir / f"{p.stem}.mat", lab, classes, table) if multi else None
         out.append(Sample(p.stem, brightfield_input(raw, kind, in_channels), lab, "he", instance_classes=cls, raw=raw))
     if not out:
         raise InputError(f"CoNSeP data {img_dir}: no .jpg or .png images")
