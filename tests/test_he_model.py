@@ -11,12 +11,13 @@ from helpers import shared
 
 from pipeline.models.checkpoint import checkpoint_paths, load_metadata
 from pipeline.models.stain import INPUTS
-from pipeline.training.consep import GROUP_NAMES, load_consep, mosaic, tile_of
+from pipeline.training.consep import load_consep, mosaic, tile_of
 
 HE_MODEL = Path(__file__).resolve().parents[1] / "pipeline" / "weights" / "nuclei_he_unet_mbv2"
-# Measured at shipping on these 14 patches through the pipeline (docs/MODEL.md): F1@0.5 0.000; the threshold
-# leaves room for a few nuclei more or less.
-MIN_F1 = 0.0
+# Measured at shipping on these 14 patches through the pipeline: F1@0.5 0.302 (TP 163, FP 338, FN 415; the
+# whole test set through the pipeline 0.347, docs/MODEL.md); the threshold leaves room for a few nuclei more
+# or less.
+MIN_F1 = 0.27
 
 
 def test_shipped_he_checkpoint_records_its_input_scale_and_split():
@@ -36,14 +37,13 @@ def test_default_model_finds_nuclei_on_consep_test_tiles_through_the_pipeline(tm
     """One patch of each of CoNSeP's 14 test tiles, laid out as a 40x slide (OME-TIFF with its pixel size),
     segmented by ``segment_scene`` with ``--model default`` — which must choose the H&E checkpoint and say
     why — and scored by ``seamline evaluate``'s function."""
-    import geopandas as gpd
     import tifffile
 
     from pipeline.config import SegmentConfig
     from pipeline.evaluation.evaluate import evaluate_files
     from pipeline.runner import segment_scene
 
-    samples = load_consep(shared("he_consep"), "test", classes=GROUP_NAMES)
+    samples = load_consep(shared("he_consep"), "test")
     first = {}
     for s in samples:
         first.setdefault(tile_of(s.name), s)
@@ -61,8 +61,18 @@ def test_default_model_finds_nuclei_on_consep_test_tiles_through_the_pipeline(tm
     a = evaluate_files(summary["outputs"]["parquet"], truth)["all"]["at_0.5"]
     assert a["tp"] + a["fn"] == labels.max()
     assert a["f1"] > MIN_F1, a
-    classes = load_metadata(HE_MODEL)["classes"]
-    if len(classes) > 1:
-        g = gpd.read_parquet(summary["outputs"]["parquet"])
-        assert set(g["class"]) <= set(classes) and len(set(g["class"])) >= 3
-        assert set(summary["counts_per_class"]) <= set(classes)
+
+
+def test_max_area_drops_sheets_larger_than_any_nucleus():
+    """The H&E model's ``max_area`` (keratin sheets of 10⁴ px on the real SVS): a 100 × 100 blob goes, a
+    nucleus-sized one stays; unset (the other models), both stay."""
+    from pipeline.models.instances import heads_to_instances
+
+    fg = np.zeros((160, 160), np.float32)
+    fg[10:110, 10:110] = 1.0  # 10,000 px
+    fg[130:150, 130:150] = 1.0  # 400 px
+    dist = fg * 0.9
+    bnd = np.zeros_like(fg)
+    assert heads_to_instances(fg, bnd, dist).max() == 2
+    kept = heads_to_instances(fg, bnd, dist, max_area=load_metadata(HE_MODEL)["postprocess"]["max_area"])
+    assert np.unique(kept[kept > 0]).size == 1 and kept[140, 140] > 0 and kept[50, 50] == 0
