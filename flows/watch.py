@@ -19,7 +19,7 @@ prefect_environment()
 from prefect import flow, get_run_logger  # noqa: E402  (after the environment defaults above)
 
 from flows.segment import stage_task  # noqa: E402
-from pipeline.config_file import segment_config  # noqa: E402
+from pipeline.config_file import segment_config, shipped_config  # noqa: E402
 from pipeline.settings import resolve_settings  # noqa: E402
 from pipeline.stages.dispatch import cluster_client  # noqa: E402
 from pipeline.watch import totals_line, watch_once  # noqa: E402
@@ -54,7 +54,9 @@ def serve_watch(source: str, out: str, config: str | None = None, overrides: dic
                 cron: str | None = None, interval: float | None = None, max_attempts: int = 3,
                 lease_seconds: float = 3600.0) -> None:
     """Create (or update) the deployment with its schedule and serve its runs until interrupted."""
-    params = {"source": source, "out": out, "config": os.path.abspath(config) if config else None,
+    # the config as an absolute path (the served runs may start in another folder); a shipped config's name
+    # resolves to its file here, once, with the same rule as --once and segment
+    params = {"source": source, "out": out, "config": str(shipped_config(config).resolve()) if config else None,
               "overrides": overrides or None, "max_attempts": max_attempts, "lease_seconds": lease_seconds}
     watch_flow.serve(name=deployment_name(source), cron=cron, interval=interval, parameters=params,
                      global_limit=1, pause_on_shutdown=False, print_starting_message=True,

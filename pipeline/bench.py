@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -51,6 +52,20 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def code_commit() -> str | None:
+    """The git commit of the code being measured (with ``+changes`` when the working tree differs), if any."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if rev.returncode:
+        return None
+    return rev.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def _read_tiles(path: str, tile: int, max_tiles: int) -> list[np.ndarray]:
@@ -117,22 +132,30 @@ def bare_forward_mpx_s(model_spec: str, scene: str, tile: int, batch_size: int, 
 
 
 def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int | None, workers: int, device: str = "auto",
-              batch_size: int | None = None, keep: bool = False, tta: bool = False) -> dict:
+              batch_size: int | None = None, keep: bool = False, tta: bool = False, cell: int = 24) -> dict:
+    """``cell``: the objects' grid spacing in pixels — 24 is the dense default (~1,300 objects per Mpx), 96 a
+    sparse scene (~90 per Mpx: most of every tile is background)."""
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    scene = out / f"bench_{size}.tif"
+    tag = f"{size}" if cell == 24 else f"{size}_cell{cell}"
+    scene = out / f"bench_{tag}.tif"
     t0 = time.perf_counter()
     if not scene.exists():
-        write_periodic_scene(scene, size, seed=11, cell=24, radius=(4, 9))
+        write_periodic_scene(scene, size, seed=11, cell=cell, radius=(4, 9))
     gen_s = time.perf_counter() - t0
     cfg = SegmentConfig(model=model, tile=tile, halo=halo, workers=workers, device=device, batch_size=batch_size, tta=tta)
+    load_start = os.getloadavg()
     s = segment_scene(str(scene), out, cfg)
     mpx = size * size / 1e6
     stages = {k: round(mpx / v, 3) for k, v in s["timings_s"].items() if v > 0}
     res = {
         "machine": machine_info(),
-        "scene": {"size": size, "megapixels": mpx, "dtype": "uint16", "objects": s["objects"], "generate_s": round(gen_s, 1)},
+        "commit": code_commit(),
+        # this machine may be shared: the 1-minute load average when the run started and when it ended
+        "load_average_1min": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        "scene": {"size": size, "cell": cell, "megapixels": mpx, "dtype": "uint16", "objects": s["objects"],
+                  "generate_s": round(gen_s, 1)},
         "settings": {"model": model, "tile": tile, "halo": s["tiling"]["halo"], "workers": workers, "device": device,
                      "batch_size": batch_size, "tta": tta},
         "timings_s": s["timings_s"],
@@ -156,8 +179,11 @@ def run_bench(out: str | Path, size: int, model: str, tile: int, halo: int | Non
         res["bare_forward_best_mpx_s"] = round(best, 3)
         res["end_to_end_over_bare_forward"] = round(s["megapixels_per_s"] / best, 3)
     kind = "classical" if model == "classical" else "learned" + ("_tta" if tta else "")
-    (out / f"bench_{kind}_{size}_tile{tile}.json").write_text(json.dumps(res, indent=2))
+    (out / f"bench_{kind}_{tag}_tile{tile}.json").write_text(json.dumps(res, indent=2))
     if not keep:
-        for ext in ("parquet", "gpkg", "json"):
-            (out / f"bench_{size}.{ext}").unlink(missing_ok=True)
+        for ext in ("parquet", "gpkg", "json", "geojson", "html", "quicklook.png", "quicklook.tif"):
+            (out / f"bench_{tag}.{ext}").unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(out / f"bench_{tag}.ome.zarr", ignore_errors=True)
     return res

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.errors import ParameterError
 from pipeline.stages.grid import validate_tiling
 
-__all__ = ["SegmentConfig", "ClassicalParams", "SlurmClusterParams", "result_fields"]
+__all__ = ["SegmentConfig", "ClassicalParams", "QualityParams", "SlurmClusterParams", "result_fields"]
 
 
 class _Strict(BaseModel):
@@ -74,6 +74,14 @@ class TissueParams(_Strict):
         "auto", "auto: saturation for brightfield (colour), else intensity (fluorescence)")
     min_size_um: float = _doc(4.0, "specks smaller than this (equivalent diameter) are not tissue", "um", ge=0)
     dilate_um: float = _doc(20.0, "the mask is grown this much so tissue rims and sparse nuclei are kept", "um", ge=0)
+
+
+class QualityParams(_Strict):
+    """The quality verdict of every run (pipeline/stages/quality.py; docs/MODEL.md, "Quality verdict")."""
+
+    # unreliable: a run whose verdict is unreliable exits with code 3 and publishes nothing; doubtful: also a
+    # doubtful one; null: always publish (the verdict is in the summary, the report and the batch table)
+    fail_on: Literal["unreliable", "doubtful"] | None = None
 
 
 class SlurmClusterParams(_Strict):
@@ -181,6 +189,8 @@ class SegmentConfig(_Strict):
     diff: Literal["off", "previous"] = _setting(
         "off", results=False,
         doc="watch: diff each new version of a scene against its last done version (<stem>.changes.*, counts in the ledger)")
+    quality: QualityParams = _setting(QualityParams, results=True,
+                                      doc="{fail_on: unreliable|doubtful}: refuse to publish (exit code 3) a run with that verdict")
     workdir: str | None = _setting(None, results=False,
                                    doc="parent of each scene's work folder (path or URL); default OUT/.seamline-work")
 

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "ParameterError",
     "CheckpointError",
+    "QualityGateError",
 ]
 
 
@@ -49,3 +50,16 @@ class ParameterError(SeamlineError, ValueError):
 
 class CheckpointError(SeamlineError, ValueError):
     """A model checkpoint is missing, incomplete or inconsistent with its metadata."""
+
+
+class QualityGateError(SeamlineError, RuntimeError):
+    """The run's quality verdict met ``quality.fail_on`` (``--fail-on``): its objects were not published.
+
+    Its own exit code (3), so a scheduler can tell "refused to publish" from bad input (2); ``verdict`` is the
+    verdict that was refused (:mod:`pipeline.stages.quality`)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, verdict: str):
+        super().__init__(message)
+        self.verdict = verdict

@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.config import SegmentConfig
-from pipeline.errors import InputError, ParameterError
+from pipeline.errors import InputError, ParameterError, QualityGateError
 from pipeline.io import storage
 from pipeline.io.batch import batch_row, failed_row, write_batch_summary
 from pipeline.io.outputs import write_outputs
@@ -39,7 +39,6 @@ from pipeline.io.scene import SceneInfo
 from pipeline.io.sources import open_source, resolve_channels
 from pipeline.io.storage import stem_of, unique_stems
 from pipeline.memwatch import TreeMemoryWatch
-from pipeline.models.checkpoint import load_metadata
 from pipeline.models.stain import fixed_percentiles
 from pipeline.report.progress import current
 from pipeline.report.stage import run_report as report_scene
@@ -54,6 +53,7 @@ from pipeline.stages.label_image import write_label_image
 from pipeline.stages.model_choice import choose_default_model
 from pipeline.stages.objectscale import choose_scale, estimate_scene_diameter
 from pipeline.stages.pixel_stats import scene_density
+from pipeline.stages.quality import assess_run, object_limits, quality_line, refuses
 from pipeline.stages.skipping import needed_tiles, nodata_skip, tile_fractions, tissue_mask, tissue_skip
 from pipeline.stages.stitch import components, seam_edges
 from pipeline.stages.tile_task import TileJob, process_tiles
@@ -88,6 +88,7 @@ class ScenePlan:
     class_names: list[str] | None = None  # a multi-class model's classes (each object gets its most probable)
     model_classes: list[str] | None = None  # the checkpoint's class list (its order fixes the colours)
     stem: str = ""  # the outputs' name: <stem>.parquet, <stem>.json, ...
+    metadata: dict | None = None  # the checkpoint's JSON (its domain record: the quality verdict); None: classical
 
     @property
     def zarr_path(self) -> str:
@@ -175,7 +176,7 @@ def plan_scene(input_path: str, out_dir: str | Path, settings: Settings, stem: s
     return ScenePlan(info, out, workdir, cfg, model, class_name, class_names=None if cfg.class_name else class_names,
                      model_classes=list(md.get("classes") or []) or None if md else None,
                      warnings=warnings, input=inp, fingerprint=fp, settings_fingerprint=settings.fingerprint,
-                     model_id=settings.model_id, input_version=version, scale=scale.as_dict(), stem=stem)
+                     model_id=settings.model_id, input_version=version, scale=scale.as_dict(), stem=stem, metadata=md)
 
 
 def object_scale(inp, cfg: SegmentConfig, md: dict | None):
@@ -231,9 +232,9 @@ def run_ingest(client, plan: ScenePlan) -> dict:
     skip_nodata = nodata_skip(grid, [c for r in results for c in r[1]]) - skip_tissue if plan.cfg.skip_nodata else set()
     cl = plan.cfg.classical
     stats = scene_statistics(samples, info.nodata, plan.cfg.stats.low, plan.cfg.stats.high, cl.threshold, cl.low_ratio,
-                             cl.low_threshold)
-    if plan.model != "classical":  # an H&E model's fixed brightfield normalisation replaces the percentiles (#20)
-        fixed = fixed_percentiles(load_metadata(plan.model), info.dtype, info.count)
+                             cl.low_threshold, int((plan.metadata or {}).get("in_channels", info.count)), bool(info.crs_wkt))
+    if plan.metadata:  # an H&E model's fixed brightfield normalisation replaces the percentiles (#20)
+        fixed = fixed_percentiles(plan.metadata, info.dtype, info.count)
         if fixed is not None:
             stats["percentiles"] = [list(p) for p in fixed]
     stats["stride"] = stride
@@ -342,10 +343,12 @@ def stage_outputs(plan: ScenePlan, groups: dict[int, int], extra: dict[str, Any]
     }
     staging = Staging(plan.out_dir, plan.stem)
     try:
-        batches = object_batches(plan.workdir, n_tiles, groups, info, plan.class_name, plan.class_names, regularize)
+        batches = object_batches(plan.workdir, n_tiles, groups, info, plan.class_name, plan.class_names, regularize,
+                                 limits=object_limits(plan.metadata))
         summary = write_outputs(batches, info, staging, summary, output_measurements(info, regularize),
                                 geojson=c.qupath_geojson, model_classes=plan.model_classes, class_name=plan.class_name)
-        summary.update(scene_density(summary["objects"], valid_pixels(plan.workdir, n_tiles), info, summary.get("tissue_px")))
+        valid = valid_pixels(plan.workdir, n_tiles)
+        summary.update(scene_density(summary["objects"], valid, info, summary.get("tissue_px")), valid_px=valid)
     except BaseException:
         staging.discard()
         raise
@@ -480,7 +483,14 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
             staging.add_url("ome_zarr", f"{plan.stem}.ome.zarr", label_image["path"])
             summary["label_image"] = {**label_image, "path": storage.join(plan.out_dir, f"{plan.stem}.ome.zarr")}
         timings["write"] = time.perf_counter() - t
-    with staging:
+    with staging:  # the verdict before the report (its banner) and the publishing (the gate); a refusal discards all
+        summary["quality"] = q = step(assess_run, "quality")(summary, os.path.join(staging.dir, f"{plan.stem}.parquet"),
+                                                             plan.metadata)
+        if refuses(q, cfg.quality.fail_on):
+            if not cfg.keep_intermediate:
+                remove_workdir(plan)
+            raise QualityGateError(f"{quality_line(plan.stem, q)} — not published (quality.fail_on: {cfg.quality.fail_on})",
+                                   q["verdict"])
         if cfg.report:
             t = time.perf_counter()
             with progress.stage("quicklook + report"):
@@ -498,6 +508,7 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
         summary = step(staging.publish, "publish")(summary)  # every output copied, then <stem>.json last
     if not cfg.keep_intermediate:
         remove_workdir(plan)
+    (progress.note if q["verdict"] == "ok" else log.warning)(quality_line(plan.stem, q))
     return summary
 
 
@@ -549,7 +560,8 @@ def segment_batch(inputs: list[str], out_dir: str, cfg: SegmentConfig, *, force:
                 s = segment_scene(p, out_dir, cfg, client=client, force=force, stem=stem, task=task)
             except Exception as exc:  # noqa: BLE001 - one failed slide does not stop the batch; it is reported, then raised
                 result.errors.append((p, exc))
-                result.rows.append(failed_row(p, stem, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+                result.rows.append(failed_row(p, stem, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                                              getattr(exc, "verdict", None)))
                 continue
             result.rows.append(batch_row(s))
             result.summaries.append(s)

@@ -146,7 +146,7 @@ def write_object_table(path: str | Path, geoms, crs, *, classes=None, area_px=No
     unit = "px" if crs.name == "Image pixel grid" else "m2"
     cls = np.full(n, "object", dtype=object) if classes is None else np.asarray(classes, dtype=object)[order]
     apx = np.maximum(1, np.round(area).astype(np.int64)) if area_px is None else np.asarray(area_px, np.int64)[order]
-    rows = {"object_id": np.arange(1, n + 1, dtype=np.int64), "class": cls, "score": np.ones(n, np.float32),
+    rows = {"object_id": np.arange(1, n + 1, dtype=np.int64), "class": cls, "score": np.ones(n, np.float32), "doubtful": np.zeros(n, bool),
             "area_px": apx, "area": area, "area_unit": np.full(n, unit, dtype=object),
             "perimeter": shapely.length(geoms), "perimeter_unit": np.full(n, unit.rstrip("2"), dtype=object),
             "centroid_x": cx, "centroid_y": cy, "tile": (trow * (tcol.max(initial=0) + 1) + tcol).astype(np.int32)}

@@ -18,7 +18,9 @@ A scene is done when its published outputs verify (the JSON commit marker and th
 :func:`pipeline.io.publish.verify_outputs`) and were made from this version with these settings; a done
 record whose outputs do not verify is processed again, and verified outputs without a done record are
 recorded (adopted), never made twice. A failed scene is retried on later runs up to ``max_attempts`` and
-never blocks the others.
+never blocks the others. A scene the quality gate refused (``quality.fail_on``, :class:`~pipeline.errors.QualityGateError`)
+is recorded as failed with its verdict (``quality``) and ``retry: false``: the same version with the same
+settings would be refused again, so it is not retried until the scene or the settings change (a new record).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any, Callable
 
 from pipeline.config import SegmentConfig
 from pipeline.diff import diff_runs
-from pipeline.errors import InputError
+from pipeline.errors import InputError, QualityGateError
 from pipeline.io import storage
 from pipeline.io.publish import verify_outputs
 from pipeline.io.storage import stem_of
@@ -50,7 +52,7 @@ __all__ = ["RASTER_SUFFIXES", "list_scenes", "watch_once", "read_ledger", "LEDGE
 log = logging.getLogger("seamline")
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".svs", ".ndpi", ".scn", ".mrxs", ".bif")
-LEDGER_COLUMNS = ["scene", "version", "fingerprint", "status", "error", "attempts", "objects", "started_at",
+LEDGER_COLUMNS = ["scene", "version", "fingerprint", "status", "error", "quality", "attempts", "objects", "started_at",
                   "finished_at", "seconds", "summary", "holder", "changes", "changed", "diff_against"]
 
 
@@ -155,7 +157,7 @@ def _adopt(summary: dict, scene: Scene, sid: str, fp: str, dest: str, rec: dict 
                 scene.url)
     new = _new_record(scene, fp, rec, lease)
     new.update(status="done", finished_at=new["started_at"], seconds=0.0, objects=summary.get("objects"),
-               summary=summary["outputs"]["json"])
+               summary=summary["outputs"]["json"], quality=(summary.get("quality") or {}).get("verdict"))
     if lease.still_held():
         storage.write_text(_state(dest, "records", f"{sid}.json"), json.dumps(new))
         write_ledger(dest)
@@ -183,7 +185,8 @@ def watch_once(source: str, dest: str, cfg: SegmentConfig, client=None, max_atte
     check_writable(dest, "--out")
     fp = settings.fingerprint
     result: dict[str, Any] = {"source": source, "dest": dest, "scenes": len(scenes), "processed": 0, "failed": 0,
-                              "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "lost_lease": 0, "unreadable": 0,
+                              "skipped_done": 0, "skipped_leased": 0, "gave_up": 0, "refused": 0, "lost_lease": 0,
+                              "unreadable": 0,
                               "results": []}
     with contextlib.ExitStack() as stack:
         clients = [client] if client is not None else []
@@ -210,6 +213,9 @@ def _watch_scene(scene: Scene, fp: str, dest: str, run: Callable[[str], dict], m
     if _recorded_done(rec) and _current_outputs(rec, dest, scene, fp):
         result["skipped_done"] += 1
         return
+    if rec and rec.get("status") == "failed" and rec.get("retry") is False:
+        result["refused"] += 1  # the quality gate's refusal is final for this version and these settings
+        return
     if rec and rec.get("status") == "failed" and int(rec.get("attempts", 0)) >= max_attempts:
         result["gave_up"] += 1
         return
@@ -235,7 +241,11 @@ def _run_one(scene: Scene, sid: str, fp: str, dest: str, run: Callable[[str], di
     new = _new_record(scene, fp, rec, lease)
     try:
         summary = run(scene.url)
-        new.update(status="done", objects=int(summary.get("objects", 0)), summary=summary["outputs"]["json"])
+        new.update(status="done", objects=int(summary.get("objects", 0)), summary=summary["outputs"]["json"],
+                   quality=(summary.get("quality") or {}).get("verdict"))
+    except QualityGateError as exc:  # refused to publish: final for this version and these settings
+        new.update(status="failed", error=one_line(exc), quality=exc.verdict, retry=False)
+        log.warning("%s: refused: %s", scene.url, new["error"])
     except Exception as exc:  # noqa: BLE001 - a bad scene is recorded and never blocks the others
         new.update(status="failed", error=one_line(exc))
         log.warning("%s: failed: %s", scene.url, new["error"])
@@ -287,6 +297,8 @@ def totals_line(r: dict) -> str:
     """One line of a round's totals (``watch_once``'s result), for the CLI and the Prefect flow alike."""
     line = (f"{r['scenes']} scenes: {r['processed']} processed, {r['failed']} failed, {r['skipped_done']} already done, "
             f"{r['skipped_leased']} held by another watch, {r['gave_up']} failed too often")
+    if r.get("refused"):
+        line += f", {r['refused']} refused by the quality gate (not retried until the scene or the settings change)"
     if r["lost_lease"]:
         line += f", {r['lost_lease']} lost their lease while running"
     if r["unreadable"]:

@@ -80,9 +80,9 @@ def test_ome_tiff_pixel_size_gives_um2_and_pixel_coordinates(tmp_path, dask_clie
     s, g = _run(p, tmp_path, dask_client_session)
     assert set(g.area_unit) == {"um2"} and s["pixel_size_um"] == [0.325, 0.325]
     np.testing.assert_allclose(g["area"], g.area_px * 0.325**2, rtol=1e-9)
-    # Geometry in pixel coordinates (x = column, y = row), so it overlays the image.
+    # Geometry in pixel coordinates placed as GDAL and QGIS place the image (x = column, y = -row): it overlays it
     minx, miny, maxx, maxy = g.total_bounds
-    assert 0 <= minx and 0 <= miny and maxx <= 500 and maxy <= 400
+    assert 0 <= minx and -400 <= miny and maxx <= 500 and maxy <= 0
     assert g.crs is not None and not g.crs.is_geographic  # engineering CRS, never "omitted = lon/lat"
 
 

@@ -416,3 +416,48 @@ def test_qgis_opens_layers_styled_and_places_the_quicklook(geo, tmp_path):
     np.testing.assert_allclose(q["extent"], [500000, 5000000 - HEIGHT * 0.5, 500000 + WIDTH * 0.5, 5000000], atol=1e-6)
     gx0, gy0, gx1, gy1 = g["extent"]
     assert q["extent"][0] <= gx0 and q["extent"][1] <= gy0 and q["extent"][2] >= gx1 and q["extent"][3] >= gy1
+
+
+QGIS_OVERLAY = r"""
+import json, sys
+from qgis.core import QgsApplication, QgsPointXY, QgsRasterLayer, QgsVectorLayer
+app = QgsApplication([], False)
+app.initQgis()
+image, gpkg = sys.argv[1:3]
+r = QgsRasterLayer(image, 'image', 'gdal')
+v = QgsVectorLayer(gpkg + '|layername=objects', 'objects', 'ogr')
+e, f = r.extent(), v.extent()
+prov = r.dataProvider()
+def sample(x, y):
+    val, ok = prov.sample(QgsPointXY(x, y), 1)
+    return val if ok else None
+inside, mirrored = [], []
+for ft in v.getFeatures():
+    p = ft.geometry().pointOnSurface().asPoint()
+    inside.append(sample(p.x(), p.y()))
+    mirrored.append(sample(p.x(), e.yMinimum() + e.yMaximum() - p.y()))  # the same point, image upside down
+print('QGIS-RESULT ' + json.dumps({'raster': [e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()],
+      'vector': [f.xMinimum(), f.yMinimum(), f.xMaximum(), f.yMaximum()], 'inside': inside, 'mirrored': mirrored}),
+      flush=True)
+del prov, r, v  # layers go before the application, or QGIS crashes on exit
+app.exitQgis()
+"""
+
+
+def test_qgis_draws_a_non_georeferenced_run_over_its_image_right_way_up(micro, tmp_path):
+    """QGIS places an image without georeferencing at x = column, y = -row; the run's polygons must land on it,
+    on the objects (brighter than the same points with the image turned upside down), not beside or mirrored."""
+    env = _client_env(tmp_path)
+    _need_system_module("qgis.core", "python3-qgis (with qgis-providers for the ogr provider)", env)
+    r = _run([SYSTEM_PYTHON, "-c", QGIS_OVERLAY, str(micro.root / "micro.ome.tif"), str(micro.gpkg)], env=env, cwd=tmp_path)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("QGIS-RESULT ")]
+    assert r.returncode == 0 and lines, f"QGIS failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    res = json.loads(lines[-1][len("QGIS-RESULT "):])
+    assert res["raster"] == [0.0, -HEIGHT, WIDTH, 0.0], res["raster"]
+    rx0, ry0, rx1, ry1 = res["raster"]
+    vx0, vy0, vx1, vy1 = res["vector"]
+    assert rx0 <= vx0 < vx1 <= rx1 and ry0 <= vy0 < vy1 <= ry1, res  # on the image
+    inside = [v for v in res["inside"] if v is not None]
+    mirrored = [v for v in res["mirrored"] if v is not None]
+    assert len(inside) == micro.n, (len(inside), micro.n)  # every object samples the image
+    assert np.mean(inside) > 1.5 * np.mean(mirrored), (np.mean(inside), np.mean(mirrored))  # right way up

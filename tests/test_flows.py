@@ -45,3 +45,20 @@ def test_batch_flow_processes_each_scene_once(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "skipped" in r2.stdout and (out / "a.parquet").stat().st_mtime_ns == mtime
     assert not (out / ".seamline-work" / "a").exists()
+
+
+def test_served_watch_takes_a_shipped_config_by_name(monkeypatch, tmp_path):
+    """`watch --config buildings --cron ...`: the deployment's runs start elsewhere, so the config goes to them as
+    the absolute path of the shipped file (not `<cwd>/buildings`, which every scheduled run failed to read)."""
+    import flows.watch as fw
+
+    seen = {}
+    monkeypatch.setattr(fw.watch_flow, "serve", lambda **kw: seen.update(kw))
+    monkeypatch.chdir(tmp_path)
+    fw.serve_watch(str(tmp_path / "in"), str(tmp_path / "out"), config="buildings", interval=60)
+    path = Path(seen["parameters"]["config"])
+    assert path.is_absolute() and path.is_file() and path.name == "buildings.yaml", path
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model: classical\n")
+    fw.serve_watch(str(tmp_path / "in"), str(tmp_path / "out"), config="mine.yaml", interval=60)
+    assert seen["parameters"]["config"] == str(mine.resolve())

@@ -141,14 +141,20 @@ def test_slurm_job_script_from_the_config(tmp_path):
     script = r.stdout
     lines = script.splitlines()
     assert lines[0] == "#!/usr/bin/env bash"
-    for directive in ("#SBATCH -J seamline-worker", "#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH -t 04:00:00",
-                      "#SBATCH --gres=gpu:1"):
+    for directive in ("#SBATCH -J seamline-worker", "#SBATCH --cpus-per-task=8", "#SBATCH -t 04:00:00"):
         assert directive in lines, (directive, script)
     assert any(x.startswith("#SBATCH --mem=") for x in lines)
     assert "export OMP_NUM_THREADS=8 MKL_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 HF_HUB_OFFLINE=1" in lines
-    assert 'source "$HOME/seamline/.venv/bin/activate"' in lines
+    assert "$HOME/seamline" not in script  # no hard-coded install: the workers run the driver's Python
     (worker,) = [x for x in lines if "distributed.cli.dask_worker" in x]
-    assert "--resources GPU=1" in worker and "--local-directory $TMPDIR" in worker
+    assert "--local-directory $TMPDIR" in worker
+    # The example runs the classical model, which uses no GPU: its jobs ask for none (issue #25).
+    from pipeline.config import SegmentConfig
+    from pipeline.config_file import load_yaml_config
+
+    assert load_yaml_config(ROOT / "configs/slurm.yaml", SegmentConfig, {}).model == "classical"
+    assert not any("gres" in x or "gpu" in x.lower() for x in lines if x.startswith("#SBATCH")), script
+    assert "GPU=" not in worker
     assert worker.split()[-2:] == ["--nthreads", "1"]  # one task thread; the model uses the job's cores
     assert secret not in script  # credentials travel in sbatch's environment, never in the script
     # A config without a slurm section is one clear line.
@@ -233,3 +239,18 @@ def test_slurm_driver_batch_script_parses_and_uses_the_slurm_config():
     from pipeline.config_file import load_yaml_config
 
     assert load_yaml_config(ROOT / config, SegmentConfig, {}).cluster.kind == "slurm"
+    # The user's arguments come last, so their flags (and a --config of their own) win over configs/slurm.yaml;
+    # the environment is the one named by SEAMLINE_VENV or the one active at sbatch time, never a fixed path.
+    assert line.rstrip().endswith('"$@"') and line.index("--config") < line.index('"$@"')
+    assert "$HOME/seamline" not in text and "SEAMLINE_VENV" in text
+
+
+def test_kubernetes_workers_request_no_gpu_for_the_classical_model():
+    """The CronJob's config runs the classical model; GPUs requested for it would sit idle (issue #25)."""
+    from pipeline.config import SegmentConfig
+
+    docs = {d["kind"]: d for p in sorted((INFRA / "k8s").glob("*.yaml")) for d in _docs(p)}
+    (cfg_text,) = docs["ConfigMap"]["data"].values()
+    assert SegmentConfig.model_validate(yaml.safe_load(cfg_text)).model == "classical"
+    for c in docs["DaskCluster"]["spec"]["worker"]["spec"]["containers"]:
+        assert "nvidia.com/gpu" not in str(c.get("resources")) and "GPU=1" not in c["command"]

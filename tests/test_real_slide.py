@@ -65,3 +65,11 @@ def test_nuclei_not_background_and_plausible(dapi):
     assert fig["background_share"] <= 0.10, fig
     assert 1000 <= fig["objects_per_mm2_tissue"] <= 20000, fig
     assert 20 <= fig["median_area_um2"] <= 150, fig
+
+
+def test_in_domain_quality_verdict_is_ok(dapi):
+    """A fluorescence slide is the nuclei model's own domain (issue #21): verdict ok, few objects doubtful."""
+    s, g, _, _ = dapi
+    assert s["quality"]["verdict"] == "ok", s["quality"]
+    assert s["stats"]["domain"]["modality"] == "fluorescence" and s["quality"]["signals"]["pixel_unit_match"] == 1
+    assert g["doubtful"].mean() < 0.05

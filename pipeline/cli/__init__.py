@@ -10,6 +10,7 @@ from pipeline import __version__
 from pipeline.cli.config import add_config_command
 from pipeline.cli.diff import add_diff_command
 from pipeline.cli.evaluate import add_evaluate_command
+from pipeline.cli.model_card import add_model_card_command
 from pipeline.cli.options import UsageParser
 from pipeline.cli.segment import add_segment_commands
 from pipeline.cli.watch import add_watch_command
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_watch_command(sub)
     add_diff_command(sub)
+    add_model_card_command(sub)
 
     c = sub.add_parser("cluster-script", help="print the SLURM job script a config's cluster: {kind: slurm} submits (nothing is submitted)")
     c.add_argument("--config", required=True, metavar="FILE", help="YAML config with a cluster: {kind: slurm, ...} section")

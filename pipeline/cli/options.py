@@ -61,6 +61,9 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                    help="keep the work folder (zarr store, tile parts) after the run")
     p.add_argument("--no-report", dest="report", action="store_false", default=None,
                    help="skip <stem>.quicklook.png/.tif and <stem>.html (and the batch index.html)")
+    p.add_argument("--fail-on", dest="fail_on", choices=["unreliable", "doubtful"],
+                   help="publish nothing and exit with code 3 when the run's quality verdict is this (or worse); "
+                        "config quality: {fail_on: ...}")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -75,6 +78,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for k in ("tta", "keep_intermediate", "report", "diff"):
         if getattr(args, k, None) is not None:
             out[k] = getattr(args, k)
+    if getattr(args, "fail_on", None) is not None:
+        out["quality"] = {"fail_on": args.fail_on}
     return out
 
 

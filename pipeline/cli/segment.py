@@ -88,7 +88,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run_bench  # late: the benchmark loads torch
 
     res = run_bench(args.out, args.size, args.model, args.tile, args.halo, args.workers, args.device, args.batch_size,
-                    tta=args.tta)
+                    tta=args.tta, cell=args.cell)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -115,4 +115,5 @@ def add_demo_bench_commands(sub) -> None:
     b.add_argument("--batch-size", dest="batch_size", type=int, default=None,
                    help="windows per forward pass (default: 1 on a CPU, 4 on a GPU)")
     b.add_argument("--tta", action="store_true", help="learned models: test-time augmentation (4 mirror images)")
+    b.add_argument("--cell", type=int, default=24, help="objects' grid spacing in px: 24 dense (default), 96 sparse")
     b.set_defaults(func=_cmd_bench)

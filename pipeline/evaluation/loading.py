@@ -10,8 +10,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from affine import Affine
 
 from pipeline.errors import InputError
+from pipeline.io.scene import PIXEL_TRANSFORM, pixel_grid_transform
 
 __all__ = ["kind", "run_summary", "summary_grid", "read_raster", "raster_grid", "read_vector", "rasterize", "grid_of",
            "load", "load_labels", "RASTER_SUFFIXES", "VECTOR_SUFFIXES"]
@@ -50,8 +52,6 @@ def run_summary(path: Path) -> dict | None:
 
 
 def summary_grid(path: Path, summary: dict):
-    from affine import Affine
-
     try:
         shape = (int(summary["height"]), int(summary["width"]))
         transform = Affine(*[float(v) for v in summary["transform"][:6]])
@@ -63,8 +63,6 @@ def summary_grid(path: Path, summary: dict):
 
 def read_raster(path: Path):
     """(labels, transform, crs) of a label image; GeoTIFFs keep their georeferencing, others get identity."""
-    from affine import Affine
-
     if path.suffix.lower() == ".png":
         from PIL import Image, UnidentifiedImageError
 
@@ -86,7 +84,7 @@ def read_raster(path: Path):
         raise InputError(f"evaluate: {path}: expected a 2-D label image (one value per pixel), found shape {arr.shape}; "
                          "save a single-band integer label image")
     grid = raster_grid(path)  # a TIFF flavour GDAL cannot read has no georeferencing it could read either
-    transform, crs = (grid[1], grid[2]) if grid and grid[0] == arr.shape else (Affine.identity(), None)
+    transform, crs = (grid[1], grid[2]) if grid and grid[0] == arr.shape else (Affine(*PIXEL_TRANSFORM), None)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
             raise InputError(f"evaluate: {path}: expected integer object ids, found non-integer {arr.dtype} values; "
@@ -101,8 +99,8 @@ def read_raster(path: Path):
 def raster_grid(path: Path):
     """``(shape, transform, crs)`` from the header only (any band count), or None if GDAL cannot read it.
 
-    GeoTIFFs keep their georeferencing; GDAL gives a plain TIFF or a PNG the identity transform (x = column,
-    y = row), the pixel coordinates Seamline writes for such images.
+    GeoTIFFs keep their georeferencing; a plain TIFF or a PNG gets x = column, y = -row
+    (:data:`~pipeline.io.scene.PIXEL_TRANSFORM`), where GDAL and QGIS place it and Seamline writes its objects.
     """
     import rasterio
 
@@ -110,7 +108,9 @@ def raster_grid(path: Path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # NotGeoreferencedWarning: expected for microscopy images
             with rasterio.open(path) as ds:
-                return (ds.height, ds.width), ds.transform, ds.crs
+                crs = ds.crs
+                wkt = crs.to_wkt() if crs is not None else None
+                return (ds.height, ds.width), Affine(*pixel_grid_transform(tuple(ds.transform)[:6], wkt)), crs
     except rasterio.errors.RasterioError:
         return None
 
@@ -158,6 +158,10 @@ def rasterize(path: Path, grid, cls: str | None = None) -> np.ndarray:
                          "keep only the object outlines")
     if not geoms:
         return np.zeros(shape, np.int64)
+    if crs is None and gdf.crs is None and transform.e < 0 and gdf.total_bounds[1] >= 0:
+        # pixel-grid polygons in the y = row convention (QuPath's, and Seamline's before it placed such images as
+        # GDAL and QGIS do): every y >= 0 where the grid's are <= 0
+        transform = transform * Affine.scale(1, -1) if transform.f == 0 else transform
     corners = np.array([transform * xy for xy in ((0, 0), (shape[1], 0), (0, shape[0]), (shape[1], shape[0]))])
     x0, y0, x1, y1 = gdf.total_bounds
     if x1 < corners[:, 0].min() or x0 > corners[:, 0].max() or y1 < corners[:, 1].min() or y0 > corners[:, 1].max():
@@ -171,8 +175,6 @@ def rasterize(path: Path, grid, cls: str | None = None) -> np.ndarray:
 def grid_of(like):
     """``like`` as ``(shape, transform, crs)``: from a raster path (any image, e.g. the RGB scene the
     polygons were drawn on; only its header is read) or a tuple ``(shape, transform[, crs])``."""
-    from affine import Affine
-
     if like is None:
         return None
     if isinstance(like, (str, Path)):

@@ -1,8 +1,9 @@
 """The batch table: one row per scene of an output folder (``summary.parquet`` + ``.csv``).
 
-What a biologist compares across slides — object count, tissue area, objects per mm², timings — and whether
+What a biologist compares across slides — object count, tissue area, objects per mm², timings — whether
 each slide finished (``status`` ``ok`` or ``failed`` with the one-line error; ``skipped`` when its outputs were
-already current). Calls into the same folder accumulate: earlier rows are kept and a scene's row is replaced
+already current), and whether to trust it (``quality``: ``ok``, ``doubtful`` or ``unreliable``, with its
+``quality_reasons``; a scene the quality gate refused is ``failed`` with its verdict). Calls into the same folder accumulate: earlier rows are kept and a scene's row is replaced
 by its newest (keyed by output stem). Each file is one atomic object, so a reader never sees half a table;
 two calls finishing at the same instant into one folder can lose one call's rows (the last writer wins).
 """
@@ -16,7 +17,7 @@ from pipeline.io import storage
 
 __all__ = ["batch_row", "failed_row", "write_batch_summary", "BATCH_COLUMNS"]
 
-BATCH_COLUMNS = ["input", "stem", "status", "error", "objects", "tissue_area", "tissue_area_unit", "objects_density",
+BATCH_COLUMNS = ["input", "stem", "status", "error", "quality", "quality_reasons", "objects", "tissue_area", "tissue_area_unit", "objects_density",
                  "objects_density_unit", "width", "height", "megapixels", "seconds_total", "megapixels_per_s",
                  "seconds_ingest", "seconds_tiles", "seconds_stitch", "seconds_label_image", "seconds_write",
                  "model", "skipped", "parquet"]
@@ -27,6 +28,8 @@ def batch_row(summary: dict[str, Any]) -> dict[str, Any]:
     t = summary.get("timings_s", {})
     return {
         "input": summary["input"], "stem": Path(summary["outputs"]["parquet"]).stem, "status": "ok", "error": None,
+        "quality": (summary.get("quality") or {}).get("verdict"),
+        "quality_reasons": "; ".join((summary.get("quality") or {}).get("reasons") or []) or None,
         "objects": summary["objects"], "tissue_area": summary.get("tissue_area"),
         "tissue_area_unit": summary.get("tissue_area_unit"), "objects_density": summary.get("objects_density"),
         "objects_density_unit": summary.get("objects_density_unit"), "width": summary["width"],
@@ -39,9 +42,10 @@ def batch_row(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def failed_row(input_path: str, stem: str, error: str) -> dict[str, Any]:
+def failed_row(input_path: str, stem: str, error: str, quality: str | None = None) -> dict[str, Any]:
+    """The row of a scene that failed; ``quality``: the verdict when the quality gate refused to publish it."""
     row: dict[str, Any] = dict.fromkeys(BATCH_COLUMNS)
-    row.update({"input": input_path, "stem": stem, "status": "failed", "error": error, "skipped": False})
+    row.update({"input": input_path, "stem": stem, "status": "failed", "error": error, "quality": quality, "skipped": False})
     return row
 
 

@@ -54,6 +54,7 @@ def _arrow_batch(rows: dict[str, np.ndarray], geoms: np.ndarray, extra: list[str
         "object_id": pa.array(cols["object_id"], pa.int64()),
         "class": pa.array(cols["class"], pa.string()),
         "score": pa.array(cols["score"], pa.float32()),
+        "doubtful": pa.array(np.asarray(cols["doubtful"], bool), pa.bool_()),
         "area_px": pa.array(cols["area_px"], pa.int64()),
         "area": pa.array(cols["area"], pa.float64()),
         "area_unit": pa.array(cols["area_unit"], pa.string()),
@@ -184,7 +185,7 @@ def _finish_geoparquet(staging: str | None, dest: str, crs, types: set[int], bbo
     crs_json = crs.to_json_dict()
     if staging is None:
         schema = pa.schema([("object_id", pa.int64()), ("class", pa.string()), ("score", pa.float32()),
-                            ("area_px", pa.int64()), ("area", pa.float64()), ("area_unit", pa.string()),
+                            ("doubtful", pa.bool_()), ("area_px", pa.int64()), ("area", pa.float64()), ("area_unit", pa.string()),
                             ("perimeter", pa.float64()), ("perimeter_unit", pa.string()), ("centroid_x", pa.float64()),
                             ("centroid_y", pa.float64()), ("tile", pa.int32()),
                             *[(c, pa.float64()) for c in extra], ("geometry", pa.binary()),

@@ -12,7 +12,8 @@ import pyproj
 
 from pipeline.io.storage import stem_of
 
-__all__ = ["SceneInfo", "SUPPORTED_DTYPES", "scene_crs", "ground_pixel_size", "PIXEL_CRS_WKT"]
+__all__ = ["SceneInfo", "SUPPORTED_DTYPES", "scene_crs", "ground_pixel_size", "PIXEL_CRS_WKT", "PIXEL_TRANSFORM",
+           "pixel_grid_transform"]
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
@@ -98,8 +99,21 @@ class SceneInfo:
 PIXEL_CRS_WKT = (
     'ENGCRS["Image pixel grid",EDATUM["Image"],CS[Cartesian,2],'
     'AXIS["x (column)",east,ORDER[1],LENGTHUNIT["unknown",1]],'
-    'AXIS["y (row)",south,ORDER[2],LENGTHUNIT["unknown",1]]]'
+    'AXIS["y (minus the row)",north,ORDER[2],LENGTHUNIT["unknown",1]]]'
 )
+
+#: Where an image without georeferencing is placed: x = column, y = -row (level-0 pixels), the way GDAL and QGIS
+#: place such an image (its extent is 0..width, -height..0), so that its polygons draw over it in QGIS, right
+#: way up. The QuPath file keeps QuPath's own pixel coordinates (y = row).
+PIXEL_TRANSFORM = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+
+
+def pixel_grid_transform(transform: tuple[float, ...], crs_wkt: str | None) -> tuple[float, ...]:
+    """``transform`` of an image, or :data:`PIXEL_TRANSFORM` for one with neither CRS nor geotransform (GDAL then
+    reports the identity)."""
+    if not crs_wkt and tuple(float(v) for v in transform[:6]) == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0):
+        return PIXEL_TRANSFORM
+    return tuple(transform[:6])
 
 
 def scene_crs(info: "SceneInfo") -> pyproj.CRS:

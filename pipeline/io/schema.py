@@ -18,8 +18,10 @@ __all__ = ["OUTPUT_COLUMNS", "SHAPE_COLUMNS", "STAT_NAMES", "ROW_GROUP", "Object
 
 #: Rows per GeoParquet row group and per batch of objects (readers scan 50k-150k rows per row group well).
 ROW_GROUP = 100_000
-OUTPUT_COLUMNS = ["object_id", "class", "score", "area_px", "area", "area_unit", "perimeter", "perimeter_unit",
-                  "centroid_x", "centroid_y", "tile"]
+#: ``doubtful``: the object lies far outside the model's training size range or scores below its validation
+#: 1st percentile (pipeline/stages/quality.py); always false for the classical model.
+OUTPUT_COLUMNS = ["object_id", "class", "score", "doubtful", "area_px", "area", "area_unit", "perimeter",
+                  "perimeter_unit", "centroid_x", "centroid_y", "tile"]
 STAT_NAMES = ["mean", "median", "std", "min", "max", "integrated"]
 SHAPE_COLUMNS = ["major_axis", "minor_axis", "eccentricity", "orientation", "solidity", "circularity"]
 

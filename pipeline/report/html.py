@@ -18,7 +18,8 @@ import numpy as np
 
 from pipeline.io.palette import hex_colour
 
-__all__ = ["histograms", "svg_histogram", "png_data_uri", "render_page", "render_index", "write_text_atomic"]
+__all__ = ["histograms", "svg_histogram", "png_data_uri", "render_page", "render_index", "write_text_atomic",
+           "quality_banner"]
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
@@ -29,7 +30,27 @@ td.n{text-align:right;font-variant-numeric:tabular-nums} .sw{display:inline-bloc
 .charts{display:flex;flex-wrap:wrap;gap:24px} figure{margin:8px 0} figcaption{color:#555;font-size:.9em}
 img.ql{max-width:100%;height:auto;border:1px solid #ccc;image-rendering:auto} img.crop{border:1px solid #ccc;width:560px;max-width:100%;image-rendering:pixelated}
 .crops{display:flex;flex-wrap:wrap;gap:24px} .crops figure{width:560px} .bar{background:#4a7fd0;height:10px;display:inline-block}
+.quality{padding:10px 14px;margin:12px 0;border-left:6px solid;font-size:1.05em} .quality ul{margin:6px 0 0 0}
+.q-ok{background:#e8f5ea;border-color:#3a9a5b} .q-doubtful{background:#fff4e0;border-color:#f0a020}
+.q-unreliable{background:#fde8e8;border-color:#d03030}
 """
+
+#: What each verdict tells the reader (pipeline/stages/quality.py).
+QUALITY_TEXT = {"ok": "Quality: ok — the scene and the objects look like the model's training domain.",
+                "doubtful": "Quality: doubtful — check the objects before using them.",
+                "unreliable": "Quality: unreliable — the model is out of its domain here; do not use these objects as they are."}
+
+
+def quality_banner(quality: dict | None) -> str:
+    """The verdict (:mod:`pipeline.stages.quality`) as the banner at the top of the report."""
+    if not quality:
+        return ""
+    v = str(quality.get("verdict", ""))
+    reasons = quality.get("reasons") or []
+    items = "".join(f"<li>{_e(r)}</li>" for r in reasons)
+    note = f'<div class="muted">{_e(quality["note"])}</div>' if quality.get("note") else ""
+    return (f'<div class="quality q-{_e(v)}" id="quality"><b>{_e(QUALITY_TEXT.get(v, v))}</b>'
+            f'{f"<ul>{items}</ul>" if items else ""}{note}</div>')
 
 
 def histograms(parquet_path: str, area_stats: dict | None, bins: int = 30) -> dict[str, Any]:
@@ -154,6 +175,7 @@ def render_page(summary: dict, stem: str, colours: dict, hist: dict, quicklook: 
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
         f"<title>Seamline report: {_e(stem)}</title><style>{CSS}</style></head><body>",
         f"<h1>{_e(stem)}: {n:,} objects</h1>",
+        quality_banner(summary.get("quality")),
         f'<p class="muted">Seamline {_e(summary.get("seamline_version", ""))} run report.</p>',
     ]
     if warnings:

@@ -112,6 +112,12 @@ class Progress:
             self._ticker = threading.Thread(target=self._tick, name="seamline-progress", daemon=True)
             self._ticker.start()
 
+    def note(self, text: str) -> None:
+        """One line of its own (the quality verdict at the end of a run), unless progress is off."""
+        if self.mode != "off":
+            with self._lock:
+                self._line(text)
+
     # ------------------------------------------------------------------ stages
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -17,6 +17,7 @@ from pipeline.io.scene import SceneInfo
 from pipeline.io.schema import ROW_GROUP, ObjectBatch, channel_names, measurement_names
 from pipeline.stages.map_geometry import measure
 from pipeline.stages.pixel_stats import combine_pieces, object_columns
+from pipeline.stages.quality import doubtful_objects
 from pipeline.stages.regularize import regularize_many
 from pipeline.stages.tile_task import part_path
 
@@ -48,35 +49,61 @@ def valid_pixels(workdir: str, n_tiles: int) -> int:
     return total
 
 
+def _piece_rows(table) -> list[dict]:
+    """A part table's rows as dicts: scalars as Python values, the pixel-value lists of edge pieces as numpy
+    arrays (views of the column), not lists of Python ints (about ten times their size)."""
+    lists = [c for c in table.column_names if c.endswith("_values")]
+    rows = table.drop_columns(lists).to_pylist()
+    for c in lists:
+        col = table.column(c).combine_chunks()
+        offsets, values = col.offsets.to_numpy(), col.values.to_numpy()
+        for row, a, b in zip(rows, offsets[:-1].tolist(), offsets[1:].tolist()):
+            row[c] = values[a:b]
+    return rows
+
+
 def _dissolve_groups(workdir: str, groups: dict[int, int]) -> dict[int, tuple[Any, int, float, dict]]:
     """Union the pieces of every joined object and combine their measurements:
-    rep key → (pixel polygon, area_px, score_sum, measurements)."""
+    rep key → (pixel polygon, area_px, score_sum, measurements).
+
+    Part files are read in tile order and an object is dissolved as soon as its last piece has been read, so
+    only the pieces of objects still open at the current tile (and their pixel values, kept for exact medians)
+    are held, not those of every joined object in the scene."""
     if not groups:
         return {}
     keys = np.fromiter(groups.keys(), np.int64, len(groups))
+    reps, n_pieces = np.unique(np.fromiter(groups.values(), np.int64, len(groups)), return_counts=True)
+    missing = dict(zip(reps.tolist(), n_pieces.tolist()))
     pieces: dict[int, list] = {}
+    out = {}
     for tile_index in np.unique(keys >> 32):
         tab = read_part(part_path(workdir, int(tile_index)))
         k = tab.column("key").to_numpy()
         sel = np.nonzero(np.isin(k, keys))[0]
         sub = tab.take(sel)
         geoms = shapely.from_wkb(sub.column("geometry").to_numpy(zero_copy_only=False))
-        rows = sub.drop_columns(["geometry"]).to_pylist()
-        for kk, g, row in zip(k[sel].tolist(), geoms, rows):
-            pieces.setdefault(groups[kk], []).append((g, row))
-    out = {}
-    for rep, ps in pieces.items():
-        geom = shapely.union_all([p[0] for p in ps], grid_size=None)
-        geom = shapely.normalize(geom)
-        if geom.geom_type == "MultiPolygon" and len(geom.geoms) == 1:
-            geom = geom.geoms[0]
-        rows = [p[1] for p in ps]
-        n_ch = sum(1 for c in rows[0] if c.endswith("_values"))
-        meas = combine_pieces(rows, n_ch) if "mean_x" in rows[0] else {}
-        if "class_sums" in rows[0]:  # a multi-class model: the pieces' class probability sums add up
-            meas["class_sums"] = np.sum([r["class_sums"] for r in rows], axis=0)
-        out[rep] = (geom, sum(r["area_px"] for r in rows), sum(r["score_sum"] for r in rows), meas)
+        for kk, g, row in zip(k[sel].tolist(), geoms, _piece_rows(sub.drop_columns(["geometry"]))):
+            rep = groups[kk]
+            pieces.setdefault(rep, []).append((g, row))
+            missing[rep] -= 1
+            if not missing[rep]:
+                out[rep] = _dissolve(pieces.pop(rep))
+    out.update({rep: _dissolve(ps) for rep, ps in pieces.items()})  # none left unless a piece was missing
     return out
+
+
+def _dissolve(ps: list) -> tuple[Any, int, float, dict]:
+    """One joined object from its pieces ``[(polygon, row), ...]``."""
+    geom = shapely.union_all([p[0] for p in ps], grid_size=None)
+    geom = shapely.normalize(geom)
+    if geom.geom_type == "MultiPolygon" and len(geom.geoms) == 1:
+        geom = geom.geoms[0]
+    rows = [p[1] for p in ps]
+    n_ch = sum(1 for c in rows[0] if c.endswith("_values"))
+    meas = combine_pieces(rows, n_ch) if "mean_x" in rows[0] else {}
+    if "class_sums" in rows[0]:  # a multi-class model: the pieces' class probability sums add up
+        meas["class_sums"] = np.sum([r["class_sums"] for r in rows], axis=0)
+    return geom, sum(r["area_px"] for r in rows), sum(r["score_sum"] for r in rows), meas
 
 
 def assemble_objects(workdir: str, n_tiles: int, groups: dict[int, int], batch_rows: int = ROW_GROUP) -> Iterator[dict]:
@@ -137,12 +164,13 @@ def output_measurements(info: SceneInfo, regularize: dict[str, Any] | None) -> l
 
 def object_batches(workdir: str, n_tiles: int, groups: dict[int, int], info: SceneInfo, class_name: str,
                    class_names: list[str] | None = None, regularize: dict[str, Any] | None = None,
-                   batch_rows: int = ROW_GROUP) -> Iterator[ObjectBatch]:
+                   batch_rows: int = ROW_GROUP, limits: dict[str, float] | None = None) -> Iterator[ObjectBatch]:
     """Whole objects in tile order, numbered ``1..N`` (``object_id``, unique in the scene), in batches.
 
     ``class_names``: a multi-class model's classes; each object gets the one with the largest probability
     summed over its pixels (else every object is ``class_name``). ``regularize``: squared building outlines
-    (:mod:`pipeline.stages.regularize`) for the objects of its classes, with ``area_raw`` kept."""
+    (:mod:`pipeline.stages.regularize`) for the objects of its classes, with ``area_raw`` kept. ``limits``: the
+    model's per-object thresholds (:func:`pipeline.stages.quality.object_limits`) for the ``doubtful`` flag."""
     channels = channel_names(info)
     next_id = 1
     for batch in assemble_objects(workdir, n_tiles, groups, batch_rows):
@@ -162,10 +190,12 @@ def object_batches(workdir: str, n_tiles: int, groups: dict[int, int], info: Sce
                 geoms_px[sel] = regularized(geoms_px[sel], info, regularize)
         m = measure(geoms_px, info)
         area_px = np.asarray(batch["area_px"], np.int64)
+        score = np.clip(np.asarray(batch["score_sum"]) / np.maximum(area_px, 1), 0, 1)
         rows = {
             "object_id": np.arange(next_id, next_id + n, dtype=np.int64),
             "class": cls,
-            "score": np.clip(np.asarray(batch["score_sum"]) / np.maximum(area_px, 1), 0, 1),
+            "score": score,
+            "doubtful": doubtful_objects(area_px, score, limits),
             "area_px": area_px,
             "tile": np.asarray(batch["tile"], np.int32),
             **{k: v for k, v in m.items() if k != "geometry"},

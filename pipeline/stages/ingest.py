@@ -19,7 +19,8 @@ from pipeline.io import storage
 from pipeline.io.readers.base import Level
 from pipeline.io.scene import SceneInfo
 from pipeline.io.sources import open_source
-from pipeline.models.normalize import apply_normalization, otsu, percentiles
+from pipeline.models.normalize import apply_normalization, otsu, percentiles, to_model_channels
+from pipeline.stages.domain import detect, image_domain
 from pipeline.stages.resolution import area_resample, source_window
 
 __all__ = ["IngestBlock", "plan_ingest", "create_store", "ingest_block", "sample_stride", "scene_statistics", "MAX_SAMPLE_PX"]
@@ -92,7 +93,11 @@ def read_working(info: SceneInfo, row: int, col: int, h: int, w: int) -> tuple[n
     """A window of the working image: the source's level window, area-averaged, the chosen channels; and
     where it is valid (None when the source cannot hold invalid pixels)."""
 
-    src = open_source(info.path, info.reader, info.series, cache=True)
+    # One open source per worker (a slide is not re-opened for every block) — except GDAL's: a dataset kept open
+    # keeps every block it has read in GDAL's block cache (up to GDAL_CACHEMAX, 5 % of RAM, per process), so a
+    # worker that ingested half of a 24,000² scene carried ~0.6 GB of it through the tile stage (#29). Opening a
+    # GeoTIFF per block costs milliseconds, and closing it frees its blocks.
+    src = open_source(info.path, info.reader, info.series, cache=info.reader != "gdal")
     try:
         lv: Level = src.levels[info.level]
         r, c, hh, ww = source_window(lv, info.resample, row, col, h, w)
@@ -138,8 +143,12 @@ def ingest_block(info: SceneInfo, zarr_path: str, block: IngestBlock, stride: in
 
 def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, high: float = 99.8,
                      threshold: float | None = None, low_ratio: float | None = None,
-                     threshold_low: float | None = None) -> dict:
-    """Normalisation percentiles per band and the foreground thresholds of the classical model.
+                     threshold_low: float | None = None, in_channels: int | None = None,
+                     georeferenced: bool = False) -> dict:
+    """Normalisation percentiles per band and the foreground thresholds of the classical model; with
+    ``in_channels`` (the model's input channels) also the scene's ``domain`` (modality and the colour of the
+    normalised pixels as the model sees them: :func:`pipeline.stages.domain.image_domain`), which the quality
+    verdict compares with the model's training domain — from this sample, no extra pass over the image.
 
     The threshold is Otsu's on the normalised band mean of the sample (unless given); the hysteresis low
     threshold (unless given) lies ``low_ratio`` of the way from the background level (median of the sample
@@ -153,7 +162,8 @@ def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, h
         valid &= np.all(np.isfinite(sample), axis=0)
     s = sample[:, valid]
     pct = percentiles(s[:, :, None], low, high) if s.size else [(0.0, 1.0)] * sample.shape[0]
-    norm = apply_normalization(s[:, None, :], pct)[:, 0, :].mean(axis=0) if s.size else np.zeros(0)
+    normalised = apply_normalization(s[:, None, :], pct)[:, 0, :] if s.size else np.zeros((sample.shape[0], 0), np.float32)
+    norm = normalised.mean(axis=0)
     if threshold is None:
         t = otsu(norm)
         threshold = 0.5 if t is None else t  # a flat sample: half way up the normalised range
@@ -161,5 +171,8 @@ def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, h
         below = norm[norm <= threshold]
         bg = float(np.median(below)) if below.size else 0.0
         threshold_low = bg + low_ratio * (float(threshold) - bg)
-    return {"percentiles": [list(p) for p in pct], "threshold": float(threshold), "sample_px": int(s.shape[1]),
-            "low": low, "high": high, "threshold_low": None if threshold_low is None else float(threshold_low)}
+    out = {"percentiles": [list(p) for p in pct], "threshold": float(threshold), "sample_px": int(s.shape[1]),
+           "low": low, "high": high, "threshold_low": None if threshold_low is None else float(threshold_low)}
+    if in_channels is not None and s.size:
+        out["domain"] = image_domain(detect(s, georeferenced), to_model_channels(normalised[:, None, :], in_channels)[:, 0, :])
+    return out

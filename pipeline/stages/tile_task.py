@@ -179,19 +179,37 @@ def _read_windows(job: TileJob, tiles: list[Tile], valids: dict[int, np.ndarray]
     return out, raw
 
 
-def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw: np.ndarray,
-                  valid: np.ndarray | None = None) -> tuple[int, tuple[float, float, float]]:
+STEPS = ("read", "model", "instances", "vectorize", "measure")
+
+
+def _clocks() -> np.ndarray:
+    """Wall and CPU seconds now. A step's CPU seconds (this worker process: its task thread and the I/O threads
+    working for it; one task thread per worker by default) stay meaningful on a shared machine, where its wall
+    seconds also count the waits for a free core."""
+    return np.array([time.perf_counter(), time.process_time()])
+
+
+def _add(timings: dict[str, float], step: str, since: np.ndarray) -> np.ndarray:
+    """Add the wall (``step``) and CPU (``step_cpu``) seconds since ``since`` to ``timings``; returns now."""
+    now = _clocks()
+    timings[step] += now[0] - since[0]
+    timings[f"{step}_cpu"] += now[1] - since[1]
+    return now
+
+
+def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw: np.ndarray, timings: dict[str, float],
+                  valid: np.ndarray | None = None) -> int:
     """Label one tile's window, store the window labels, vectorize and measure the core, write the part file.
     Labels on invalid pixels (``valid`` False: nodata, NaN, alpha 0) are removed: no object is made of them.
-    Returns the number of pieces and the seconds spent labelling, vectorizing and measuring."""
-    ta = time.perf_counter()
+    Returns the number of pieces; adds the seconds spent labelling, vectorizing and measuring to ``timings``."""
+    ta = _clocks()
     if model.kind == "classical":
         labels, prob = model.instances(heads, job.stats["threshold"], job.stats.get("threshold_low"))
     else:
         labels, prob = model.instances(heads)
     if valid is not None and not valid.all():
         labels = np.where(valid, labels, 0).astype(labels.dtype, copy=False)
-    tb = time.perf_counter()
+    tb = _add(timings, "instances", ta)
     block = np.zeros((job.window_size, job.window_size), np.uint32)
     block[: labels.shape[0], : labels.shape[1]] = labels
     win_arr[t.index] = block
@@ -204,12 +222,13 @@ def _post_process(model, job: TileJob, win_arr, t: Tile, heads: np.ndarray, raw:
     class_sums = None
     if model.kind != "classical" and heads.shape[0] > 3:  # a multi-class model: per-class probability sums per piece
         class_sums = np.stack([piece_sums(h) for h in heads[3:]], axis=1)
-    tc = time.perf_counter()
+    tc = _add(timings, "vectorize", tb)
     raw_core = raw[(slice(None), *core_rel)]
     meas = piece_measurements(labels[core_rel], ids, raw_core, t.core.row, t.core.col)
     valid_px = int(valid[core_rel].sum()) if valid is not None else _valid_pixels(raw_core, job.nodata)
     _write_part(part_path(job.workdir, t.index), t.index, ids, area_px, score_sum, geoms, meas, valid_px, class_sums)
-    return len(ids), (tb - ta, tc - tb, time.perf_counter() - tc)
+    _add(timings, "measure", tc)
+    return len(ids)
 
 
 def _submit(model, job: TileJob, tiles: list[Tile], prepared: list[np.ndarray]):
@@ -239,7 +258,8 @@ def _submit(model, job: TileJob, tiles: list[Tile], prepared: list[np.ndarray]):
 
 
 def process_tiles(job: TileJob, indices: list[int]) -> dict:
-    """Process a batch of tiles; returns counts and per-stage seconds (read, model, instances, vectorize).
+    """Process a batch of tiles; returns counts and the seconds per step (read, model, instances, vectorize,
+    measure: wall seconds, and CPU seconds as ``<step>_cpu``).
 
     Software-pipelined: batch k+1 is read and submitted to the model before batch k is post-processed, so on
     a GPU the forward pass of one batch runs while the CPU labels and vectorizes the previous one. ``model``
@@ -249,7 +269,7 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
 
     grid = job.grid
     todo = [grid[i] for i in indices if not storage.exists(part_path(job.workdir, i))]
-    timings = {"read": 0.0, "model": 0.0, "instances": 0.0, "vectorize": 0.0, "measure": 0.0}
+    timings = {k: 0.0 for s in STEPS for k in (s, f"{s}_cpu")}
     empty = [t for t in todo if t.index in job.skip]
     if empty:  # no tissue / all nodata: nothing to find; the stitch sees an empty part and zero labels
         _write_empty_parts(job, empty)
@@ -267,26 +287,21 @@ def process_tiles(job: TileJob, indices: list[int]) -> dict:
     valids: dict[int, np.ndarray] = {}
     for tiles in [*batches, None]:
         if tiles is not None:
-            t0 = time.perf_counter()
+            t0 = _clocks()
             norms, raws = _read_windows(job, tiles, valids)
             prepared = [model.prepare(n) for n in norms]
-            t1 = time.perf_counter()
+            t1 = _add(timings, "read", t0)
             submitted = (tiles, raws, *_submit(model, job, tiles, prepared))
-            timings["read"] += t1 - t0
-            timings["model"] += time.perf_counter() - t1
+            _add(timings, "model", t1)
         if pending is not None:
             p_tiles, p_raws, p_heads, crops = pending
-            t0 = time.perf_counter()
+            t0 = _clocks()
             out = p_heads.result()
-            timings["model"] += time.perf_counter() - t0
+            _add(timings, "model", t0)
             for i, (t, (r, c, h, w)) in enumerate(zip(p_tiles, crops)):
-                n_pieces, tt = _post_process(model, job, win_arr, t, out[i, :, r : r + h, c : c + w], p_raws[i],
-                                             valids.pop(t.index, None))
-                pieces += n_pieces
+                pieces += _post_process(model, job, win_arr, t, out[i, :, r : r + h, c : c + w], p_raws[i], timings,
+                                        valids.pop(t.index, None))
                 pixels += t.core.height * t.core.width
-                timings["instances"] += tt[0]
-                timings["vectorize"] += tt[1]
-                timings["measure"] += tt[2]
         pending = submitted if tiles is not None else None
     return {"tiles": len(todo), "skipped": len(indices) - len(todo) - len(empty), "pieces": pieces, "timings": timings,
             "pixels": pixels, "empty": len(empty)}

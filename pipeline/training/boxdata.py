@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.evaluation.boxfiles import boxes_of_image, read_box_file
-from pipeline.training.samples import Sample, class_indices, expand_paths, normalised, read_image
+from pipeline.training.samples import Sample, class_indices, detect, expand_paths, normalised, read_image
 
 __all__ = ["load_box_dataset"]
 VECTOR_EXTS = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
@@ -102,7 +102,8 @@ def load_box_dataset(rasters: list[str], box_files: list[str], in_channels: int 
             inside = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
             k = inside > 0
             name = Path(img_path).stem + (f"@{y}_{x}" if (th, tw) != (h, w) else "")
-            s = Sample(name, np.ascontiguousarray(norm[:, y : y + th, x : x + tw]), np.zeros((th, tw), np.int32), "boxes")
+            s = Sample(name, np.ascontiguousarray(norm[:, y : y + th, x : x + tw]), np.zeros((th, tw), np.int32), "boxes",
+                       detected=detect(img[:, y : y + th, x : x + tw]))
             # Every box that shows in the tile trains (its visible part is a crown, not background); only those
             # at least half inside count as truth when scoring, the others are neither found nor missed.
             s.boxes, s.box_classes = clipped[k].astype(np.float32), list(cls[k])

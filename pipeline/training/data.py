@@ -28,6 +28,7 @@ from pipeline.training.places import load_places_dataset, split_by_place
 from pipeline.training.samples import (
     IMAGE_EXTS,
     Sample,
+    detect,
     expand_paths,
     instance_class_map,
     local_only,
@@ -70,7 +71,7 @@ def load_folder_dataset(root: str | Path, in_channels: int = 3, limit: int | Non
         if lab.shape != img.shape[1:]:
             raise InputError(f"label image {lab_path}: shape {lab.shape} differs from image {img.shape[1:]}; labels must be on the image grid")
         norm = normalised(img, in_channels)
-        out.append(Sample(p.stem, norm, lab, modality.get(p.stem, "unknown")))
+        out.append(Sample(p.stem, norm, lab, modality.get(p.stem, "unknown"), detected=detect(img)))
     return out
 
 
@@ -104,7 +105,8 @@ def load_geotiff_dataset(rasters: list[str | Path], vectors: str | Path, in_chan
             lab = rasterize(shapes, out_shape=(ds.height, ds.width), transform=ds.transform, fill=0, dtype="int32") if shapes else np.zeros((ds.height, ds.width), np.int32)
             nodata = ds.nodata
         norm = normalised(img, in_channels, nodata)
-        out.append(Sample(Path(r).stem, norm, lab, "geotiff", instance_classes=instance_class_map(poly_cls, kept)))
+        out.append(Sample(Path(r).stem, norm, lab, "geotiff", instance_classes=instance_class_map(poly_cls, kept),
+                          detected=detect(img)))
     return out
 
 

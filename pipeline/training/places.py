@@ -18,7 +18,7 @@ from collections import defaultdict
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.training.samples import Sample, expand_paths, instance_class_map, normalised, vector_classes
+from pipeline.training.samples import Sample, detect, expand_paths, instance_class_map, normalised, vector_classes
 
 __all__ = ["expand_paths", "load_places_dataset", "split_by_place", "place_of"]
 
@@ -90,7 +90,7 @@ def load_places_dataset(rasters: list[str], vectors: str, pixel_size: float, pla
         shapes = [(g, i + 1) for i, g in enumerate(geoms)]
         lab = rasterize(shapes, out_shape=(oh, ow), transform=otf, fill=0, dtype="int32") if shapes else np.zeros((oh, ow), np.int32)
         norm = normalised(out, in_channels, nodata)
-        samples.append(Sample(f"p{px}_{py}@{res:g}m", norm, lab, "place", instance_classes=inst_cls))
+        samples.append(Sample(f"p{px}_{py}@{res:g}m", norm, lab, "place", instance_classes=inst_cls, detected=detect(out)))
     return samples
 
 

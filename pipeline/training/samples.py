@@ -15,8 +15,10 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.io import storage
 from pipeline.models.normalize import apply_normalization, percentiles, to_model_channels
+from pipeline.stages.domain import detect
+from pipeline.stages.modality import Modality
 
-__all__ = ["Sample", "IMAGE_EXTS", "read_image", "normalised", "vector_classes", "class_indices", "instance_class_map",
+__all__ = ["Sample", "IMAGE_EXTS", "read_image", "normalised", "detect", "vector_classes", "class_indices", "instance_class_map",
            "expand_paths", "local_only"]
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -38,6 +40,9 @@ class Sample:
     # brightfield RGB as transmission in 0..1 (3, H, W): the Augmenter crops it, applies stain jitter and makes
     # the network input from it (pipeline/models/stain.py) instead of jittering ``image``
     raw: np.ndarray | None = None
+    # the modality of the raw image, judged as an image (pipeline.stages.domain.detect, no georeferencing):
+    # what the model's domain record (pipeline.training.domain) counts
+    detected: Modality | None = None
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -27,6 +27,7 @@ from pipeline.models.registry import resolve_model_spec
 from pipeline.training.boxloss import BoxAugmenter, box_losses, ellipse_labels
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Augmenter, class_head_loss, load_samples, source_weights, split_samples
+from pipeline.training.domain import domain_record, store_record
 from pipeline.training.samples import Sample
 from pipeline.training.tune import best_postprocess
 
@@ -291,6 +292,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if out_of_time:
             _log(f"stopping: time budget of {cfg.max_minutes} min reached after epoch {epoch}")
             break
+    if best_epoch > 0:  # the training domain of the kept checkpoint, the reference of every run's quality verdict
+        _log("recording the training domain (pipeline/training/domain.py) ...")
+        store_record(str(cfg.out), domain_record(str(cfg.out), train_s + val_s, val_s))
     summary = {"best_epoch": best_epoch, "best_ap50": best, "history": history,
                "train_images_per_s": round(images_seen / max(train_time, 1e-9), 2), "device": device,
                "checkpoint": str(ckpt)}

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.io.scene import SUPPORTED_DTYPES
+from pipeline.io.scene import PIXEL_TRANSFORM, SUPPORTED_DTYPES
 from pipeline.io.units import to_um
 
 __all__ = ["Level", "ImageSource"]
@@ -32,7 +32,8 @@ class ImageSource:
 
     ``pixel_size`` is level 0's (x, y) pixel size in ``pixel_unit`` ("um" for microscopy, the CRS's linear
     unit name for georeferenced rasters, e.g. "metre"), or None when unknown. ``transform`` maps level-0
-    (col, row) to the output coordinates (the CRS for georeferenced rasters, level-0 pixels otherwise).
+    (col, row) to the output coordinates (the CRS for georeferenced rasters; otherwise x = column, y = -row:
+    :data:`~pipeline.io.scene.PIXEL_TRANSFORM`).
     """
 
     reader: str = "?"
@@ -46,7 +47,7 @@ class ImageSource:
     nodata: float | None = None
     has_mask: bool = False  # an alpha band, a GDAL mask or a slide's alpha: read_mask() says where data is
     crs_wkt: str | None = None
-    transform: tuple[float, float, float, float, float, float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    transform: tuple[float, float, float, float, float, float] = PIXEL_TRANSFORM  # type: ignore[assignment]
     series: int | None = None
     cached: bool = False  # held by open_source's per-process cache: callers must not close it
 

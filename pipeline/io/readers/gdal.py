@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.io.raster import _pixel_size_from_tiff, check_dataset, clean_nodata, open_raster
 from pipeline.io.readers.base import ImageSource, Level
-from pipeline.io.scene import ground_pixel_size
+from pipeline.io.scene import ground_pixel_size, pixel_grid_transform
 
 __all__ = ["GdalSource"]
 
@@ -54,8 +54,8 @@ class GdalSource(ImageSource):
                                           MaskFlags.all_valid not in ds.mask_flag_enums[b - 1] for b in self._bands))
         self.has_mask = bool(self._alpha) or self._per_dataset_mask
         t = ds.transform
-        self.transform = (t.a, t.b, t.c, t.d, t.e, t.f)
         self.crs_wkt = ds.crs.to_wkt() if ds.crs is not None else None
+        self.transform = pixel_grid_transform((t.a, t.b, t.c, t.d, t.e, t.f), self.crs_wkt)
         if self.crs_wkt is not None:
             # The ground pixel size in metres at the scene centre, whatever the CRS's units (degrees, feet,
             # Web Mercator's metres): what the resolution rule and every length setting in metres need.

@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.io import storage
 from pipeline.io.readers.base import ImageSource, Level
+from pipeline.io.scene import PIXEL_TRANSFORM
 
 __all__ = ["SlideSource"]
 
@@ -52,7 +53,7 @@ class SlideSource(ImageSource):
         self.nodata = None
         self.has_mask = True
         self.crs_wkt = None
-        self.transform = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+        self.transform = PIXEL_TRANSFORM
         self.properties = dict(p)
         try:
             self._s.read_region((0, 0), self.levels and len(self.levels) - 1, (1, 1))
