@@ -232,11 +232,8 @@ def run_ingest(client, plan: ScenePlan) -> dict:
     skip_nodata = nodata_skip(grid, [c for r in results for c in r[1]]) - skip_tissue if plan.cfg.skip_nodata else set()
     cl = plan.cfg.classical
     stats = scene_statistics(samples, info.nodata, plan.cfg.stats.low, plan.cfg.stats.high, cl.threshold, cl.low_ratio,
-                             cl.low_threshold, int((plan.metadata or {}).get("in_channels", info.count)), bool(info.crs_wkt))
-    if plan.metadata:  # an H&E model's fixed brightfield normalisation replaces the percentiles (#20)
-        fixed = fixed_percentiles(plan.metadata, info.dtype, info.count)
-        if fixed is not None:
-            stats["percentiles"] = [list(p) for p in fixed]
+                             cl.low_threshold, int((plan.metadata or {}).get("in_channels", info.count)), bool(info.crs_wkt),
+                             fixed_percentiles(plan.metadata, info.dtype, info.count))  # an H&E model's (#20)
     stats["stride"] = stride
     stats["skip"] = {"tissue": sorted(skip_tissue), "nodata": sorted(skip_nodata)}
     if tissue is not None:
