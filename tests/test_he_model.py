@@ -53,11 +53,12 @@ def test_default_model_finds_nuclei_on_consep_test_tiles_through_the_pipeline(tm
                      metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeXUnit": "µm",
                                "PhysicalSizeY": 0.25, "PhysicalSizeYUnit": "µm"})
     tifffile.imwrite(truth, labels.astype(np.uint32))
-    summary = segment_scene(str(img), tmp_path / "out", SegmentConfig(tile=1024),
+    summary = segment_scene(str(img), tmp_path / "out", SegmentConfig(tile=1024, report=False),
                             client=dask_client_session)
     assert summary["model_choice"]["model"] == HE_MODEL.name and "H&E" in summary["model_choice"]["why"]
     assert summary["model"]["path"].endswith(HE_MODEL.name)
     assert summary["object_scale"]["factor"] == pytest.approx(1.0)  # 0.25 µm: the model's own scale
+    assert summary["quality"]["verdict"] == "ok", summary["quality"]  # H&E, the model's training domain
     a = evaluate_files(summary["outputs"]["parquet"], truth)["all"]["at_0.5"]
     assert a["tp"] + a["fn"] == labels.max()
     assert a["f1"] > MIN_F1, a
