@@ -1,7 +1,7 @@
 """One scene through every stage: :func:`segment_scene` is THE runner. The CLI (``seamline segment``), the
 Prefect flows (``flows/segment.py``, ``flows/watch.py``) and ``seamline watch`` all call it; a flow passes a
 ``task`` wrapper (``prefect.task``) so that each stage shows as a task, and nothing else differs. Each stage is
-a plain function of this module (see the README's "How it works" for stage -> file -> function).
+a plain function of this module (docs/ARCHITECTURE.md has the table stage -> file -> function).
 
 The work folder (``OUT/.seamline-work/<stem>``, or ``<workdir>/<stem>``) holds the zarr store, the per-tile
 parts and window labels. Like the input and the outputs it may be a local path or any fsspec URL
