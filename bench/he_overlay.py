@@ -50,6 +50,8 @@ def main() -> dict:
     panels, res = [], {"slide": a.slide, "crop_xywh": [x0, y0, w, h], "pixel_size_um": um, "runs": {}}
     for run in a.runs:
         g = gpd.read_parquet(run)
+        if len(g) and g.total_bounds[3] <= 0:  # placed as GDAL places an image without georeferencing: y = -row
+            g = g.set_geometry(g.geometry.scale(1.0, -1.0, origin=(0, 0)))
         area = np.sort(g.geometry.area.to_numpy())
         res["runs"][run] = {"objects": len(g), "largest_px": area[-5:][::-1].round(0).tolist(),
                             "median_px": float(np.median(area)) if area.size else None,
