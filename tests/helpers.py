@@ -10,9 +10,8 @@ import numpy as np
 def rasterize_output(parquet: str | Path, shape: tuple[int, int], transform) -> np.ndarray:
     """Label image of a Seamline GeoParquet on the input grid (object_id as label)."""
     import geopandas as gpd
-    from rasterio.features import rasterize
-
     from affine import Affine
+    from rasterio.features import rasterize
 
     from pipeline.io.scene import pixel_grid_transform
 
