@@ -7,6 +7,7 @@ run equal to a whole-image run; write the ``d`` where it falls below ~0.01 into 
 ``receptive_field_px`` (``seamline train`` config key).
 
 Run: python bench/receptive_field.py [--model default] [--image SCENE.tif]
+(an H&E model: ``--image`` an H&E scene, e.g. the CoNSeP test slide of bench/he_pipeline.py)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> dict:
 
     from pipeline.models.normalize import apply_normalization, percentiles
     from pipeline.models.registry import load_model
+    from pipeline.models.stain import fixed_percentiles
     from pipeline.synthetic import write_periodic_scene
 
     ap = argparse.ArgumentParser()
@@ -39,8 +41,10 @@ def main() -> dict:
         if not a.image:
             write_periodic_scene(path, 2048, seed=11, cell=24, radius=(4, 9))
         with rasterio.open(path) as ds:
-            img = ds.read(window=((0, SIZE), (0, SIZE))).astype(np.float32)
-    x = model.prepare(apply_normalization(img, percentiles(img)))
+            img = ds.read(window=((0, SIZE), (0, SIZE)))
+    # the scene normalisation the checkpoint names: percentiles, or the fixed range of a brightfield model
+    stats = fixed_percentiles(getattr(model, "meta", None), img.dtype, img.shape[0]) or percentiles(img.astype(np.float32))
+    x = model.prepare(apply_normalization(img.astype(np.float32), stats))
     base = model.predict_heads(x[None])[0]
     c0, c1 = (SIZE - BOX) // 2, (SIZE + BOX) // 2
     rows = []

@@ -133,7 +133,9 @@ class SegmentConfig(_Strict):
     docs/CONFIG.md (generated from this class) for every key."""
 
     model: str = _setting("default", results=True,
-                          doc="'default' (shipped nuclei model), 'classical', 'buildings', 'trees', or a checkpoint path")
+                          doc="'default' (the shipped nuclei model for the scene's modality: H&E brightfield -> 'nuclei-he', else "
+                              "'nuclei', the fluorescence model), 'nuclei', 'nuclei-he', 'classical', 'buildings', 'trees', or a "
+                              "checkpoint path")
     tile: int = _setting(1024, results=True, unit="px", doc="tile core size; each tile is read with its halo around it")
     halo: int | None = _setting(None, results=True, unit="px",
                                 doc="context around each tile; unset: the model's receptive field (64 for classical)")

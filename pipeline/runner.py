@@ -1,7 +1,7 @@
 """One scene through every stage: :func:`segment_scene` is THE runner. The CLI (``seamline segment``), the
 Prefect flows (``flows/segment.py``, ``flows/watch.py``) and ``seamline watch`` all call it; a flow passes a
 ``task`` wrapper (``prefect.task``) so that each stage shows as a task, and nothing else differs. Each stage is
-a plain function of this module (see the README's "How it works" for stage -> file -> function).
+a plain function of this module (docs/ARCHITECTURE.md has the table stage -> file -> function).
 
 The work folder (``OUT/.seamline-work/<stem>``, or ``<workdir>/<stem>``) holds the zarr store, the per-tile
 parts and window labels. Like the input and the outputs it may be a local path or any fsspec URL
@@ -39,6 +39,7 @@ from pipeline.io.scene import SceneInfo
 from pipeline.io.sources import open_source, resolve_channels
 from pipeline.io.storage import stem_of, unique_stems
 from pipeline.memwatch import TreeMemoryWatch
+from pipeline.models.stain import fixed_percentiles
 from pipeline.report.progress import current
 from pipeline.report.stage import run_report as report_scene
 from pipeline.report.stage import write_index
@@ -49,6 +50,7 @@ from pipeline.stages.grid import TileGrid
 from pipeline.stages.ingest import create_store, ingest_block, plan_ingest, sample_stride, scene_statistics
 from pipeline.stages.inputs import plan_input
 from pipeline.stages.label_image import write_label_image
+from pipeline.stages.model_choice import choose_default_model
 from pipeline.stages.objectscale import choose_scale, estimate_scene_diameter
 from pipeline.stages.pixel_stats import scene_density
 from pipeline.stages.quality import assess_run, object_limits, quality_line, refuses
@@ -230,7 +232,8 @@ def run_ingest(client, plan: ScenePlan) -> dict:
     skip_nodata = nodata_skip(grid, [c for r in results for c in r[1]]) - skip_tissue if plan.cfg.skip_nodata else set()
     cl = plan.cfg.classical
     stats = scene_statistics(samples, info.nodata, plan.cfg.stats.low, plan.cfg.stats.high, cl.threshold, cl.low_ratio,
-                             cl.low_threshold, int((plan.metadata or {}).get("in_channels", info.count)), bool(info.crs_wkt))
+                             cl.low_threshold, int((plan.metadata or {}).get("in_channels", info.count)), bool(info.crs_wkt),
+                             fixed_percentiles(plan.metadata, info.dtype, info.count))  # an H&E model's (#20)
     stats["stride"] = stride
     stats["skip"] = {"tissue": sorted(skip_tissue), "nodata": sorted(skip_nodata)}
     if tissue is not None:
@@ -423,6 +426,7 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
     input's name). ``task(fn, name)`` wraps each stage call (the flows make each a Prefect task)."""
 
     step = task or _plain
+    asked = cfg
     settings = resolve_settings(cfg)
     cfg = settings.cfg
     stem = stem or stem_of(str(input_path))
@@ -432,6 +436,10 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
             log.info("%s: outputs in %s are current for this input and these settings, skipped (force to redo)",
                      input_path, out_dir)
             return {**done, "skipped": True}
+    choice = choose_default_model(str(input_path), asked)  # --model default: by the scene's modality (#20)
+    if choice is not None:
+        settings = resolve_settings(asked, choice.model)
+        cfg = settings.cfg
     progress = current()
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -465,7 +473,7 @@ def segment_scene(input_path: str, out_dir: str | Path, cfg: SegmentConfig, clie
         t = time.perf_counter()
         extra = {"worker_seconds": tiles["timings"], "tiles_processed": tiles["tiles"],
                  "tiles_resumed": tiles["skipped"], "joined_objects": len(set(groups.values())),
-                 **skipping_summary(plan, stats)}
+                 **skipping_summary(plan, stats), **({"model_choice": choice.as_dict()} if choice else {})}
         with progress.stage("write outputs"):
             staging, summary = step(stage_outputs, "write")(plan, groups, extra)
         if label_image is not None:

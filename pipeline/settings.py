@@ -27,7 +27,7 @@ from pipeline import __version__
 from pipeline.config import SegmentConfig, result_fields
 from pipeline.errors import CheckpointError, ParameterError
 from pipeline.models.checkpoint import checkpoint_paths, load_metadata
-from pipeline.models.registry import resolve_model_spec
+from pipeline.models.registry import DEFAULT, SHIPPED_HE, resolve_model_spec
 
 __all__ = ["Settings", "resolve_settings", "check_model", "resolve_halo", "default_workers", "DEFAULT_HALO"]
 
@@ -121,20 +121,28 @@ def model_identity(model: str, md: dict | None) -> str:
     return f"{Path(model).name}:{hashlib.sha256(meta.read_bytes()).hexdigest()[:16]}"
 
 
+def default_identity() -> str:
+    """``--model default``'s identity: both shipped nuclei models it chooses between by the scene's modality,
+    so that ``watch`` (which resolves before seeing a scene) and the run (after) agree on the fingerprint."""
+    return "default:" + "+".join(model_identity(str(p), {"shipped": True}) for p in (resolve_model_spec(DEFAULT), SHIPPED_HE))
+
+
 def fingerprint(cfg: SegmentConfig, model_id: str) -> str:
     """The fingerprint of a *resolved* config's result-changing fields, the model's identity and the version."""
     relevant = cfg.model_dump(include=result_fields(), exclude={"model"})
     return hashlib.sha256(json.dumps([relevant, model_id, __version__], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resolve_settings(cfg: SegmentConfig) -> Settings:
+def resolve_settings(cfg: SegmentConfig, chosen: str | None = None) -> Settings:
     """Resolve ``cfg`` (cheap: reads the checkpoint's JSON and the header of its weights, never the image).
 
-    Raises :class:`~pipeline.errors.CheckpointError` / :class:`~pipeline.errors.ParameterError` for a broken
-    checkpoint or a tile size the model cannot use, before any cluster or work folder exists."""
-    model, md = check_model(cfg.model)
+    ``chosen``: the checkpoint ``--model default`` chose for this scene (:mod:`pipeline.stages.model_choice`);
+    the fingerprint stays ``default``'s. Raises :class:`~pipeline.errors.CheckpointError` /
+    :class:`~pipeline.errors.ParameterError` for a broken checkpoint or a tile size the model cannot use,
+    before any cluster or work folder exists."""
+    model, md = check_model(chosen or cfg.model)
     halo, warnings = resolve_halo(cfg, model, md)
     workers = cfg.workers if cfg.workers is not None else default_workers("classical" if md is None else "learned")
     resolved = cfg.model_copy(update={"halo": halo, "workers": workers})
-    mid = model_identity(model, md)
+    mid = default_identity() if cfg.model == DEFAULT else model_identity(model, md)
     return Settings(resolved, model, md, mid, fingerprint(resolved, mid), tuple(warnings))

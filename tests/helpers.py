@@ -10,11 +10,16 @@ import numpy as np
 def rasterize_output(parquet: str | Path, shape: tuple[int, int], transform) -> np.ndarray:
     """Label image of a Seamline GeoParquet on the input grid (object_id as label)."""
     import geopandas as gpd
+    from affine import Affine
     from rasterio.features import rasterize
+
+    from pipeline.io.scene import pixel_grid_transform
 
     g = gpd.read_parquet(parquet)
     if len(g) == 0:
         return np.zeros(shape, np.int32)
+    # rasterio gives an image without georeferencing the identity; Seamline places it at y = -row, as QGIS does
+    transform = Affine(*pixel_grid_transform(tuple(transform)[:6], g.crs.to_wkt() if g.crs and g.crs.name != "Image pixel grid" else None))
     return rasterize([(geom, int(i)) for geom, i in zip(g.geometry, g.object_id)], out_shape=shape,
                      transform=transform, dtype="int32")
 

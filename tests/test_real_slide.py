@@ -53,8 +53,8 @@ def test_slide_runs_at_the_models_object_scale(dapi):
     assert sc["source"] == "pixel_size" and sc["scene_object_diameter_px"] == pytest.approx(8.0 / px, rel=1e-3)
     assert 0.45 < sc["factor"] < 0.55  # 17.7 px / 35 px
     assert s["source"]["level0"] == [4864, 3968] and s["source"]["stain"]["index"] == 3  # blue: DAPI as grey
-    xmin, ymin, xmax, ymax = g.total_bounds  # polygons in level-0 pixel coordinates
-    assert 0 <= xmin and 0 <= ymin and 3000 < xmax <= 3968 and 4000 < ymax <= 4864
+    xmin, ymin, xmax, ymax = g.total_bounds  # polygons in level-0 pixel coordinates, x = column, y = -row
+    assert 0 <= xmin and ymax <= 0 and 3000 < xmax <= 3968 and -4864 <= ymin < -4000
 
 
 def test_nuclei_not_background_and_plausible(dapi):

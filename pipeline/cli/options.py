@@ -18,7 +18,8 @@ from pipeline.errors import EXIT
 
 __all__ = ["UsageParser", "add_config_options", "add_run_options", "overrides_from_args", "config_from_args", "MODEL_HELP"]
 
-MODEL_HELP = ("'default' (shipped nuclei model), 'classical' (threshold + watershed, no weights), 'buildings' "
+MODEL_HELP = ("'default' (shipped nuclei model for the scene's modality: H&E brightfield -> 'nuclei-he', else 'nuclei', "
+              "the fluorescence model), 'classical' (threshold + watershed, no weights), 'buildings' "
               "(shipped building model, aerial 0.15 m), 'trees' (shipped tree-crown model, aerial 0.1 m) or a "
               "checkpoint path (NAME.safetensors + NAME.json)")
 

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.errors import InputError, ParameterError
 from pipeline.evaluation.loading import grid_of, kind, load_labels, rasterize, read_raster, read_vector, run_summary, summary_grid
 from pipeline.evaluation.metrics import THRESHOLDS, match_labels
+from pipeline.io.scene import PIXEL_TRANSFORM
 
 __all__ = ["evaluate_pair", "evaluate_files", "format_table", "load_labels"]
 
@@ -189,7 +190,7 @@ def evaluate_files(pred_path, gt_path, tile: int | None = None, seam_band: int =
                 raise InputError(f"evaluate: {pred_p} and {gt_p} have different geotransforms ({tuple(p_transform)[:6]} vs "
                                  f"{tuple(transform)[:6]}); expected one pixel grid, resample one onto the other")
         else:
-            if run_grid is not None and crs is None and transform.is_identity and gt.shape == run_grid[0]:
+            if run_grid is not None and crs is None and tuple(transform)[:6] == PIXEL_TRANSFORM and gt.shape == run_grid[0]:
                 transform = run_grid[1]  # a label image of the whole scene saved without its georeferencing
             pred = rasterize(pred_p, (gt.shape, transform, crs))
     elif pk == "raster":

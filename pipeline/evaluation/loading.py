@@ -158,10 +158,11 @@ def rasterize(path: Path, grid, cls: str | None = None) -> np.ndarray:
                          "keep only the object outlines")
     if not geoms:
         return np.zeros(shape, np.int64)
-    if crs is None and gdf.crs is None and transform.e < 0 and gdf.total_bounds[1] >= 0:
+    if crs is None and tuple(transform)[:6] == PIXEL_TRANSFORM and len(gdf) and gdf.total_bounds[1] >= 0:
         # pixel-grid polygons in the y = row convention (QuPath's, and Seamline's before it placed such images as
         # GDAL and QGIS do): every y >= 0 where the grid's are <= 0
-        transform = transform * Affine.scale(1, -1) if transform.f == 0 else transform
+        # (a GeoJSON of pixel coordinates claims lon/lat by the format's rule: its CRS is not looked at here)
+        transform = Affine.identity()
     corners = np.array([transform * xy for xy in ((0, 0), (shape[1], 0), (0, shape[0]), (shape[1], shape[0]))])
     x0, y0, x1, y1 = gdf.total_bounds
     if x1 < corners[:, 0].min() or x0 > corners[:, 0].max() or y1 < corners[:, 1].min() or y0 > corners[:, 1].max():
@@ -223,7 +224,7 @@ def load_labels(path, like=None):
     -------
     labels : ndarray of int64, 2-D
     transform : affine.Affine
-        The GeoTIFF's transform, or identity (x = column, y = row) for a plain image.
+        The GeoTIFF's transform, or x = column, y = -row (PIXEL_TRANSFORM) for a plain image.
 
     Raises
     ------

@@ -8,12 +8,16 @@ For a real slide with no labels (the DAPI test slide), three things any reader o
   few nuclei (a plausible nuclear density is a few thousand per mm²);
 * **size**: the median object area in µm² (mammalian nuclei: roughly 20–150 µm²).
 
-All from level-0 pixels and polygons in level-0 pixel coordinates.
+All from level-0 pixels and polygons in level-0 pixel coordinates as a run of an image without georeferencing
+writes them (x = column, y = -row: :data:`~pipeline.io.scene.PIXEL_TRANSFORM`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from affine import Affine
+
+from pipeline.io.scene import PIXEL_TRANSFORM
 
 __all__ = ["object_means", "tissue_mask", "slide_figures"]
 
@@ -24,7 +28,8 @@ def object_means(signal: np.ndarray, geoms) -> np.ndarray:
 
     if len(geoms) == 0:
         return np.zeros(0)
-    lab = rasterize(((g, i + 1) for i, g in enumerate(geoms)), out_shape=signal.shape, fill=0, dtype="int32")
+    lab = rasterize(((g, i + 1) for i, g in enumerate(geoms)), out_shape=signal.shape, fill=0, dtype="int32",
+                    transform=Affine(*PIXEL_TRANSFORM))
     n = len(geoms) + 1
     sums = np.bincount(lab.ravel(), weights=signal.ravel().astype(np.float64), minlength=n)
     counts = np.bincount(lab.ravel(), minlength=n)

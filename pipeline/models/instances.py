@@ -19,11 +19,12 @@ from pipeline.models.packed import distance_and_hmaxima, shelf_slots
 __all__ = ["classical_instances", "heads_to_instances"]
 
 
-def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
-    if min_area <= 1 or labels.max() == 0:
+def _drop_small(labels: np.ndarray, min_area: int, max_area: int = 0) -> np.ndarray:
+    """Labels without the objects under ``min_area`` px or, when ``max_area`` > 0, over it."""
+    if (min_area <= 1 and max_area <= 0) or labels.max() == 0:
         return labels
     counts = np.bincount(labels.ravel())
-    small = counts < min_area
+    small = (counts < min_area) | ((counts > max_area) if max_area > 0 else False)
     small[0] = False
     if small.any():
         labels = labels.copy()
@@ -228,12 +229,15 @@ def heads_to_instances(
     boundary_threshold: float = 0.5,
     min_marker_area: int = 4,
     min_area: int = 8,
+    max_area: int = 0,
 ) -> np.ndarray:
     """Marker watershed on the three network heads.
 
     Markers are the object cores: predicted distance above ``marker_threshold``, not on a boundary.
     Each marker is flooded down the predicted distance within the foreground mask. A foreground blob
-    with no marker (a very small object) becomes an instance of its own.
+    with no marker (a very small object) becomes an instance of its own. Objects under ``min_area`` px are
+    dropped, and over ``max_area`` px when it is set (> 0): the H&E model's keratin and dense stroma sheets,
+    many times any nucleus it learned (docs/MODEL.md).
     """
     fg = prob_fg > fg_threshold
     if not fg.any():
@@ -249,4 +253,4 @@ def heads_to_instances(
         extra = extra.astype(np.uint32)
         extra[extra > 0] += labels.max()
         labels = np.where(extra > 0, extra, labels)
-    return _drop_small(labels, min_area)
+    return _drop_small(labels, min_area, max_area)

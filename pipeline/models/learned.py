@@ -16,6 +16,7 @@ from pipeline.models.checkpoint import checkpoint_paths, load_metadata, load_sta
 from pipeline.models.instances import heads_to_instances
 from pipeline.models.network import build_network
 from pipeline.models.normalize import to_model_channels
+from pipeline.models.stain import input_kind, model_input
 
 __all__ = ["LearnedModel", "PendingHeads", "pick_device", "SHIPPED_MODEL"]
 
@@ -67,6 +68,9 @@ class LearnedModel:
         self.meta: dict[str, Any] = load_metadata(path)
         self.device = pick_device(device)
         self.in_channels = int(self.meta["in_channels"])
+        #: What the network gets from the normalised window (pipeline/models/stain.py): the bands as they are,
+        #: or, for an H&E model, the RGB transmission or the haematoxylin concentration.
+        self.input = input_kind(self.meta)
         self.post = dict(self.meta.get("postprocess", {}))
         self.classes = list(self.meta.get("classes", ["object"]))
         self.halo_hint = int(self.meta.get("receptive_field_px", 64))
@@ -173,10 +177,13 @@ class LearnedModel:
         return PendingHeads(host, done)
 
     def prepare(self, norm: np.ndarray) -> np.ndarray:
-        return to_model_channels(norm, self.in_channels)
+        """The network input of one normalised (bands, H, W) window: the checkpoint's ``input`` transform
+        (:func:`pipeline.models.stain.model_input`; training makes its crops with the same function), then
+        its channel count."""
+        return to_model_channels(model_input(norm, self.input), self.in_channels)
 
     def instances(self, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Labels and the per-pixel score map (foreground probability) of one tile."""
-        keys = ("fg_threshold", "marker_threshold", "boundary_threshold", "min_marker_area", "min_area")
+        keys = ("fg_threshold", "marker_threshold", "boundary_threshold", "min_marker_area", "min_area", "max_area")
         kw = {k: self.post[k] for k in keys if k in self.post}
         return heads_to_instances(heads[0], heads[1], heads[2], **kw), heads[0]

@@ -144,7 +144,7 @@ def ingest_block(info: SceneInfo, zarr_path: str, block: IngestBlock, stride: in
 def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, high: float = 99.8,
                      threshold: float | None = None, low_ratio: float | None = None,
                      threshold_low: float | None = None, in_channels: int | None = None,
-                     georeferenced: bool = False) -> dict:
+                     georeferenced: bool = False, fixed: list[tuple[float, float]] | None = None) -> dict:
     """Normalisation percentiles per band and the foreground thresholds of the classical model; with
     ``in_channels`` (the model's input channels) also the scene's ``domain`` (modality and the colour of the
     normalised pixels as the model sees them: :func:`pipeline.stages.domain.image_domain`), which the quality
@@ -152,7 +152,9 @@ def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, h
 
     The threshold is Otsu's on the normalised band mean of the sample (unless given); the hysteresis low
     threshold (unless given) lies ``low_ratio`` of the way from the background level (median of the sample
-    below the threshold) up to it. Computed once per scene: per-tile thresholds make seams.
+    below the threshold) up to it. Computed once per scene: per-tile thresholds make seams. ``fixed``: the
+    ``(low, high)`` per band of a checkpoint with a fixed normalisation (an H&E model:
+    :func:`pipeline.models.stain.fixed_percentiles`), used instead of the sample's percentiles.
     """
     sample = np.concatenate(samples, axis=1) if samples else np.zeros((1, 0))
     valid = np.ones(sample.shape[1], bool)
@@ -161,7 +163,7 @@ def scene_statistics(samples: list[np.ndarray], nodata=None, low: float = 1.0, h
     if sample.dtype.kind == "f":
         valid &= np.all(np.isfinite(sample), axis=0)
     s = sample[:, valid]
-    pct = percentiles(s[:, :, None], low, high) if s.size else [(0.0, 1.0)] * sample.shape[0]
+    pct = fixed or (percentiles(s[:, :, None], low, high) if s.size else [(0.0, 1.0)] * sample.shape[0])
     normalised = apply_normalization(s[:, None, :], pct)[:, 0, :] if s.size else np.zeros((sample.shape[0], 0), np.float32)
     norm = normalised.mean(axis=0)
     if threshold is None:

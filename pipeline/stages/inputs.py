@@ -20,7 +20,7 @@ from pipeline.io.sources import ImageSource, open_source, resolve_channels
 from pipeline.io.units import to_um
 from pipeline.stages.resolution import Resolution, choose_resolution, model_pixel_size, working_shape
 
-__all__ = ["InputPlan", "plan_input", "overview", "single_stain_channel", "OVERVIEW_PX"]
+__all__ = ["InputPlan", "plan_input", "overview", "read_overview", "model_channels", "single_stain_channel", "OVERVIEW_PX"]
 
 OVERVIEW_PX = 2048  # longest side of the overview read for stain and tissue detection
 EMPTY_RATIO = 0.1  # a colour is "empty" when its 99.9th percentile is below this share of the brightest's
@@ -61,6 +61,29 @@ def overview(src: ImageSource, max_px: int = OVERVIEW_PX) -> tuple[np.ndarray, n
     data = np.concatenate(rows, axis=1)
     mask = None if masks[0] is None else np.concatenate(masks, axis=0)
     return data, mask, lv.downsample * step
+
+
+def read_overview(src: ImageSource, url: str) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """:func:`overview`, with a broken file reported in one line naming ``url``."""
+    try:
+        return overview(src)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - codecs (zlib, JPEG, LZW) raise their own types for broken blocks
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"input {url}: reading its low-resolution overview failed ({first}); the file looks "
+                         "truncated or corrupt — re-copy or re-export it") from None
+
+
+def model_channels(src: ImageSource, cfg) -> tuple[list[int], list[int] | None]:
+    """The channels a model gets before any stain or nuclear-channel choice: ``channels:``/``bands:`` when set
+    (also returned second, else None), else all but an unnamed alpha band."""
+    key = "bands" if cfg.bands is not None else "channels"
+    chosen = resolve_channels(src, cfg.bands if cfg.bands is not None else cfg.channels, key)
+    channels = chosen if chosen is not None else list(range(src.count))
+    if chosen is None and src.count == 4 and src.channel_names[3].lower() == "alpha":
+        channels = channels[:3]  # an RGBA image without an alpha colour interpretation (tifffile "S" axis)
+    return channels, chosen
 
 
 def single_stain_channel(data: np.ndarray, mask: np.ndarray | None = None) -> int | None:
@@ -127,11 +150,7 @@ def _nuclei_model(md: dict | None) -> bool:
 
 def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: float) -> InputPlan:
     warnings: list[str] = []
-    key = "bands" if cfg.bands is not None else "channels"
-    chosen = resolve_channels(src, cfg.bands if cfg.bands is not None else cfg.channels, key)
-    channels = chosen if chosen is not None else list(range(src.count))
-    if chosen is None and src.count == 4 and src.channel_names[3].lower() == "alpha":
-        channels = channels[:3]  # an RGBA image without an alpha colour interpretation (tifffile "S" axis)
+    channels, chosen = model_channels(src, cfg)
     nuclear = nuclear_channel(src.channel_names) if chosen is None and _nuclei_model(md) else None
     if nuclear is not None:  # a multiplexed fluorescence image: the nuclei model gets the nuclear stain
         channels = [nuclear]
@@ -143,14 +162,7 @@ def _plan(src: ImageSource, url: str, cfg, md, model_name: str, extra_scale: flo
     ov_down = 1.0
     stain = None
     if need_overview:
-        try:
-            ov, ov_mask, ov_down = overview(src)
-        except InputError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - codecs (zlib, JPEG, LZW) raise their own types for broken blocks
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"input {url}: reading its low-resolution overview failed ({first}); the file looks "
-                             "truncated or corrupt — re-copy or re-export it") from None
+        ov, ov_mask, ov_down = read_overview(src, url)
         ov = ov[channels]
         if chosen is None and len(channels) == 3 and cfg.single_stain != "off":
             c = single_stain_channel(ov, ov_mask)

@@ -7,7 +7,7 @@
 * otherwise pixels.
 
 The geometry itself is always in the raster's own coordinates (its affine transform; pixel coordinates with
-x = column and y = row for an image without georeferencing), so polygons overlay the input in QGIS.
+x = column and y = -row for an image without georeferencing, as GDAL and QGIS place it), so polygons overlay the input in QGIS.
 """
 
 from __future__ import annotations

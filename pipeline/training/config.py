@@ -16,8 +16,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    kind: Literal["folders", "geotiff", "boxes"] = "folders"
-    root: str | None = None  # folders: root with images/ and labels/
+    kind: Literal["folders", "geotiff", "boxes", "consep"] = "folders"
+    root: str | None = None  # folders: root with images/ and labels/; consep: root with images/<subset>/, labels/, types/
+    subset: str = "train"  # consep: the subfolder (train or test); its tiles are split whole (training/consep.py)
     rasters: list[str] = Field(default_factory=list)  # geotiff / boxes: images (paths or glob patterns)
     vectors: str | list[str] | None = None  # geotiff: polygons (one file, or several: e.g. one per city)
     # geotiff: group rasters into square places of this size (Web Mercator metres, whatever the rasters' CRS: a
@@ -61,6 +62,11 @@ class AugmentConfig(_Strict):
     color_p: float = Field(default=0.0, ge=0, le=1)  # colour cast and saturation (RGB): another site, sensor, season
     channel_gain: tuple[float, float] = (0.85, 1.15)  # each channel's own factor, uniform
     saturation: tuple[float, float] = (0.6, 1.4)  # blend with the grey image: 0 grey, 1 unchanged, uniform
+    # Brightfield (H&E) data only (samples with RGB transmission, data.kind consep): stain jitter in HED space
+    # (Tellez et al. 2018; pipeline/models/stain.py): each stain's concentration × U(hed_alpha) + U(hed_beta) OD
+    hed_p: float = Field(default=0.0, ge=0, le=1)
+    hed_alpha: tuple[float, float] = (0.75, 1.25)
+    hed_beta: tuple[float, float] = (-0.05, 0.05)
 
 
 class HardNegativeConfig(_Strict):
@@ -99,6 +105,10 @@ class TrainConfig(_Strict):
     lr: float = Field(default=2e-3, gt=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     hard_negatives: HardNegativeConfig = Field(default_factory=HardNegativeConfig)
+    # The network input of brightfield (H&E) data, written into the checkpoint (pipeline/models/stain.py):
+    # 'bands' (percentiles per band and scene, as every other model), 'rgb' (transmission, fixed
+    # normalisation 0..white) or 'hematoxylin' (the haematoxylin concentration from colour deconvolution)
+    input: Literal["bands", "rgb", "hematoxylin"] = "bands"
     contact_weight: float = Field(default=5.0, ge=0)  # extra loss weight on the band between touching objects
     val_every: int = Field(default=1, gt=0)  # validate (and maybe keep the checkpoint) every N epochs and the last
     val_fraction: float = Field(default=0.15, ge=0, lt=1)

@@ -20,8 +20,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from pipeline.errors import InputError
+from pipeline.models.stain import hed_jitter
 from pipeline.training.boxdata import load_box_dataset
 from pipeline.training.config import AugmentConfig
+from pipeline.training.consep import brightfield_input, load_consep, split_by_tile
 from pipeline.training.hardneg import crop_origin
 from pipeline.training.places import load_places_dataset, place_of, split_by_place
 from pipeline.training.samples import (
@@ -109,10 +111,14 @@ def load_geotiff_dataset(rasters: list[str | Path], vectors: str | list[str], in
     return out
 
 
-def load_samples(data, in_channels: int, pixel_size: float | None = None, classes: list[str] | None = None) -> list[Sample]:
+def load_samples(data, in_channels: int, pixel_size: float | None = None, classes: list[str] | None = None,
+                 input_kind: str = "bands") -> list[Sample]:
     """The labelled images a training config's ``data:`` names (:class:`~pipeline.training.config.DataConfig`);
     ``pixel_size``: the GSD place-based GeoTIFF data is resampled to; ``classes``: the model's classes (several:
-    each polygon's ``class`` attribute is learned too — GeoTIFF data)."""
+    each polygon's ``class`` attribute is learned too — GeoTIFF data, CoNSeP's cell types); ``input_kind``: the
+    network input of brightfield (CoNSeP) data (:func:`pipeline.models.stain.model_input`)."""
+    if data.kind == "consep":
+        return load_consep(data.root, data.subset, in_channels, classes, input_kind, limit=data.limit)
     if classes and len(classes) > 1 and data.kind == "folders":
         raise InputError(f"training config: {len(classes)} classes need labels that carry a class (data.kind: geotiff "
                          f"with a 'class' attribute on the polygons, or boxes with labels); folders data has one class")
@@ -142,6 +148,8 @@ def split_samples(samples: list[Sample], data, val_fraction: float, seed: int) -
             return s.name in names or place_of(s.name) in names
 
         return [s for s in samples if not held(s)], [s for s in samples if held(s)]
+    if data.kind == "consep":  # patches of one tile overlap: hold out whole tiles
+        return split_by_tile(samples, val_fraction, seed)
     if data.kind == "geotiff" and data.place_size:
         return split_by_place(samples, val_fraction, seed)
     return split_train_val(samples, val_fraction, seed)
@@ -246,10 +254,7 @@ def jitter_intensity(img: np.ndarray, rng: np.random.Generator, a) -> np.ndarray
         img = ndi.gaussian_filter(img, (0, sigma, sigma), mode="reflect")
     if a.dim_p and rng.random() < a.dim_p:
         img = img * float(rng.uniform(*a.dim))
-    if a.color_p and img.shape[0] >= 3 and rng.random() < a.color_p:
-        img = img * rng.uniform(*a.channel_gain, size=(img.shape[0], 1, 1))
-        grey = img.mean(axis=0, keepdims=True)
-        img = grey + (img - grey) * float(rng.uniform(*a.saturation))
+    img = color_cast(img, rng, a)
     gain = rng.uniform(*a.gain)
     gamma = float(np.exp(rng.uniform(np.log(a.gamma[0]), np.log(a.gamma[1]))))
     img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1)
@@ -261,6 +266,16 @@ def jitter_intensity(img: np.ndarray, rng: np.random.Generator, a) -> np.ndarray
     return img
 
 
+def color_cast(img: np.ndarray, rng: np.random.Generator, a) -> np.ndarray:
+    """Colour cast (a factor per channel) and saturation (a blend with the grey image) on an RGB crop, with
+    probability ``a.color_p``."""
+    if a.color_p and img.shape[0] >= 3 and rng.random() < a.color_p:
+        img = img * rng.uniform(*a.channel_gain, size=(img.shape[0], 1, 1))
+        grey = img.mean(axis=0, keepdims=True)
+        img = grey + (img - grey) * float(rng.uniform(*a.saturation))
+    return img
+
+
 class Augmenter:
     """Random crop with scale jitter, flips, 90° rotations and intensity changes (gain, gamma, noise; blur,
     background offset, dimming and colour cast/saturation when ``augment`` asks for them: :class:`~.config.AugmentConfig`).
@@ -268,11 +283,20 @@ class Augmenter:
     Returns ``(image, targets, weights)``: (C, crop, crop) image, (3, crop, crop) targets of
     :func:`make_targets` and (crop, crop) loss weights of :func:`contact_weights`. A change whose
     probability is 0 draws no random numbers, so the default recipe gives the crops it always gave.
+
+    Brightfield samples (``Sample.raw``: RGB transmission) are cropped from ``raw``; then come the stain
+    jitter (``augment.hed_p``, :func:`pipeline.models.stain.hed_jitter`) and the colour cast on the
+    transmission, the network input of ``input_kind`` (:func:`pipeline.training.consep.brightfield_input`,
+    what inference makes of a scene), and the other intensity changes on that input. Their labels are
+    mirrored with the image where a zoomed-out crop is larger than the image (a mirrored nucleus is a
+    nucleus; zeros there would teach the network to miss it).
     """
 
     def __init__(self, crop: int, seed: int, scale: tuple[float, float] | None = None, contact_weight: float = 0.0,
-                 augment=None, n_classes: int = 1, hard_share: float = 0.0):
+                 augment=None, n_classes: int = 1, input_kind: str = "bands", in_channels: int = 3,
+                 hard_share: float = 0.0):
         self.aug = augment or AugmentConfig()
+        self.input_kind, self.in_channels = input_kind, in_channels
         self.hard_share = hard_share  # share of crops centred on mined false positives (hardneg.py)
         self.n_classes = n_classes
         self.crop = crop
@@ -282,15 +306,16 @@ class Augmenter:
 
     def __call__(self, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = self.rng
-        img, lab = s.image, s.labels
+        img, lab = (s.image if s.raw is None else s.raw), s.labels
         f = float(np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]))))
         # Crop a region of crop/f source pixels, then resample it to crop × crop.
         src = max(8, int(round(self.crop / f)))
         h, w = lab.shape
         if h < src or w < src:
             ph, pw = max(0, src - h), max(0, src - w)
-            img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
-            lab = np.pad(lab, ((0, ph), (0, pw)), mode="constant")
+            mode = "reflect" if min(h, w) > max(ph, pw) else "constant"
+            img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode=mode)
+            lab = np.pad(lab, ((0, ph), (0, pw)), mode=mode if s.raw is not None else "constant")
             h, w = lab.shape
         origin = crop_origin(s, src, h, w, rng, self.hard_share)
         y, x = origin if origin is not None else (int(rng.integers(0, h - src + 1)), int(rng.integers(0, w - src + 1)))
@@ -302,7 +327,20 @@ class Augmenter:
         img, lab = np.rot90(img, k, axes=(1, 2)), np.rot90(lab, k)
         if rng.random() < 0.5:
             img, lab = img[:, :, ::-1], lab[:, ::-1]
-        img = jitter_intensity(img, self.rng, self.aug)
+        if s.raw is not None:
+            img = self._brightfield(img)
+        else:
+            img = jitter_intensity(img, self.rng, self.aug)
         lab = np.ascontiguousarray(lab)
         return (np.ascontiguousarray(img, dtype=np.float32), make_targets(lab, s.instance_classes, self.n_classes),
                 contact_weights(lab, self.contact_weight))
+
+    def _brightfield(self, rgb: np.ndarray) -> np.ndarray:
+        """Stain jitter and colour cast on a transmission crop, then its network input, then the remaining
+        intensity changes (blur, gain, gamma, noise…) on that input."""
+        a = self.aug
+        if a.hed_p and self.rng.random() < a.hed_p:
+            rgb = hed_jitter(np.ascontiguousarray(rgb), self.rng, a.hed_alpha, a.hed_beta)
+        rgb = np.clip(color_cast(rgb, self.rng, a), 0, 1).astype(np.float32, copy=False)
+        x = brightfield_input(rgb, self.input_kind, self.in_channels)
+        return jitter_intensity(x, self.rng, a.model_copy(update={"color_p": 0.0}))

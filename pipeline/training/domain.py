@@ -115,7 +115,13 @@ def _predict(checkpoint: str, samples: list[Sample]) -> list[tuple[np.ndarray, n
     from pipeline.models.learned import LearnedModel  # late: torch loads only when a record is made
 
     model = LearnedModel(checkpoint, device="auto")
-    return [model.instances(model.predict_heads(model.prepare(s.image)[None])[0]) for s in samples]
+    return [model.instances(model.predict_heads(model.prepare(_seen(s))[None])[0]) for s in samples]
+
+
+def _seen(s: Sample) -> np.ndarray:
+    """The normalised pixels a run would have, before the checkpoint's ``input`` transform: a brightfield sample's
+    ``raw`` transmission (its ``image`` is already the H&E model's input, pipeline/models/stain.py), else ``image``."""
+    return s.raw if s.raw is not None else s.image
 
 
 def domain_record(checkpoint: str, samples: list[Sample], val_samples: list[Sample]) -> dict[str, Any]:
@@ -123,7 +129,7 @@ def domain_record(checkpoint: str, samples: list[Sample], val_samples: list[Samp
     and validated on) and ``val_samples`` (the validation ones; they are predicted with the checkpoint)."""
     md = load_metadata(checkpoint)
     pixel = model_pixel(md)
-    doms = [image_domain(s.detected or detect(s.image), s.image) for s in samples]
+    doms = [image_domain(s.detected or detect(_seen(s)), _seen(s)) for s in samples]
     labels = [d["modality"] for d in doms]
     n = len(samples)
     counts = Counter(labels)
@@ -154,7 +160,7 @@ def domain_record(checkpoint: str, samples: list[Sample], val_samples: list[Samp
             scores.append(sums[k > 0] / k[k > 0])
             c = (box_counts(s.boxes, boxes_of_labels(pred), s.box_counted) if s.boxes is not None
                  else counts_at(s.labels, pred))
-            lab = by_name.get(s.name) or image_domain(s.detected or detect(s.image), s.image)["modality"]
+            lab = by_name.get(s.name) or image_domain(s.detected or detect(_seen(s)), _seen(s))["modality"]
             for key in (lab, "all"):
                 t = tallies[key]
                 t[0], t[1], t[2], t[3] = t[0] + c[0], t[1] + c[1], t[2] + c[2], t[3] + 1

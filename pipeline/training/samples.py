@@ -42,6 +42,9 @@ class Sample:
     crs: object | None = None
     # flat pixel indices where the network saw an object that is not there (hardneg.py): crops centre on them
     hard: np.ndarray | None = None
+    # brightfield RGB as transmission in 0..1 (3, H, W): the Augmenter crops it, applies stain jitter and makes
+    # the network input from it (pipeline/models/stain.py) instead of jittering ``image``
+    raw: np.ndarray | None = None
     # the modality of the raw image, judged as an image (pipeline.stages.domain.detect, no georeferencing):
     # what the model's domain record (pipeline.training.domain) counts
     detected: Modality | None = None

@@ -105,6 +105,14 @@ def validate(model_fn, samples: list[Sample], post: dict[str, Any], grid: dict[s
     return best, scores
 
 
+def _input_meta(kind: str) -> dict[str, Any]:
+    """The checkpoint's ``normalization`` and, for brightfield inputs, ``input`` (pipeline/models/stain.py)."""
+    if kind == "bands":
+        return {"normalization": {"method": "percentile", "low": 1.0, "high": 99.8, "per": "scene, per band"}}
+    return {"input": kind, "normalization": {"method": "fixed", "white": 255.0,
+                                             "per": "brightfield transmission: 0 -> 0, white -> 1, every scene alike"}}
+
+
 def run_checkpoint(out: str | Path) -> Path:
     """The checkpoint stem of a training run folder: ``OUT/<folder name>`` (``.safetensors``, ``.json``)."""
     out = Path(out)
@@ -136,7 +144,7 @@ def train(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None = 
         arch["heads"] = [*HEADS, *(f"class:{c}" for c in cfg.classes)]
     in_ch = arch["in_channels"]
     if samples is None:
-        loaded = load_samples(cfg.data, in_ch, cfg.pixel_size[0] if cfg.pixel_size else None, cfg.classes)
+        loaded = load_samples(cfg.data, in_ch, cfg.pixel_size[0] if cfg.pixel_size else None, cfg.classes, cfg.input)
         train_s, val_s = split_samples(loaded, cfg.data, cfg.val_fraction, cfg.seed)
     else:
         train_s, val_s = samples
@@ -185,7 +193,7 @@ def train(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None = 
                           augment=cfg.augment)
     else:
         aug = Augmenter(cfg.crop, cfg.seed, scale=tuple(cfg.scale), contact_weight=cfg.contact_weight, augment=cfg.augment,
-                        n_classes=n_classes, hard_share=cfg.hard_negatives.share)
+                        n_classes=n_classes, input_kind=cfg.input, in_channels=in_ch, hard_share=cfg.hard_negatives.share)
     rng = np.random.default_rng(cfg.seed)
     post = dict(cfg.postprocess)
 
@@ -273,12 +281,12 @@ def train(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None = 
                 "classes": cfg.classes,
                 **({"pixel_size": list(cfg.pixel_size)} if cfg.pixel_size else {}),
                 "postprocess": val_post if val else post,
-                "normalization": {"method": "percentile", "low": 1.0, "high": 99.8, "per": "scene, per band"},
+                **_input_meta(cfg.input),
                 "receptive_field_px": cfg.receptive_field_px,
                 **({"object_diameter_px": cfg.object_diameter_px} if cfg.object_diameter_px else {}),
                 **({"object_diameter_um": cfg.object_diameter_um} if cfg.object_diameter_um else {}),
                 "training": {
-                    "data": str(cfg.data.root or cfg.data.rasters),
+                    "data": str(cfg.data.root or cfg.data.rasters) + (f" ({cfg.data.subset})" if cfg.data.kind == "consep" else ""),
                     "kind": cfg.data.kind,
                     **({"box_supervision": cfg.box_supervision, "boxes": [str(b) for b in cfg.data.boxes]} if boxes else {}),
                     **({"source_balance": cfg.source_balance} if cfg.source_balance else {}),

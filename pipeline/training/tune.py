@@ -122,9 +122,10 @@ def validation_samples(checkpoint: str, data: DataConfig | str) -> list:
     md = load_metadata(checkpoint)
     names = set(md["training"].get("val_names", []))
     px = md.get("pixel_size")
-    samples = [s for s in load_samples(data, int(md["in_channels"]), px[0] if px else None) if s.name in names]
+    samples = [s for s in load_samples(data, int(md["in_channels"]), px[0] if px else None, input_kind=md.get("input", "bands"))
+               if s.name in names]
     if not samples:
-        where = data.root if data.kind == "folders" else ", ".join(data.rasters)
+        where = data.root if data.kind in ("folders", "consep") else ", ".join(data.rasters)
         raise ParameterError(
             f"seamline tune: none of the checkpoint's {len(names)} validation images are in {where}; "
             "pass the data it was trained on (--data DIR or --config TRAINING.yaml)")
