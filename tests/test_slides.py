@@ -102,9 +102,9 @@ def test_segment_slide_at_a_chosen_level_gives_um2(svs, tmp_path):
     assert len(g) == (1024 // 48) * (768 // 48)
     assert set(g.area_unit) == {"um2"}
     assert np.median(g["area"]) == pytest.approx(np.pi * 12 ** 2 * 0.25, rel=0.12)  # r = 12 px at 0.5 µm
-    # polygons in level-0 pixel coordinates: the first disc is centred at (24, 24) of level 0
+    # polygons in level-0 pixel coordinates (x = column, y = -row): the first disc is centred at (24, 24) of level 0
     c = g.geometry.centroid
-    assert min(np.hypot(c.x - 24, c.y - 24)) < 1.5
+    assert min(np.hypot(c.x - 24, c.y + 24)) < 1.5
     # an unknown channel name is one clear line listing what there is
     bad = _run_cli(svs, tmp_path / "bad", {"model": "classical", "channels": ["DAPI"]}, tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
