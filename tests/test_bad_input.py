@@ -296,7 +296,7 @@ def test_cli_nonexistent_model(tmp_path, small_scene):
     before = _snapshot([small_scene])
     res = run_cli([small_scene], out, model="/nonexistent/ckpt")
     assert_clean_failure(res, out, before, [small_scene], ["--model /nonexistent/ckpt", "ckpt.safetensors"],
-                         r"pass 'classical', 'default', 'buildings', 'trees', or a path")
+                         r"pass 'classical', 'default', 'nuclei', 'nuclei-he', 'buildings', 'trees', or a path")
 
 
 def test_cli_garbage_checkpoint(tmp_path, small_scene):
