@@ -133,13 +133,13 @@ def expand_paths(patterns: list[str], what: str) -> list[str]:
     return sorted(dict.fromkeys(out))
 
 
-def read_vectors(vectors: str | list[str], what: str = "vectors"):
+def read_vectors(vectors: str | Path | list[str], what: str = "vectors"):
     """One GeoDataFrame of the polygons of one file or several (e.g. the OSM outlines of two cities), in the
     first file's CRS; each file is read whole and reprojected, so files in different CRSs mix."""
     import geopandas as gpd
     import pandas as pd
 
-    paths = [vectors] if isinstance(vectors, str) else list(vectors)
+    paths = [vectors] if isinstance(vectors, (str, Path)) else list(vectors)
     if not paths:
         raise InputError(f"training data {what}: no vector file given; name a GeoPackage or GeoJSON of polygons")
     frames = []
