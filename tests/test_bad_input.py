@@ -324,6 +324,7 @@ def test_cli_batch_second_input_missing(tmp_path, small_scene):
     assert not (out / "first.parquet").exists() and not (out / "first.json").exists()
 
 
+@pytest.mark.slow  # CLI runs
 def test_cli_good_run_after_failures(tmp_path, small_scene):
     """Failures into an out dir leave nothing behind, and a good run into the same dir then works."""
     out = tmp_path / "out"
@@ -428,6 +429,7 @@ def test_check_model_rejects_garbage_and_missing(tmp_path):
     assert check_model("classical") == ("classical", None)
 
 
+@pytest.mark.slow  # three CLI runs
 def test_png_and_jpeg_tiles_segment_like_the_same_tiff(tmp_path):
     """NEON benchmark tiles and DSB2018 images are PNGs: a PNG (and a JPEG) under the stream-format limit is
     read like any raster GDAL reads — the same objects as the same pixels in a TIFF, no georeferencing — and a

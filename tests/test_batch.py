@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.synthetic import write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a batch of CLI runs
 def test_batch_summary_table(tmp_path):
     a, b = tmp_path / "a.tif", tmp_path / "b.tif"
     write_scene(a, 200, 230, crs=None, seed=1, pixel_size_um=0.5)

@@ -138,6 +138,7 @@ def test_box_metrics_one_to_one_at_iou_04():
     assert boxes_of_labels(lab).tolist() == [[3, 2, 9, 5], [0, 10, 1, 20]]
 
 
+@pytest.mark.slow  # training
 def test_box_supervised_training_learns_bright_crowns(tmp_path):
     """A few dozen steps on synthetic 'crowns' (bright discs of varied size on darker ground, boxes only):
     the box F1 on a held-out image rises above what an untrained network gets."""

@@ -19,6 +19,8 @@ import pytest
 
 from pipeline.synthetic_change import write_object_table, write_two_dates
 
+pytestmark = pytest.mark.slow  # runs of two dates and the diff driver end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 PX = 0.5  # metres per pixel of the scenes
 
@@ -300,6 +302,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(dates, odd_inputs, tmp
 QGIS_SCRIPT = r"""
 import json, sys
 from qgis.core import QgsApplication, QgsVectorLayer
+
 app = QgsApplication([], False)
 app.initQgis()
 lyr = QgsVectorLayer(sys.argv[1] + '|layername=changes', 'c', 'ogr')

@@ -33,6 +33,7 @@ def test_shipped_he_checkpoint_records_its_input_scale_and_split():
     assert md["training"]["train_images"] + len(val) == 432 and len(held) >= 3
 
 
+@pytest.mark.slow  # a shipped-model run
 def test_default_model_finds_nuclei_on_consep_test_tiles_through_the_pipeline(tmp_path, dask_client_session):
     """One patch of each of CoNSeP's 14 test tiles, laid out as a 40x slide (OME-TIFF with its pixel size),
     segmented by ``segment_scene`` with ``--model default`` — which must choose the H&E checkpoint and say

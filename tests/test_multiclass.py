@@ -21,6 +21,8 @@ from rasterio.transform import from_origin
 from pipeline.config import SegmentConfig
 from pipeline.runner import segment_scene
 
+pytestmark = pytest.mark.slow  # training
+
 CLASSES = ["red_thing", "blue_thing"]
 COLOURS = {"red_thing": (210, 40, 30), "blue_thing": (30, 50, 210)}
 

@@ -72,6 +72,7 @@ def slide(tmp_path_factory):
     return write_nuclei_slide(tmp_path_factory.mktemp("scaled"))
 
 
+@pytest.mark.slow  # two runs
 def test_rescaled_run_tiled_equals_untiled(slide, dask_client_session, tmp_path):
     """object_diameter 24 px: the scene runs at 0.74 of its resolution; polygons come back in input pixels,
     areas in µm², and 4 tiles of 288 (a multiple of the network's 32-px stride) give the objects of one whole-image window."""

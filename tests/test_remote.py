@@ -54,6 +54,7 @@ def test_bad_urls_are_one_clear_line(zipped_scene, url, match):
         inspect_raster(url.format(archive=zipped_scene[1]))
 
 
+@pytest.mark.slow  # starts its own cluster and a CLI run
 def test_segment_on_an_existing_cluster_by_scheduler_address(zipped_scene, tmp_path):
     from distributed import LocalCluster
 
@@ -71,6 +72,7 @@ def test_segment_on_an_existing_cluster_by_scheduler_address(zipped_scene, tmp_p
     assert s["cluster"] == "remote" and s["objects"] > 10
 
 
+@pytest.mark.slow  # waits for a connection timeout
 def test_unreachable_scheduler_is_one_clear_line(zipped_scene, tmp_path):
     tif, _ = zipped_scene
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "segment", str(tif), "--out", str(tmp_path),

@@ -49,6 +49,7 @@ def batch(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------------------------- progress
+@pytest.mark.slow  # CLI runs
 def test_plain_progress_lines_when_stderr_is_not_a_terminal(batch):
     _, _, r = batch
     err = r.stderr
@@ -92,6 +93,7 @@ def _run_in_pty(cmd: list[str], cwd: Path, timeout: float = 300) -> tuple[int, s
     return p.wait(timeout=30), out, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow  # CLI runs on a pseudo-terminal
 def test_live_bar_on_a_terminal_and_quiet(batch, tmp_path):
     root, _, _ = batch
     rc, out, raw = _run_in_pty(_segment_cmd(root / "geo.tif", out=tmp_path / "live"), tmp_path)

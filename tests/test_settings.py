@@ -50,6 +50,7 @@ def _watch(src, dest, *extra):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # two watch rounds through the CLI
 def test_watch_twice_with_default_settings_does_nothing_the_second_time(tmp_path):
     """The user's route: `seamline watch SRC --out DEST --config cfg.yaml --once` twice, the config leaving tile
     and halo unset (model: classical, workers: 2). The second run processes nothing and no attempt is added."""

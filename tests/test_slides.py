@@ -91,6 +91,7 @@ def _run_cli(inp: Path, out: Path, cfg: dict, tmp_path: Path) -> subprocess.Comp
                            str(c), "--workers", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # CLI runs
 def test_segment_slide_at_a_chosen_level_gives_um2(svs, tmp_path):
     res = _run_cli(svs, tmp_path / "out", {"model": "classical", "tile": 256, "halo": 32, "resolution": {"level": 1}}, tmp_path)
     assert res.returncode == 0, res.stderr
@@ -123,6 +124,7 @@ def test_tiled_equals_untiled_after_area_averaging(svs, dask_client_session, tmp
     assert key(ga) == key(gb)
 
 
+@pytest.mark.slow  # a shipped-model run
 def test_tissue_detection_skips_empty_tiles_before_the_model(tmp_path, dask_client_session):
     p = tmp_path / "half.svs"
     write_svs(p, discs(1024, 1024, 12, 48, margin=512))  # left half: empty glass (black: fluorescence)

@@ -19,6 +19,7 @@ grids = st.builds(
 
 @settings(max_examples=60, deadline=None)
 @given(grids)
+@pytest.mark.slow  # many grids
 def test_cores_cover_exactly_once_and_windows_in_bounds(g):
     cover = np.zeros((g.height, g.width), np.int32)
     for t in g:
