@@ -16,7 +16,6 @@ import numpy as np
 
 from pipeline.errors import InputError, SeamlineError
 from pipeline.io.palette import class_colours
-from pipeline.io.scene import PIXEL_TRANSFORM
 from pipeline.io.sources import open_source
 from pipeline.report.render import world_to_pixel
 from pipeline.report.stage import model_classes
@@ -125,7 +124,7 @@ def add_scene_layers(viewer, summary: dict, max_polygons: int = MAX_POLYGONS) ->
         # the same cached instance the lazy reads use (_source_read): opened once, closed with the process
         src = open_source(summary["input"], reader=source.get("reader") or "auto", series=source.get("series"), cache=True)
         bands = src.count
-        transform = tuple(src.transform)[:6] if summary.get("crs") else PIXEL_TRANSFORM
+        transform = tuple(src.transform)[:6]  # the reader places an image without georeferencing (PIXEL_TRANSFORM)
     except (SeamlineError, OSError):
         raise InputError(f"seamline view: the input {summary['input']} of this run cannot be read any more; "
                          "restore it (the objects are in the outputs, the pixels are not)") from None
