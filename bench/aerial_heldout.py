@@ -1,4 +1,6 @@
-"""Held-out building F1 per country, measured the way a user runs it (issue #22 item 2).
+"""Held-out F1 of aerial models, measured the way a user runs it (issue #22 items 2 and 5).
+
+``--task buildings`` (the default): building F1 per country.
 
 For each model, each held-out mosaic is segmented with ``seamline segment MOSAIC --config
 configs/buildings.yaml --model M`` (regularised outlines; the resolution rule reads the mosaic at the model's
@@ -13,7 +15,14 @@ Held-out places (never trained on by the models of configs/train_buildings.yaml)
 
 Imagery OpenAerialMap (CC BY 4.0), outlines © OpenStreetMap contributors (ODbL).
 
+``--task trees``: crown box F1 at box IoU 0.4 (``seamline segment TILE --config configs/trees.yaml --model M``,
+``seamline evaluate RUN.parquet BOXES --boxes``), with and without ``--tta`` when ``--tta both``, on
+
+* **another NEON tile** — ``configs/data/neon_yell_541000`` (Yellowstone, 279 boxes; never trained on);
+* **the held-out half of OSBS_029** — ``configs/data/osbs_029_split/OSBS_029_bottom`` (Florida, 29 boxes).
+
     PYTHONPATH=$PWD nice -n 5 python bench/aerial_heldout.py buildings runs/cand_a [...] --out docs/bench/aerial_heldout.json
+    PYTHONPATH=$PWD python bench/aerial_heldout.py --task trees trees runs/trees_c --tta both --out docs/bench/trees_heldout.json
 """
 
 from __future__ import annotations
@@ -49,6 +58,13 @@ def mosaics(zooms: tuple[int, ...]) -> dict[str, tuple[list[Path], Path]]:
     return out
 
 
+def tree_tiles() -> dict[str, tuple[Path, Path]]:
+    yell = ROOT / "configs" / "data" / "neon_yell_541000" / "2019_YELL_2_541000_4977000_image_crop"
+    osbs = ROOT / "configs" / "data" / "osbs_029_split" / "OSBS_029_bottom"
+    return {"yell_541000": (yell.with_suffix(".png"), yell.with_suffix(".xml")),
+            "osbs_029_bottom": (osbs.with_suffix(".vrt"), osbs.with_suffix(".csv"))}
+
+
 def seamline(*args: str, tries: int = 3) -> subprocess.CompletedProcess:
     """One CLI call; tried again when it fails (on the shared 2-core machine a Dask worker sometimes misses its
     shutdown timeout after the outputs are written, and the run exits non-zero)."""
@@ -68,11 +84,26 @@ def main() -> None:
     ap.add_argument("--out", default="docs/bench/aerial_heldout.json")
     ap.add_argument("--zooms", default="19,20", help="Kampala zoom levels to score (default 19,20)")
     ap.add_argument("--keep", help="keep mosaics and runs in this folder")
+    ap.add_argument("--task", choices=("buildings", "trees"), default="buildings")
+    ap.add_argument("--tta", choices=("off", "on", "both"), default="off", help="trees: test-time augmentation")
     args = ap.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="aerial_heldout_"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
-    for name, (chips, labels) in mosaics(tuple(int(z) for z in args.zooms.split(","))).items():
+    if args.task == "trees":
+        for name, (tile, boxes) in tree_tiles().items():
+            for m in args.models:
+                for tta in {"off": (False,), "on": (True,), "both": (False, True)}[args.tta]:
+                    tag = Path(m).name + ("+tta" if tta else "")
+                    run = work / tag
+                    seamline("segment", str(tile), "--out", str(run), "--config", "configs/trees.yaml", "--model", m,
+                             "--workers", "1", *(["--tta"] if tta else ["--no-tta"]), "--force")
+                    ev = run / f"{name}.eval.json"
+                    seamline("evaluate", str(run / f"{tile.stem}.parquet"), str(boxes), "--boxes", "--json", str(ev))
+                    row = {k: v for k, v in json.loads(ev.read_text())["all"].items()}
+                    results.setdefault(tag, {})[name] = row
+                    print(f"{tag:28s} {name:18s} box F1 {row['f1']:.3f}  {row}", flush=True)
+    for name, (chips, labels) in (mosaics(tuple(int(z) for z in args.zooms.split(","))) if args.task == "buildings" else {}).items():
         vrt = work / f"{name}.vrt"
         subprocess.run(["gdalbuildvrt", "-q", str(vrt), *map(str, chips)], check=True)
         for m in args.models:

@@ -73,6 +73,6 @@ def test_one_option_set_for_segment_watch_and_the_flow():
     finally:
         argparse.ArgumentParser.parse_args = orig
     shared = {"--config", "--model", "--tile", "--halo", "--workers", "--scheduler", "--device", "--batch-size",
-              "--inference", "--tta", "--keep-intermediate", "--no-report", "--quiet"}
+              "--inference", "--tta", "--no-tta", "--keep-intermediate", "--no-report", "--quiet"}
     for p in (sub["segment"], sub["watch"], captured["p"]):
         assert shared <= flags(p), shared - flags(p)

@@ -56,8 +56,9 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                    help="windows per forward pass (default: 1 on a CPU, 4 on a GPU)")
     p.add_argument("--inference", choices=["eager", "bf16", "compile", "onnx"],
                    help=f"CPU forward pass of a learned model (default {_default('inference')}; docs/BENCHMARKS.md)")
-    p.add_argument("--tta", action="store_true", default=None,
-                   help="learned models: average over 4 mirror images (4x slower, a little more accurate)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="learned models: average over 4 mirror images (4x slower, a little more accurate; "
+                        "on in the trees config, --no-tta turns it off)")
     p.add_argument("--keep-intermediate", dest="keep_intermediate", action="store_true", default=None,
                    help="keep the work folder (zarr store, tile parts) after the run")
     p.add_argument("--no-report", dest="report", action="store_false", default=None,

@@ -41,7 +41,7 @@ from pipeline.training.labels import read_labels
 from pipeline.training.places import load_places_dataset, place_of, split_by_place
 from pipeline.training.review import review_samples, truth_digest
 from pipeline.training.samples import Sample
-from pipeline.training.train import run_checkpoint, train
+from pipeline.training.train import NO_EPOCH_CAP, run_checkpoint, train
 from pipeline.training.tune import Scorer
 
 __all__ = ["adapt", "adapt_from_review", "adapt_samples", "score_samples", "WEB_MERCATOR_Z19", "labelled_places"]
@@ -126,7 +126,7 @@ def _train_config(base: str, md: dict, out: Path, minutes: float, epochs: int | 
     aug = md.get("training", {}).get("augment")
     return TrainConfig(
         data=DataConfig(kind="geotiff"), model={k: md[k] for k in ("architecture", "encoder", "in_channels")},
-        out=str(out), init_from=base, classes=md.get("classes", ["object"]), epochs=epochs or 100_000,
+        out=str(out), init_from=base, classes=md.get("classes", ["object"]), epochs=epochs or NO_EPOCH_CAP,
         schedule="time", max_minutes=minutes, batch_size=8, crop=crop, crops_per_image=max(4, math.ceil(64 / max(1, n_train))),
         scale=(0.7, 1.4), lr=5e-4, contact_weight=md.get("training", {}).get("contact_weight", 3.0), val_fraction=0.0,
         seed=seed, threads=threads, pixel_size=tuple(md["pixel_size"]) if md.get("pixel_size") else None,

@@ -33,7 +33,11 @@ from pipeline.training.resume import load_state, save_state
 from pipeline.training.samples import Sample
 from pipeline.training.tune import best_postprocess
 
-__all__ = ["train", "validate"]
+__all__ = ["train", "validate", "NO_EPOCH_CAP"]
+
+# An epoch cap that is no cap (seamline adapt without --epochs): the time budget ends training, and the
+# progress line counts epochs without "/N"
+NO_EPOCH_CAP = 100_000
 
 
 def _log(msg: str) -> None:
@@ -273,7 +277,8 @@ def train(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None = 
         if val and cfg.postprocess_grid:
             per_mod += " with " + ", ".join(f"{k} {v}" for k, v in rec["postprocess"].items())
         spent = f", {(time.perf_counter() - t_start) / 60:.1f} of {cfg.max_minutes:g} min" if cfg.max_minutes else ""
-        _log(f"epoch {epoch}/{cfg.epochs} loss {rec['loss']:.4f} val AP50 {per_mod or '-'} ({dt:.0f}s, {rec['images_per_s']} img/s{spent})")
+        of_epochs = "" if cfg.epochs >= NO_EPOCH_CAP else f"/{cfg.epochs}"
+        _log(f"epoch {epoch}{of_epochs} loss {rec['loss']:.4f} val AP50 {per_mod or '-'} ({dt:.0f}s, {rec['images_per_s']} img/s{spent})")
         if (val or not val_s or cfg.keep == "last") and ap > best:
             best, best_epoch = ap, epoch
             meta = {
