@@ -6,7 +6,7 @@ For each model, each held-out mosaic is segmented with ``seamline segment MOSAIC
 configs/buildings.yaml --model M`` (regularised outlines; the resolution rule reads the mosaic at the model's
 0.15 m) and scored with ``seamline evaluate RUN.parquet LABELS --like MOSAIC`` (F1 at mask IoU 0.5).
 
-Held-out places (never trained on by the models of configs/train_buildings.yaml):
+Held-out places (never trained on by the models of configs/train_buildings.yaml and train_buildings_stage2.yaml):
 
 * **Banepa, Nepal** — the southern row of the 30 chips (web-map zoom 19, y = 220245, 6 chips, 3072 x 512 px at
   0.132 m, EPSG:4326 JPEG + .aux.xml): the part of the town nearest the hidden "south of Banepa" test;

@@ -143,6 +143,10 @@ def test_adapt_end_to_end_and_resume(tmp_path, capsys):
     assert md["pixel_size"] == [0.15, "m"] and md["adapt"]["base"] == "buildings_unet_mbv2"
     text = (out / "CARD.md").read_text()
     assert "© OpenStreetMap contributors" in text and f"{card['after']['held_out']['f1']:.3f}" in text
+    # whether the local model beats its base on the hold-out is said, not left to the reader
+    better = card["better_than_base"]
+    assert better == (card["after"]["held_out"]["f1"] > card["before"]["held_out"]["f1"])
+    assert ("keep using `buildings_unet_mbv2`" in text) != better and ("not better than" in err) != better
     # another request in the same folder is refused rather than continued on other data
     code, err = _run([*args[:-4], "--holdout", "0.5", "--epochs", "2"], capsys)
     assert code == 2 and "holds an adapt run with other settings (holdout)" in err, err

@@ -45,7 +45,7 @@ def test_building_model_on_held_out_places():
     gdf = gpd.read_file(shared("aerial", "kampala_buildings", "labels.gpkg")).to_crs(crs)
     gt = rasterize([(g, i + 1) for i, g in enumerate(gdf.geometry)], out_shape=img.shape[1:], transform=tf, dtype="int32")
     model = LearnedModel(resolve_model_spec("buildings"), threads=2)
-    assert model.meta["training"]["val_names"][0].startswith("p47468_511")  # these chips are its held-out places
+    assert any(n.startswith("p47468_511") for n in model.meta["training"]["val_names"])  # these chips are held out
     heads = model.predict_heads(apply_normalization(img, percentiles(img))[None])[0]
     pred, _ = model.instances(heads)
     tp, fp, fn = counts_at(gt, pred)

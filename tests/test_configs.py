@@ -33,7 +33,7 @@ def test_trees_config_averages_mirror_images_unless_told_not_to():
 
 
 @pytest.mark.parametrize("name", ["train_nuclei.yaml", "train_nuclei_stage2.yaml", "train_nuclei_stage3.yaml", "train_aerial.yaml",
-                                  "train_buildings.yaml", "train_trees.yaml"])
+                                  "train_buildings.yaml", "train_buildings_stage2.yaml", "train_trees.yaml"])
 def test_train_configs_validate(name):
     assert load_yaml_config(CONFIGS / name, TrainConfig).epochs > 0
 

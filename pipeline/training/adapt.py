@@ -189,6 +189,12 @@ def adapt_samples(train_s: list[Sample], hold_s: list[Sample], base: str, out: s
     a = after["held_out"]
     _log(f"after:  held-out F1 {a['f1']:.3f} (precision {a['precision']:.3f}, recall {a['recall']:.3f}; "
          f"TP {a['tp']}, FP {a['fp']}, FN {a['fn']})")
+    # The hold-out is the only fair judge here: say plainly when the local model is no better than its base
+    # (a strong base and a handful of windows: measured on the two-country building model, docs/MODEL.md)
+    rec["better_than_base"] = a["f1"] > b["f1"]
+    if not rec["better_than_base"]:
+        _log(f"warning: the adapted model is not better than {Path(base).name} on the held-out images (F1 {b['f1']:.3f} "
+             f"-> {a['f1']:.3f}): keep using the base, or label more places and run again")
     rec.update(after=after, epochs=summary["history"][-1]["epoch"] if summary["history"] else 0,
                train_images=sorted(s.name for s in train_s), held_out_images=sorted(s.name for s in hold_s),
                base=str(base), checkpoint=ckpt)

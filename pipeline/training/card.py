@@ -31,7 +31,8 @@ def write_card(checkpoint: str, rec: dict[str, Any], data_note: str = "") -> Pat
     _, meta_path = checkpoint_paths(checkpoint)
     md = load_metadata(checkpoint)
     base_md = load_metadata(rec["base"])
-    md["adapt"] = {k: rec[k] for k in ("before", "after", "train_images", "held_out_images", "epochs") if k in rec}
+    md["adapt"] = {k: rec[k] for k in ("before", "after", "better_than_base", "train_images", "held_out_images", "epochs")
+                   if k in rec}
     md["adapt"]["base"] = Path(rec["base"]).name
     md["adapt"]["request"] = rec["request"]
     md["adapt"]["score"] = "F1 at mask IoU 0.5 on the held-out images (never used to choose the checkpoint)"
@@ -55,7 +56,10 @@ def write_card(checkpoint: str, rec: dict[str, Any], data_note: str = "") -> Pat
         _row("before (trained on)", before["trained"]),
         _row("after (trained on)", after["trained"]),
         "",
-        f"Use it: `seamline segment SCENE --config buildings --model {Path(checkpoint).parent}`.",
+        (f"Use it: `seamline segment SCENE --config buildings --model {Path(checkpoint).parent}`."
+         if after["held_out"]["f1"] > before["held_out"]["f1"] else
+         f"**Not better than its base on the held-out images: keep using `{Path(rec['base']).name}`**, or label more "
+         "places and run `seamline adapt` again."),
         "",
         f"Base model `{Path(rec['base']).name}` was trained on: {base_credit} (docs/MODEL.md).",
         "",
