@@ -244,6 +244,12 @@ def test_tune_a_geotiff_trained_checkpoint_from_its_training_config(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "validation AP50" in r.stdout and "cross-validated AP50" in r.stdout and "geotiff" in r.stdout
     assert meta.read_text() == before
+    # written: the training-domain record is made again under the tuned post-processing, so the validation F1 it
+    # records is the checkpoint's own (the quality verdict compares runs with that record)
+    r = subprocess.run([*cli, "--config", str(tmp_path / "train.yaml")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    md = json.loads(meta.read_text())
+    assert md["domain"]["validation"]["f1"] == pytest.approx(md["validation"]["all"]["f1"], abs=0.01)
     # the wrong data, or none: one line naming what to pass
     for extra, words in ([], "either --data DIR"), (["--data", str(shared("dsb2018"))], "none of the checkpoint's 2"):
         r = subprocess.run([*cli, *extra], capture_output=True, text=True, timeout=600)

@@ -25,6 +25,7 @@ from pipeline.models.instances import heads_to_instances
 from pipeline.models.learned import LearnedModel
 from pipeline.training.config import DataConfig
 from pipeline.training.data import load_samples
+from pipeline.training.domain import write_domain_record
 from pipeline.training.grids import GRID, SIZE_GRID, VALIDATION_GRID
 
 __all__ = ["tune_postprocess", "validation_samples", "score_postprocess", "best_postprocess", "Scorer", "GRID", "SIZE_GRID",
@@ -152,4 +153,7 @@ def tune_postprocess(checkpoint: str, data: DataConfig | str, write: bool = True
                                       "chosen on one half, scored on the other)")
         _, meta = checkpoint_paths(checkpoint)
         meta.write_text(json.dumps(md, indent=2, sort_keys=True) + "\n")
+        # the training-domain record holds the model's objects and scores under its post-processing (the quality
+        # verdict compares runs with it): made again with the new settings, or it describes another model
+        write_domain_record(checkpoint, data)
     return out
