@@ -57,7 +57,7 @@ def write_card(checkpoint: str, rec: dict[str, Any], data_note: str = "") -> Pat
         _row("after (trained on)", after["trained"]),
         "",
         (f"Use it: `seamline segment SCENE --config buildings --model {Path(checkpoint).parent}`."
-         if after["held_out"]["f1"] > before["held_out"]["f1"] else
+         if rec["better_than_base"] else
          f"**Not better than its base on the held-out images: keep using `{Path(rec['base']).name}`**, or label more "
          "places and run `seamline adapt` again."),
         "",

@@ -51,7 +51,7 @@ from pipeline.stages.domain import COLOUR_KEYS, detect, image_domain
 from pipeline.training.boxloss import ellipse_labels
 from pipeline.training.samples import Sample
 
-__all__ = ["domain_record", "write_domain_record", "store_record", "model_pixel", "RECORD_FORMAT"]
+__all__ = ["domain_record", "write_domain_record", "checkpoint_samples", "store_record", "model_pixel", "RECORD_FORMAT"]
 
 RECORD_FORMAT = 1
 SPREAD = (0, 5, 50, 95, 100)  # [min, p05, p50, p95, max] over images
@@ -177,9 +177,10 @@ def domain_record(checkpoint: str, samples: list[Sample], val_samples: list[Samp
     return record
 
 
-def write_domain_record(checkpoint: str, data, write: bool = True) -> dict[str, Any]:
-    """Load the images ``checkpoint`` was trained on from ``data`` (a training config's ``data:`` section, or a
-    folder with images/ and labels/), make its record and (``write``) store it as ``domain`` in its JSON."""
+def checkpoint_samples(checkpoint: str, data) -> tuple[list[Sample], list[Sample]]:
+    """The images ``checkpoint`` was trained and validated on, loaded from ``data`` (a training config's ``data:``
+    section, or a folder with images/ and labels/) as it was trained (GSD, classes, network input), and the
+    validation ones among them (the names its JSON records)."""
     from pipeline.training.config import DataConfig
     from pipeline.training.data import load_samples  # late: the training stack
 
@@ -187,9 +188,16 @@ def write_domain_record(checkpoint: str, data, write: bool = True) -> dict[str, 
         data = DataConfig(kind="folders", root=data)
     md = load_metadata(checkpoint)
     px = md.get("pixel_size")
-    samples = load_samples(data, int(md["in_channels"]), px[0] if px else None, md.get("classes"))
+    samples = load_samples(data, int(md["in_channels"]), px[0] if px else None, md.get("classes"),
+                           input_kind=md.get("input", "bands"))
     names = set(md.get("training", {}).get("val_names") or [])
-    record = domain_record(checkpoint, samples, [s for s in samples if s.name in names])
+    return samples, [s for s in samples if s.name in names]
+
+
+def write_domain_record(checkpoint: str, data, write: bool = True) -> dict[str, Any]:
+    """Load the images ``checkpoint`` was trained on from ``data`` (:func:`checkpoint_samples`), make its record and
+    (``write``) store it as ``domain`` in its JSON."""
+    record = domain_record(checkpoint, *checkpoint_samples(checkpoint, data))
     if write:
         store_record(checkpoint, record)
     return record

@@ -24,8 +24,7 @@ from pipeline.models.checkpoint import checkpoint_paths, load_metadata
 from pipeline.models.instances import heads_to_instances
 from pipeline.models.learned import LearnedModel
 from pipeline.training.config import DataConfig
-from pipeline.training.data import load_samples
-from pipeline.training.domain import write_domain_record
+from pipeline.training.domain import checkpoint_samples, domain_record, store_record
 from pipeline.training.grids import GRID, SIZE_GRID, VALIDATION_GRID
 
 __all__ = ["tune_postprocess", "validation_samples", "score_postprocess", "best_postprocess", "Scorer", "GRID", "SIZE_GRID",
@@ -118,26 +117,27 @@ def best_postprocess(heads_list, samples, base: dict[str, Any], grid: dict[str, 
 def validation_samples(checkpoint: str, data: DataConfig | str) -> list:
     """The images ``checkpoint`` was validated on (its JSON names them), loaded from ``data``: the training
     config's ``data:`` section, or a folder with images/ and labels/. None of them there is one clear error."""
-    if isinstance(data, str):
-        data = DataConfig(kind="folders", root=data)
-    md = load_metadata(checkpoint)
-    names = set(md["training"].get("val_names", []))
-    px = md.get("pixel_size")
-    samples = [s for s in load_samples(data, int(md["in_channels"]), px[0] if px else None, input_kind=md.get("input", "bands"))
-               if s.name in names]
-    if not samples:
-        where = data.root if data.kind in ("folders", "consep") else ", ".join(data.rasters)
+    return _samples(checkpoint, data)[1]
+
+
+def _samples(checkpoint: str, data: DataConfig | str) -> tuple[list, list]:
+    """All the images ``checkpoint`` was trained on and the validation ones (:func:`checkpoint_samples`), loaded
+    once; no validation image among them is one clear error."""
+    samples, val = checkpoint_samples(checkpoint, data)
+    if not val:
+        names = load_metadata(checkpoint)["training"].get("val_names", [])
+        where = data if isinstance(data, str) else data.root if data.kind in ("folders", "consep") else ", ".join(data.rasters)
         raise ParameterError(
             f"seamline tune: none of the checkpoint's {len(names)} validation images are in {where}; "
             "pass the data it was trained on (--data DIR or --config TRAINING.yaml)")
-    return samples
+    return samples, val
 
 
 def tune_postprocess(checkpoint: str, data: DataConfig | str, write: bool = True) -> dict[str, Any]:
     """Tune ``checkpoint`` on its validation images, found in ``data``: the training config's ``data:``
     section, or a folder with images/ and labels/."""
     md = load_metadata(checkpoint)
-    samples = validation_samples(checkpoint, data)
+    everything, samples = _samples(checkpoint, data)
     model = LearnedModel(checkpoint, device="auto")
     scorer = Scorer([model.predict_heads(s.image[None])[0] for s in samples], samples)
     base = dict(md["postprocess"])
@@ -155,5 +155,5 @@ def tune_postprocess(checkpoint: str, data: DataConfig | str, write: bool = True
         meta.write_text(json.dumps(md, indent=2, sort_keys=True) + "\n")
         # the training-domain record holds the model's objects and scores under its post-processing (the quality
         # verdict compares runs with it): made again with the new settings, or it describes another model
-        write_domain_record(checkpoint, data)
+        store_record(checkpoint, domain_record(checkpoint, everything, samples))
     return out
