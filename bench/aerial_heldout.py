@@ -78,35 +78,31 @@ def seamline(*args: str, tries: int = 3) -> subprocess.CompletedProcess:
     return r
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="+", help="model specs: buildings, or checkpoint paths")
-    ap.add_argument("--out", default="docs/bench/aerial_heldout.json")
-    ap.add_argument("--zooms", default="19,20", help="Kampala zoom levels to score (default 19,20)")
-    ap.add_argument("--keep", help="keep mosaics and runs in this folder")
-    ap.add_argument("--task", choices=("buildings", "trees"), default="buildings")
-    ap.add_argument("--tta", choices=("off", "on", "both"), default="off", help="trees: test-time augmentation")
-    args = ap.parse_args()
-    work = Path(args.keep or tempfile.mkdtemp(prefix="aerial_heldout_"))
-    work.mkdir(parents=True, exist_ok=True)
+def score_trees(models: list[str], tta: str, work: Path) -> dict[str, dict]:
+    """Box F1 at box IoU 0.4 of each model (with and/or without TTA) on each held-out tree tile."""
     results: dict[str, dict] = {}
-    if args.task == "trees":
-        for name, (tile, boxes) in tree_tiles().items():
-            for m in args.models:
-                for tta in {"off": (False,), "on": (True,), "both": (False, True)}[args.tta]:
-                    tag = Path(m).name + ("+tta" if tta else "")
-                    run = work / tag
-                    seamline("segment", str(tile), "--out", str(run), "--config", "configs/trees.yaml", "--model", m,
-                             "--workers", "1", *(["--tta"] if tta else ["--no-tta"]), "--force")
-                    ev = run / f"{name}.eval.json"
-                    seamline("evaluate", str(run / f"{tile.stem}.parquet"), str(boxes), "--boxes", "--json", str(ev))
-                    row = {k: v for k, v in json.loads(ev.read_text())["all"].items()}
-                    results.setdefault(tag, {})[name] = row
-                    print(f"{tag:28s} {name:18s} box F1 {row['f1']:.3f}  {row}", flush=True)
-    for name, (chips, labels) in (mosaics(tuple(int(z) for z in args.zooms.split(","))) if args.task == "buildings" else {}).items():
+    for name, (tile, boxes) in tree_tiles().items():
+        for m in models:
+            for on in {"off": (False,), "on": (True,), "both": (False, True)}[tta]:
+                tag = Path(m).name + ("+tta" if on else "")
+                run = work / tag
+                seamline("segment", str(tile), "--out", str(run), "--config", "configs/trees.yaml", "--model", m,
+                         "--workers", "1", "--tta" if on else "--no-tta", "--force")
+                ev = run / f"{name}.eval.json"
+                seamline("evaluate", str(run / f"{tile.stem}.parquet"), str(boxes), "--boxes", "--json", str(ev))
+                row = json.loads(ev.read_text())["all"]
+                results.setdefault(tag, {})[name] = row
+                print(f"{tag:28s} {name:18s} box F1 {row['f1']:.3f}  {row}", flush=True)
+    return results
+
+
+def score_buildings(models: list[str], zooms: tuple[int, ...], work: Path) -> dict[str, dict]:
+    """Building F1 at mask IoU 0.5 of each model on each held-out mosaic."""
+    results: dict[str, dict] = {}
+    for name, (chips, labels) in mosaics(zooms).items():
         vrt = work / f"{name}.vrt"
         subprocess.run(["gdalbuildvrt", "-q", str(vrt), *map(str, chips)], check=True)
-        for m in args.models:
+        for m in models:
             tag = Path(m).name
             run = work / tag
             seamline("segment", str(vrt), "--out", str(run), "--config", "configs/buildings.yaml", "--model", m, "--workers", "1")
@@ -121,6 +117,22 @@ def main() -> None:
             row["pixel_size_m"] = summary["source"].get("pixel_size")
             results.setdefault(m, {})[name] = row
             print(f"{tag:28s} {name:18s} F1 {row.get('f1', float('nan')):.3f}  {row}", flush=True)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+", help="model specs: buildings, or checkpoint paths")
+    ap.add_argument("--out", default="docs/bench/aerial_heldout.json")
+    ap.add_argument("--zooms", default="19,20", help="Kampala zoom levels to score (default 19,20)")
+    ap.add_argument("--keep", help="keep mosaics and runs in this folder")
+    ap.add_argument("--task", choices=("buildings", "trees"), default="buildings")
+    ap.add_argument("--tta", choices=("off", "on", "both"), default="off", help="trees: test-time augmentation")
+    args = ap.parse_args()
+    work = Path(args.keep or tempfile.mkdtemp(prefix="aerial_heldout_"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = score_trees(args.models, args.tta, work) if args.task == "trees" else \
+        score_buildings(args.models, tuple(int(z) for z in args.zooms.split(",")), work)
     rec = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
            "load_average": os.getloadavg(), "results": results}
